@@ -1,0 +1,108 @@
+"""`mpt`: the headless command line. torch is imported only once a run starts."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.errors import MptError
+
+app = typer.Typer(
+    name="mpt",
+    help="mpt: train PyTorch models from TOML profiles, headless or in the terminal console.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+ProfileArg = Annotated[Path, typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.",
+                                            show_default=False)]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a key: --set optim.lr=0.05 (TOML value; repeatable).",
+    show_default=False)]
+
+
+def _load(profile: Path, overrides: list[str] | None):
+    from engine.profile import load_profile
+
+    try:
+        return load_profile(profile, overrides or [])
+    except MptError as e:
+        print(e, file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@app.command()
+def validate(profile: ProfileArg, set_: SetOpt = None) -> None:
+    """Check a profile without running it: exit 0 if it is valid, 2 with every problem if not."""
+    _load(profile, set_)
+    print(f"{profile}: ok")
+
+
+@app.command()
+def run(profile: ProfileArg, set_: SetOpt = None) -> None:
+    """Train with a profile; prints the run directory, then one line per epoch."""
+    p = _load(profile, set_)
+    from engine.console import Console
+    from engine.run import Run
+
+    console = Console()
+    try:
+        handle = Run.start(p)
+    except (MptError, OSError) as e:
+        console.line(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
+    _install_interrupt_handlers(handle, console)
+    from engine import events as ev
+
+    while True:
+        try:
+            event = handle.events.get(timeout=0.2)
+        except queue.Empty:
+            if not handle.is_alive() and handle.events.empty():
+                break
+            continue
+        console.show(event)
+        if isinstance(event, ev.RunFinished | ev.RunFailed):
+            break
+    handle.join()
+    raise typer.Exit(_exit_code(handle))
+
+
+def _exit_code(handle) -> int:
+    if handle.reason == "failed":
+        return EXIT_USAGE if handle.user_error else EXIT_FAILED
+    if handle.reason == "interrupted":
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _install_interrupt_handlers(handle, console) -> None:
+    """First Ctrl-C/SIGTERM/SIGHUP: finish the step and stop; a second one: exit at once."""
+
+    def on_signal(signum, frame):
+        if handle.control.stop_requested:
+            os._exit(EXIT_INTERRUPTED)
+        console.line(f"{signal.Signals(signum).name}: stopping after the current step "
+                     "(press Ctrl-C again to exit at once)", err=True)
+        handle.stop("interrupted")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

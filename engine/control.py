@@ -1,0 +1,39 @@
+"""The command channel into a running Trainer: set from any thread, read between steps."""
+
+from __future__ import annotations
+
+import threading
+
+
+class Control:
+    """Pause, resume and stop requests; the Trainer acts on them at the next step boundary."""
+
+    def __init__(self) -> None:
+        self._go = threading.Event()  # set while the run may train
+        self._go.set()
+        self._stop = threading.Event()
+        self.stop_reason = "stopped"
+
+    def pause(self) -> None:
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Ask the run to end at the next step boundary; `reason` ends up in run_finished."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+        self._stop.set()
+        self._go.set()  # a paused run must wake up to stop
+
+    @property
+    def pause_requested(self) -> bool:
+        return not self._go.is_set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def wait_while_paused(self) -> None:
+        self._go.wait()

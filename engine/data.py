@@ -1,0 +1,274 @@
+"""Datasets: each loader decodes its data once into uint8 image tensors (N, C, H, W).
+
+Batches are then index slices of those tensors, normalised (and augmented) per batch
+on the training device, as in cifar10-airbench: speed comes from where the data lives.
+`LOADERS` maps a dataset name to its loader; adding a dataset is one entry.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import DataError
+from engine.profile import DataSection
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Raw:
+    """What a loader returns: the training split, the dataset's own test split if any."""
+
+    train: Split
+    test: Split | None
+    mean: list[float] | None = None  # the dataset's published normalisation constants
+    std: list[float] | None = None
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split | None
+    num_classes: int
+    in_shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+
+
+def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, C) array -> uint8 tensor (N, C, H, W)."""
+    if x.ndim == 3:
+        x = x[:, None, :, :]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise DataError(f"{source}: images must be (N, H, W) or (N, H, W, C), got shape "
+                        f"{tuple(x.shape)}")
+    if x.dtype != np.uint8:
+        if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0 and x.min() >= 0:
+            x = np.rint(x * 255.0)  # images stored as floats in [0, 1]
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"{source}: pixel values must lie in 0..255 (uint8) or 0..1 "
+                            f"(floats), got {x.min()}..{x.max()}")
+        x = x.astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _as_labels(y: np.ndarray, n: int, source: str) -> torch.Tensor:
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise DataError(f"{source}: {n} images but {len(y)} labels; they must match")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers, got {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise DataError(f"{source}: labels must be >= 0, got {y.min()}")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_digits(cfg: DataSection, seed: int) -> Raw:
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
+    return Raw(Split(_as_images(x, "digits"), _as_labels(d.target, len(x), "digits")), None)
+
+
+def load_npz(cfg: DataSection, seed: int) -> Raw:
+    path = Path(cfg.path).expanduser()
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot be read as a .npz file ({e})") from None
+    with arrays:
+        keys = set(arrays.files)
+        if not {"x_train", "y_train"} <= keys:
+            raise DataError(f"{path}: needs arrays x_train and y_train (Keras layout), found "
+                            f"{', '.join(sorted(keys)) or 'none'}")
+        train_x = _as_images(arrays["x_train"], f"{path}: x_train")
+        train = Split(train_x, _as_labels(arrays["y_train"], len(train_x), f"{path}: y_train"))
+        test = None
+        if {"x_test", "y_test"} <= keys:
+            test_x = _as_images(arrays["x_test"], f"{path}: x_test")
+            if test_x.shape[1:] != train_x.shape[1:]:
+                raise DataError(f"{path}: x_test images are {tuple(test_x.shape[1:])} but "
+                                f"x_train images are {tuple(train_x.shape[1:])}")
+            test = Split(test_x, _as_labels(arrays["y_test"], len(test_x), f"{path}: y_test"))
+    return Raw(train, test)
+
+
+_TORCHVISION = {
+    # name: (torchvision class, folder it creates under root, mean, std)
+    "mnist": ("MNIST", "MNIST", [0.1307], [0.3081]),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST", [0.2860], [0.3530]),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", [0.4914, 0.4822, 0.4465],
+                [0.2470, 0.2435, 0.2616]),
+}
+
+
+def load_torchvision(cfg: DataSection, seed: int) -> Raw:
+    import torchvision.datasets as tvd
+
+    cls_name, folder, mean, std = _TORCHVISION[cfg.dataset]
+    cls = getattr(tvd, cls_name)
+    root = Path(cfg.root).expanduser()
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(str(root), train=train, download=cfg.download)
+        except (urllib.error.URLError, OSError, ConnectionError) as e:
+            raise DataError(
+                f"could not download {cls_name} into {root / folder} ({_reason(e)}); with no "
+                f"network, copy the {cls_name} files into {root / folder} or set data.root to "
+                f"the folder that holds {folder}/"
+            ) from None
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+            raise DataError(
+                f"{cls_name} not found in {root / folder} ({e}); set data.download = true, or "
+                f"set data.root to the folder that holds {folder}/"
+            ) from None
+        x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+        x = _as_images(x, cls_name)
+        splits.append(Split(x, _as_labels(np.asarray(ds.targets), len(x), cls_name)))
+    return Raw(splits[0], splits[1], mean, std)
+
+
+def _reason(e: BaseException) -> str:
+    reason = getattr(e, "reason", None) or e
+    return str(reason).strip() or type(e).__name__
+
+
+def _load_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders found; image_folder expects "
+                        f"{root}/<class name>/<image files>")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).iterdir()):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((size, size))
+                    images.append(np.asarray(im, dtype=np.uint8))
+            except (UnidentifiedImageError, OSError):
+                continue  # not an image: README files and the like
+            labels.append(label)
+    if not images:
+        raise DataError(f"{root}: no readable images in its class folders")
+    x = _as_images(np.stack(images), str(root))
+    return Split(x, torch.tensor(labels, dtype=torch.int64)), classes
+
+
+def load_image_folder(cfg: DataSection, seed: int) -> Raw:
+    root = Path(cfg.path).expanduser()
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        train, classes = _load_image_tree(root / "train", cfg.image_size)
+        val, val_classes = _load_image_tree(root / "val", cfg.image_size)
+        if val_classes != classes:
+            raise DataError(f"{root}: train/ and val/ must hold the same class folders")
+        return Raw(train, val)
+    train, _ = _load_image_tree(root, cfg.image_size)
+    return Raw(train, None)
+
+
+def load_synthetic(cfg: DataSection, seed: int) -> Raw:
+    """Learnable random data: each class is a fixed pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = cfg.synthetic_shape
+    n, k = cfg.synthetic_samples, cfg.synthetic_classes
+    prototypes = torch.rand(k, c, h, w, generator=g) * 255
+    y = torch.randint(0, k, (n,), generator=g)
+    x = prototypes[y] + torch.randn(n, c, h, w, generator=g) * 40
+    return Raw(Split(x.clamp(0, 255).round().to(torch.uint8), y), None)
+
+
+LOADERS = {
+    "digits": load_digits,
+    "mnist": load_torchvision,
+    "fashion_mnist": load_torchvision,
+    "cifar10": load_torchvision,
+    "image_folder": load_image_folder,
+    "npz": load_npz,
+    "synthetic": load_synthetic,
+}
+
+
+def load_data(cfg: DataSection, seed: int) -> DataBundle:
+    """Load the dataset, choose the validation split, settle the normalisation."""
+    raw = LOADERS[cfg.dataset](cfg, seed)
+    train, val = raw.train, raw.test if cfg.use_test_split else None
+    if len(train) == 0:
+        raise DataError(f"data.dataset {cfg.dataset!r}: the training split is empty")
+    if val is None and cfg.val_fraction > 0:
+        n_val = max(1, round(len(train) * cfg.val_fraction))
+        if n_val >= len(train):
+            raise DataError(f"data.val_fraction {cfg.val_fraction} leaves no training data "
+                            f"({len(train)} samples)")
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        val = Split(train.x[perm[:n_val]], train.y[perm[:n_val]])
+        train = Split(train.x[perm[n_val:]], train.y[perm[n_val:]])
+    if val is not None and len(val) == 0:
+        val = None
+    num_classes = int(train.y.max()) + 1
+    if val is not None:
+        num_classes = max(num_classes, int(val.y.max()) + 1)
+    channels = train.x.shape[1]
+    mean, std = cfg.mean or raw.mean, cfg.std or raw.std
+    if not mean:
+        xf = train.x.float() / 255.0
+        mean = xf.mean(dim=(0, 2, 3)).tolist()
+        std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    if len(mean) != channels:
+        raise DataError(f"data.mean has {len(mean)} values but the images have {channels} "
+                        f"channel(s)")
+    return DataBundle(train, val, num_classes, tuple(train.x.shape[1:]), list(mean), list(std))
+
+
+class BatchTransform:
+    """uint8 batch on the device -> normalised float batch (augmented when training)."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device,
+                 random_crop: int = 0, hflip: bool = False):
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.pad = random_crop
+        self.hflip = hflip
+
+    def __call__(self, xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = (xb.float().div_(255.0) - self.mean) / self.std
+        if generator is None:
+            return x
+        if self.pad:
+            x = _random_crop(x, self.pad, generator)
+        if self.hflip:
+            flip = torch.rand(x.shape[0], device=x.device, generator=generator) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+
+def _random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Pad by `pad` with zeros (the mean after normalising), crop back at random offsets."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=g)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows, cols]

@@ -1,0 +1,154 @@
+"""Events: plain records the Trainer emits, one type per kind (DESIGN.md, Events).
+
+Every event is picklable and JSON-serialisable, and carries `kind`, `time`, `step`
+and `epoch`. `EventLog` writes them to events.jsonl (one object a line, flushed per
+line) and puts them on the run's queue without ever blocking the Trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+    step: int = 0  # optimizer steps done so far
+    epoch: int = 0  # 1-based epoch in progress (or just finished)
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+
+@dataclass
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    run_dir: str = ""
+    name: str = ""
+    device: str = ""
+    precision: str = ""
+    dataset: str = ""
+    train_samples: int = 0
+    val_samples: int = 0
+    num_classes: int = 0
+    input_shape: list[int] = field(default_factory=list)
+    arch: str = ""
+    parameters: int = 0
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    batch_size: int = 0
+    grad_accum: int = 1
+    global_batch: int = 0
+    world_size: int = 1
+    data_cache: str = ""
+
+
+@dataclass
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    loss: float = 0.0  # mean training loss over the steps since the last Step event
+    lr: float = 0.0
+    samples_per_s: float = 0.0
+    epoch_progress: float = 0.0  # fraction of the current epoch done, 0..1
+    gpu_mem_allocated: int | None = None  # bytes; None on the CPU
+    gpu_mem_reserved: int | None = None
+    gpu_mem_peak: int | None = None
+    gpu_mem_total: int | None = None
+
+
+@dataclass
+class EpochEnd(Event):
+    kind: ClassVar[str] = "epoch_end"
+    epochs: int = 0
+    train_loss: float = 0.0
+    train_acc: float = 0.0
+    val_loss: float | None = None
+    val_acc: float | None = None
+    lr: float = 0.0
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+@dataclass
+class Paused(Event):
+    kind: ClassVar[str] = "paused"
+
+
+@dataclass
+class Resumed(Event):
+    kind: ClassVar[str] = "resumed"
+
+
+@dataclass
+class Warning(Event):  # noqa: A001 - the event kind's own name
+    kind: ClassVar[str] = "warning"
+    message: str = ""
+
+
+@dataclass
+class RunFinished(Event):
+    kind: ClassVar[str] = "run_finished"
+    reason: str = "completed"  # completed, early_stopped, stopped, max_time, interrupted
+    seconds: float = 0.0
+    best_val_acc: float | None = None
+    final_val_acc: float | None = None
+    final_val_loss: float | None = None
+
+
+@dataclass
+class RunFailed(Event):
+    kind: ClassVar[str] = "run_failed"
+    error: str = ""
+    traceback: str = ""
+    user_error: bool = False  # a profile, data or model mistake found before training
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (RunStarted, Step, EpochEnd, Paused, Resumed, Warning, RunFinished, RunFailed)
+}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON form (e.g. a line of events.jsonl)."""
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("kind")]
+    return cls(**data)
+
+
+def read_events(path: str | Path) -> list[Event]:
+    """Read an events.jsonl file; a torn last line (a killed writer) is skipped."""
+    events = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return events
+
+
+class EventLog:
+    """Sends each event to events.jsonl and to a queue; never blocks the caller."""
+
+    def __init__(self, events: queue.Queue, path: Path | None = None):
+        self.queue = events
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def emit(self, event: Event) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(event.to_dict()) + "\n")
+            self._file.flush()
+        self.queue.put_nowait(event)  # unbounded queue: a slow reader never stalls training
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,136 @@
+"""Models: `ARCHS` maps a name to a builder; "package.module:factory" names the user's own."""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+
+import torch
+from torch import nn
+
+from engine.errors import ModelError
+from engine.profile import ModelSection
+
+
+class MLP(nn.Module):
+    """The tutorials' SimpleNet: flatten, hidden Linear+ReLU layers, a Linear classifier."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """The tutorials' small convnet: 3x3 conv+ReLU layers, a max-pool, a hidden Linear."""
+
+    def __init__(self, in_shape: tuple[int, int, int], channels: list[int], hidden: int,
+                 num_classes: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_shape[0]
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+            c = out
+        layers += [nn.MaxPool2d(2), nn.Flatten()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.features = nn.Sequential(*layers)
+        flat = c * (in_shape[1] // 2) * (in_shape[2] // 2)
+        head: list[nn.Module] = [nn.Linear(flat, hidden), nn.ReLU()]
+        if dropout:
+            head.append(nn.Dropout(dropout))
+        head.append(nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def build_mlp(cfg: ModelSection, in_shape, num_classes):
+    c, h, w = in_shape
+    return MLP(c * h * w, cfg.hidden, num_classes, cfg.dropout)
+
+
+def build_cnn(cfg: ModelSection, in_shape, num_classes):
+    if in_shape[1] < 2 or in_shape[2] < 2:
+        raise ModelError(f"model.arch 'cnn' needs images of at least 2x2, got {in_shape[1:]}")
+    hidden = cfg.hidden[0] if cfg.hidden else 128
+    return CNN(in_shape, cfg.channels, hidden, num_classes, cfg.dropout)
+
+
+def build_resnet18(cfg: ModelSection, in_shape, num_classes):
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    if cfg.small_input:  # CIFAR-style stem: keep 32x32 inputs from shrinking to 1x1
+        model.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_shape[0] != 3:
+        model.conv1 = nn.Conv2d(in_shape[0], 64, 7, stride=2, padding=3, bias=False)
+    if cfg.dropout:
+        model.fc = nn.Sequential(nn.Dropout(cfg.dropout), model.fc)
+    return model
+
+
+ARCHS = {"mlp": build_mlp, "cnn": build_cnn, "resnet18": build_resnet18}
+
+
+def _import_factory(path: str):
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"model.arch {path!r}: cannot import module {module_name!r} ({e})") \
+            from None
+    except Exception as e:  # noqa: BLE001 - user code failing at import
+        raise ModelError(f"model.arch {path!r}: importing {module_name!r} raised "
+                         f"{type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"model.arch {path!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def build_model(cfg: ModelSection, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build the model the profile names; a user factory gets in_shape and num_classes."""
+    if cfg.arch in ARCHS:
+        return ARCHS[cfg.arch](cfg, in_shape, num_classes)
+    factory = _import_factory(cfg.arch)
+    try:
+        model = factory(in_shape=tuple(in_shape), num_classes=num_classes)
+    except Exception as e:  # noqa: BLE001 - user code
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise ModelError(f"model.arch {cfg.arch!r}: the factory raised {type(e).__name__}: {e} "
+                         f"({where.filename}:{where.lineno})") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.arch {cfg.arch!r}: the factory must return a torch.nn.Module, "
+                         f"got {type(model).__name__}")
+    return model
+
+
+def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:
+    """Run one small batch so a model that does not fit the data fails before training."""
+    model.eval()  # no dropout draw, no batch-norm statistics update
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as e:  # noqa: BLE001 - user model code
+        raise ModelError(f"the model failed on a batch of shape {tuple(sample.shape)}: "
+                         f"{type(e).__name__}: {e}") from None
+    finally:
+        model.train()
+    want = (sample.shape[0], num_classes)
+    if tuple(out.shape) != want:
+        raise ModelError(f"the model's output has shape {tuple(out.shape)} but the data needs "
+                         f"{want} (batch, num_classes)")

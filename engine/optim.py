@@ -1,0 +1,114 @@
+"""Optimizers and learning-rate schedules, each a plain entry in a registry dict."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from engine.profile import OptimSection, ScheduleSection
+
+
+def _sgd(params, c: OptimSection):
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                           weight_decay=c.weight_decay)
+
+
+def _adam(params, c: OptimSection):
+    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                            weight_decay=c.weight_decay)
+
+
+def _adamw(params, c: OptimSection):
+    return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                             weight_decay=c.weight_decay)
+
+
+def _rmsprop(params, c: OptimSection):
+    return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps,
+                               momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+def _adagrad(params, c: OptimSection):
+    return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop,
+              "adagrad": _adagrad}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](model.parameters(), cfg)
+
+
+class LRFactor:
+    """The multiplier of the base lr after `step` optimizer steps: warmup, then the schedule.
+
+    A plain object (not a lambda) so that LambdaLR's state_dict can hold it.
+    """
+
+    def __init__(self, cfg: ScheduleSection, base_lr: float, steps_per_epoch: int,
+                 total_steps: int):
+        self.name = cfg.name
+        self.warmup = cfg.warmup_steps + cfg.warmup_epochs * steps_per_epoch
+        self.start = cfg.warmup_start_factor
+        self.spe = steps_per_epoch
+        self.step_size = cfg.step_size * steps_per_epoch
+        self.gamma = cfg.gamma
+        self.floor = cfg.min_lr / base_lr
+        self.decay_steps = max(1, total_steps - self.warmup)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.start + (1.0 - self.start) * step / self.warmup
+        t = step - self.warmup
+        if self.name == "step":
+            return self.gamma ** (t // self.step_size)
+        if self.name == "exponential":  # gamma per epoch, applied smoothly per step
+            return self.gamma ** (t / self.spe)
+        if self.name == "cosine":
+            progress = min(1.0, t / self.decay_steps)
+            return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0  # none, plateau (which acts on validation, not per step)
+
+
+class Schedule:
+    """Steps the learning rate after each optimizer step and after each validation."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleSection, base_lr: float,
+                 steps_per_epoch: int, total_steps: int):
+        self.cfg = cfg
+        self.plateau = None
+        if cfg.name == "onecycle":
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.max_lr or base_lr, total_steps=max(1, total_steps),
+                pct_start=cfg.pct_start)
+        else:
+            factor = LRFactor(cfg, base_lr, steps_per_epoch, total_steps)
+            self.warmup = factor.warmup
+            self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if cfg.name == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
+
+    def after_step(self, step: int) -> None:
+        # After warmup, plateau owns the lr: LambdaLR would overwrite its reductions.
+        if self.plateau is None or step <= self.warmup:
+            if self.cfg.name != "onecycle" or self.per_step.last_epoch < self.per_step.total_steps:
+                self.per_step.step()
+
+    def after_validation(self, loss: float) -> None:
+        if self.plateau is not None:
+            self.plateau.step(loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"per_step": self.per_step.state_dict()}
+        if self.plateau is not None:
+            state["plateau"] = self.plateau.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None and "plateau" in state:
+            self.plateau.load_state_dict(state["plateau"])

@@ -1,0 +1,467 @@
+"""The training profile: one schema for validation, TOML round-trip and the TUI's forms.
+
+Each section is a dataclass; each key is declared once with `key(...)`, which records
+its kind, default, choices, range and help text. `FIELDS` lists them for the TUI.
+No torch import here: `mpt validate` must answer at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from engine.errors import Problem, ProfileError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz", "synthetic")
+BUILTIN_ARCHS = ("mlp", "cnn", "resnet18")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("none", "step", "exponential", "cosine", "plateau", "onecycle")
+PRECISIONS = ("fp32", "fp16", "bf16")
+CACHE_MODES = ("auto", "device", "memory")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What the validator and the TUI's form know about one key."""
+
+    section: str
+    name: str
+    kind: str  # int, float, bool, str, choice, int_list, float_list
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    optional: bool = False  # may be absent (no TOML null); None in Python
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def key(default, help, kind, *, choices=(), ge=None, gt=None, le=None, lt=None, optional=False):
+    meta = dict(
+        kind=kind, help=help, choices=tuple(choices), ge=ge, gt=gt, le=le, lt=lt, optional=optional
+    )
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunSection:
+    name: str = key("run", "Name of the run; runs go to <out_dir>/<name>/<timestamp>/.", "str")
+    seed: int = key(0, "Seed for every random stream (init, shuffling, dropout).", "int", ge=0)
+    epochs: int = key(10, "Number of passes over the training data.", "int", ge=1)
+    max_steps: int | None = key(
+        None, "Stop after this many optimizer steps (absent: no limit).", "int", ge=1, optional=True
+    )
+    max_time: float | None = key(
+        None, "Stop after this many seconds of training (absent: no limit).", "float", gt=0,
+        optional=True,
+    )
+    device: str = key("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps.", "str")
+    out_dir: str = key("runs", "Folder that holds the run directories.", "str")
+    deterministic: bool = key(
+        False, "Use deterministic algorithms only (slower on CUDA).", "bool"
+    )
+
+
+@dataclass
+class DataSection:
+    dataset: str = key("digits", "Which dataset to train on.", "choice", choices=DATASETS)
+    root: str = key(
+        "data", "Folder where torchvision datasets (mnist, fashion_mnist, cifar10) live.", "str"
+    )
+    path: str = key("", "The .npz file (npz) or the image folder (image_folder).", "str")
+    download: bool = key(
+        False, "Download the torchvision dataset into root when it is missing.", "bool"
+    )
+    batch_size: int = key(64, "Samples per micro-batch (per optimizer step: x grad_accum).",
+                          "int", ge=1)
+    eval_batch_size: int = key(512, "Samples per batch when validating.", "int", ge=1)
+    use_test_split: bool = key(
+        True, "Validate on the dataset's own test split where it has one.", "bool"
+    )
+    val_fraction: float = key(
+        0.1, "Fraction of the training data held out for validation when there is no test "
+        "split (or use_test_split is false).", "float", ge=0.0, lt=1.0,
+    )
+    cache: str = key(
+        "auto", "Where the decoded dataset lives: on the training device, in host memory, or "
+        "auto (device when it fits).", "choice", choices=CACHE_MODES,
+    )
+    mean: list[float] = key(
+        [], "Per-channel mean for normalisation (empty: the dataset's own or computed).",
+        "float_list",
+    )
+    std: list[float] = key(
+        [], "Per-channel standard deviation for normalisation (empty: as mean).", "float_list"
+    )
+    random_crop: int = key(
+        0, "Augment: random crop after padding by this many pixels (0: off).", "int", ge=0
+    )
+    hflip: bool = key(False, "Augment: random horizontal flip.", "bool")
+    image_size: int = key(32, "image_folder: images are resized to this square size.", "int",
+                          ge=4)
+    synthetic_samples: int = key(2048, "synthetic: number of samples.", "int", ge=2)
+    synthetic_classes: int = key(10, "synthetic: number of classes.", "int", ge=2)
+    synthetic_shape: list[int] = key(
+        [1, 16, 16], "synthetic: image shape [channels, height, width].", "int_list"
+    )
+
+
+@dataclass
+class ModelSection:
+    arch: str = key(
+        "mlp", "mlp, cnn, resnet18, or your own \"package.module:factory\" called as "
+        "factory(in_shape=(C, H, W), num_classes=N).", "str",
+    )
+    hidden: list[int] = key([128], "mlp: sizes of the hidden layers.", "int_list")
+    channels: list[int] = key([32, 64], "cnn: channels of the convolution layers.", "int_list")
+    dropout: float = key(0.0, "Dropout probability before the classifier.", "float", ge=0.0,
+                         lt=1.0)
+    small_input: bool = key(
+        True, "resnet18: 3x3 stem without max-pool, for 32x32 images such as CIFAR-10.", "bool"
+    )
+
+
+@dataclass
+class OptimSection:
+    name: str = key("sgd", "The optimizer.", "choice", choices=OPTIMIZERS)
+    lr: float = key(0.01, "Learning rate (peak rate when a schedule warms up).", "float", gt=0.0)
+    momentum: float = key(0.0, "sgd, rmsprop: momentum.", "float", ge=0.0, lt=1.0)
+    nesterov: bool = key(False, "sgd: Nesterov momentum (needs momentum > 0).", "bool")
+    weight_decay: float = key(0.0, "L2 penalty (decoupled for adamw).", "float", ge=0.0)
+    betas: list[float] = key([0.9, 0.999], "adam, adamw: the two beta coefficients.",
+                             "float_list")
+    eps: float = key(1e-8, "adam, adamw, rmsprop, adagrad: term added for stability.", "float",
+                     gt=0.0)
+    alpha: float = key(0.99, "rmsprop: smoothing constant.", "float", gt=0.0, lt=1.0)
+
+
+@dataclass
+class ScheduleSection:
+    name: str = key("none", "How the learning rate changes during the run.", "choice",
+                    choices=SCHEDULES)
+    warmup_steps: int = key(0, "Linear warmup over this many optimizer steps.", "int", ge=0)
+    warmup_epochs: int = key(0, "Linear warmup over this many epochs (adds to warmup_steps).",
+                             "int", ge=0)
+    warmup_start_factor: float = key(
+        0.1, "Warmup starts at lr x this factor.", "float", gt=0.0, le=1.0
+    )
+    step_size: int = key(10, "step: epochs between decays.", "int", ge=1)
+    gamma: float = key(0.1, "step: decay factor every step_size epochs; exponential: per epoch.",
+                       "float", gt=0.0, le=1.0)
+    min_lr: float = key(0.0, "cosine: the rate at the end of the run.", "float", ge=0.0)
+    factor: float = key(0.1, "plateau: decay factor when val_loss stops improving.", "float",
+                        gt=0.0, lt=1.0)
+    patience: int = key(2, "plateau: epochs without improvement before decaying.", "int", ge=0)
+    max_lr: float | None = key(
+        None, "onecycle: the peak rate (absent: optim.lr).", "float", gt=0.0, optional=True
+    )
+    pct_start: float = key(0.3, "onecycle: fraction of the run spent rising.", "float", gt=0.0,
+                           lt=1.0)
+
+
+@dataclass
+class PrecisionSection:
+    mode: str = key(
+        "fp32", "fp32; fp16 = autocast + GradScaler; bf16 = autocast.", "choice",
+        choices=PRECISIONS,
+    )
+
+
+@dataclass
+class TrainSection:
+    grad_accum: int = key(1, "Micro-batches accumulated per optimizer step.", "int", ge=1)
+    clip_norm: float = key(0.0, "Clip the gradient norm to this value (0: off).", "float", ge=0.0)
+    log_every: int = key(
+        20, "Report loss and throughput every this many optimizer steps.", "int", ge=1
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "data": DataSection,
+    "model": ModelSection,
+    "optim": OptimSection,
+    "schedule": ScheduleSection,
+    "precision": PrecisionSection,
+    "train": TrainSection,
+}
+
+
+@dataclass
+class Profile:
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    precision: PrecisionSection = field(default_factory=PrecisionSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict, keys that are None left out (TOML has no null)."""
+        return {
+            name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items()
+                   if v is not None}
+            for name in SECTIONS
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _collect_fields() -> tuple[FieldSpec, ...]:
+    specs = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            specs.append(FieldSpec(section=section, name=f.name, default=default, **f.metadata))
+    return tuple(specs)
+
+
+FIELDS: tuple[FieldSpec, ...] = _collect_fields()
+FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else tomli_w.dumps({"v": value})[4:].strip()
+
+
+def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
+    """Return (value coerced to the field's type, None) or (None, what is wrong)."""
+    kind = spec.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return None, "must be true or false"
+        return value, None
+    if kind in ("str", "choice"):
+        if not isinstance(value, str):
+            return None, "must be a string"
+        if kind == "choice" and value not in spec.choices:
+            hint = difflib.get_close_matches(value, spec.choices, n=1)
+            msg = "must be one of " + ", ".join(spec.choices)
+            return None, msg + (f"; did you mean {hint[0]!r}?" if hint else "")
+        return value, None
+    if kind in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"must be {'an integer' if kind == 'int' else 'a number'}"
+        if kind == "int" and not isinstance(value, int):
+            return None, "must be an integer"
+        if kind == "float":
+            value = float(value)
+            if not math.isfinite(value):
+                return None, "must be a finite number"
+        return value, _range_problem(spec, value)
+    if kind in ("int_list", "float_list"):
+        item = "int" if kind == "int_list" else "float"
+        if not isinstance(value, list):
+            return None, f"must be a list of {'integers' if item == 'int' else 'numbers'}"
+        items = []
+        for v in value:
+            ok = isinstance(v, int) if item == "int" else isinstance(v, int | float)
+            if isinstance(v, bool) or not ok:
+                return None, f"must be a list of {'integers' if item == 'int' else 'numbers'}"
+            items.append(float(v) if item == "float" else v)
+        return items, None
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def _range_problem(spec: FieldSpec, value: float) -> str | None:
+    if spec.ge is not None and value < spec.ge:
+        return f"must be >= {spec.ge:g}"
+    if spec.gt is not None and value <= spec.gt:
+        return f"must be > {spec.gt:g}"
+    if spec.le is not None and value > spec.le:
+        return f"must be <= {spec.le:g}"
+    if spec.lt is not None and value >= spec.lt:
+        return f"must be < {spec.lt:g}"
+    return None
+
+
+def _unknown(name: str, known: list[str], what: str) -> str:
+    hint = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {what}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+
+
+def _cross_checks(p: Profile) -> list[Problem]:
+    """Rules that involve more than one key, or that look at the file system."""
+    problems = []
+
+    def add(path: str, message: str, got: Any) -> None:
+        problems.append(Problem(path, f"{message} (got {_describe(got)})"))
+
+    if not _DEVICE_RE.match(p.run.device):
+        add("run.device", "must be auto, cpu, cuda, cuda:N or mps", p.run.device)
+    if not p.run.name or "/" in p.run.name or p.run.name in (".", ".."):
+        add("run.name", "must be a non-empty name without '/'", p.run.name)
+    arch = p.model.arch
+    if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
+        hint = difflib.get_close_matches(arch, BUILTIN_ARCHS, n=1)
+        add("model.arch", "must be mlp, cnn, resnet18 or \"package.module:factory\""
+            + (f"; did you mean {hint[0]!r}?" if hint else ""), arch)
+    if any(h < 1 for h in p.model.hidden):
+        add("model.hidden", "every layer size must be >= 1", p.model.hidden)
+    if arch == "cnn" and (not p.model.channels or any(c < 1 for c in p.model.channels)):
+        add("model.channels", "needs at least one layer, every size >= 1", p.model.channels)
+    if len(p.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in p.optim.betas):
+        add("optim.betas", "must be two numbers in [0, 1)", p.optim.betas)
+    if p.optim.nesterov and (p.optim.name != "sgd" or p.optim.momentum == 0):
+        add("optim.nesterov", "needs optim.name = \"sgd\" and momentum > 0", p.optim.nesterov)
+    d = p.data
+    if d.dataset == "npz":
+        if not d.path:
+            add("data.path", "the npz dataset needs the path of a .npz file", d.path)
+        elif not Path(d.path).expanduser().is_file():
+            add("data.path", "no such file; point it at a .npz with x_train/y_train", d.path)
+    if d.dataset == "image_folder":
+        if not d.path:
+            add("data.path", "the image_folder dataset needs a folder of class sub-folders",
+                d.path)
+        elif not Path(d.path).expanduser().is_dir():
+            add("data.path", "no such folder; point it at a folder of class sub-folders",
+                d.path)
+    if d.dataset in ("mnist", "fashion_mnist", "cifar10") and not d.download:
+        if not Path(d.root).expanduser().is_dir():
+            add("data.root", f"no such folder, and data.download is false; set "
+                "data.download = true or point data.root at the folder holding the dataset",
+                d.root)
+    if len(d.synthetic_shape) != 3 or any(s < 1 for s in d.synthetic_shape):
+        add("data.synthetic_shape", "must be [channels, height, width], each >= 1",
+            d.synthetic_shape)
+    if len(d.mean) != len(d.std):
+        add("data.std", "must have as many values as data.mean", d.std)
+    if any(s <= 0 for s in d.std):
+        add("data.std", "every value must be > 0", d.std)
+    has_own_split = d.dataset in ("mnist", "fashion_mnist", "cifar10", "npz")
+    no_val = d.val_fraction == 0 and not (has_own_split and d.use_test_split)
+    if p.schedule.name == "plateau" and no_val and d.dataset != "image_folder":
+        add("schedule.name", "plateau needs a validation set; set data.val_fraction > 0",
+            p.schedule.name)
+    s = p.schedule
+    if s.name == "onecycle" and (s.warmup_steps or s.warmup_epochs):
+        add("schedule.warmup_steps", "onecycle warms up by itself (pct_start); set the warmup "
+            "keys to 0", s.warmup_steps or s.warmup_epochs)
+    return problems
+
+
+def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profile:
+    """Validate a nested dict (as tomllib returns it) into a Profile.
+
+    Raises ProfileError listing every problem at once.
+    """
+    problems: list[Problem] = []
+    sections: dict[str, Any] = {}
+    for sname, table in data.items():
+        if sname not in SECTIONS:
+            problems.append(Problem(sname, _unknown(sname, list(SECTIONS), "section")))
+            continue
+        if not isinstance(table, dict):
+            problems.append(Problem(sname, f"must be a [{sname}] table (got {_describe(table)})"))
+            continue
+        known = [f.name for f in dataclasses.fields(SECTIONS[sname])]
+        values = {}
+        for kname, value in table.items():
+            spec = FIELD_BY_PATH.get(f"{sname}.{kname}")
+            if spec is None:
+                problems.append(Problem(f"{sname}.{kname}", _unknown(kname, known, "key")))
+                continue
+            coerced, wrong = _check_value(spec, value)
+            if wrong:
+                problems.append(Problem(spec.path, f"{wrong} (got {_describe(value)})"))
+            else:
+                values[kname] = coerced
+        sections[sname] = values
+    if problems:
+        raise ProfileError(source, problems)
+    profile = Profile(**{name: SECTIONS[name](**sections.get(name, {})) for name in SECTIONS})
+    problems = _cross_checks(profile)
+    if problems:
+        raise ProfileError(source, problems)
+    return profile
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    if not text.strip():
+        raise ProfileError(source, [Problem("", "the file is empty; start from "
+                                            "profiles/quickstart.toml")])
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(source, [Problem("", f"not valid TOML: {e}")]) from None
+
+
+def read_profile_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into a dict, turning every file problem into a ProfileError."""
+    p = Path(path)
+    source = str(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ProfileError(source, [Problem("", "no such file")]) from None
+    except IsADirectoryError:
+        raise ProfileError(source, [Problem("", "is a folder, not a profile file")]) from None
+    except PermissionError:
+        raise ProfileError(source, [Problem("", "cannot be read (permission denied)")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(source, [Problem("", "is not a text file (not UTF-8); a profile "
+                                            "is TOML text")]) from None
+    return parse_toml(text, source)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse one `--set section.key=value`; the value is TOML, or else a bare string."""
+    if "=" not in item:
+        raise ProfileError("--set", [Problem(item, "must look like section.key=value")])
+    path, _, text = item.partition("=")
+    path = path.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # so that --set data.dataset=mnist needs no quotes
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `section.key=value` applied."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    problems = []
+    for item in overrides:
+        path, value = parse_override(item)
+        section, dot, name = path.partition(".")
+        if not dot or not name or "." in name:
+            problems.append(Problem(path, "must be section.key, e.g. optim.lr"))
+            continue
+        table = merged.setdefault(section, {})
+        if isinstance(table, dict):
+            table[name] = value
+    if problems:
+        raise ProfileError("--set", problems)
+    return merged
+
+
+def load_profile(path: str | Path, overrides: list[str] | None = None) -> Profile:
+    """Read, override and validate a profile file. Raises ProfileError."""
+    data = apply_overrides(read_profile_file(path), overrides or [])
+    return profile_from_dict(data, str(path))
+
+
+def profile_from_toml(text: str, source: str = "<profile>") -> Profile:
+    return profile_from_dict(parse_toml(text, source), source)

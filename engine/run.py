@@ -1,0 +1,108 @@
+"""The Run handle: a Trainer in one background thread, its event queue, its controls.
+
+Both faces (the CLI and the TUI) use only this: `Run.start(profile)`, `run.events`,
+`run.pause()`, `run.resume()`, `run.stop()`, `run.join()`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from engine import events as ev
+from engine.control import Control
+from engine.errors import MptError
+from engine.profile import Profile
+
+
+def make_run_dir(profile: Profile) -> Path:
+    """Create `<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`; never reuse a folder another run made."""
+    parent = Path(profile.run.out_dir).expanduser() / profile.run.name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir()  # atomic: of two runs started in the same second, each gets its own
+            return path
+        except FileExistsError:
+            continue
+    raise MptError(f"{parent}: too many runs started in the same second")
+
+
+class Run:
+    """A training run in a background thread. Controls are thread-safe."""
+
+    def __init__(self, profile: Profile, run_dir: Path | None):
+        self.profile = profile
+        self.run_dir = run_dir
+        self.events: queue.Queue[ev.Event] = queue.Queue()
+        self.control = Control()
+        self.reason: str | None = None  # how it ended: a run_finished reason, or "failed"
+        self.error: str | None = None
+        self.user_error = False
+        self._log = ev.EventLog(self.events, run_dir / "events.jsonl" if run_dir else None)
+        self._thread = threading.Thread(target=self._main, name="mpt-trainer", daemon=True)
+
+    @classmethod
+    def start(cls, profile: Profile, *, write: bool = True) -> Run:
+        """Create the run directory (unless `write` is false) and start training."""
+        run_dir = None
+        if write:
+            run_dir = make_run_dir(profile)
+            (run_dir / "profile.toml").write_text(profile.to_toml())
+        run = cls(profile, run_dir)
+        run._thread.start()
+        return run
+
+    def _main(self) -> None:
+        from engine.trainer import Trainer  # torch is imported here, off the caller's thread
+
+        trainer = Trainer(self.profile, self._log, self.control, self.run_dir)
+        self.trainer = trainer
+        try:
+            trainer.setup()
+        except MptError as e:
+            self._fail(trainer, str(e), "", user_error=True)
+            return
+        except Exception as e:  # noqa: BLE001 - reported as run_failed, never lost
+            self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
+            return
+        try:
+            self.reason = trainer.fit()
+        except Exception as e:  # noqa: BLE001
+            self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
+            return
+        finally:
+            self._log.close()
+
+    def _fail(self, trainer, error: str, tb: str, user_error: bool = False) -> None:
+        self.reason, self.error, self.user_error = "failed", error, user_error
+        self._log.emit(ev.RunFailed(step=trainer.step, epoch=trainer.epoch, error=error,
+                                    traceback=tb, user_error=user_error))
+        self._log.close()
+
+    # ---- controls: take effect at the next optimizer-step boundary ----
+    def pause(self) -> None:
+        self.control.pause()
+
+    def resume(self) -> None:
+        self.control.resume()
+
+    def stop(self, reason: str = "stopped") -> None:
+        self.control.stop(reason)
+
+    @property
+    def paused(self) -> bool:
+        return self.control.pause_requested
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> str | None:
+        """Wait for the run to end; returns how it ended (None if still running)."""
+        self._thread.join(timeout)
+        return None if self._thread.is_alive() else self.reason

@@ -1,0 +1,1 @@
+"""mpt-tui: the Textual console. Talks to the engine only through Run handles and events."""
