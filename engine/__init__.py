@@ -9,6 +9,14 @@ from engine.profile import FIELDS, Profile, load_profile, profile_from_dict, pro
 from engine.run import Run
 
 __all__ = [
-    "FIELDS", "DataError", "ModelError", "MptError", "Profile", "ProfileError", "Run",
-    "load_profile", "profile_from_dict", "profile_from_toml",
+    "FIELDS",
+    "DataError",
+    "ModelError",
+    "MptError",
+    "Profile",
+    "ProfileError",
+    "Run",
+    "load_profile",
+    "profile_from_dict",
+    "profile_from_toml",
 ]

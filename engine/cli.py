@@ -23,11 +23,18 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-ProfileArg = Annotated[Path, typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.",
-                                            show_default=False)]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a key: --set optim.lr=0.05 (TOML value; repeatable).",
-    show_default=False)]
+ProfileArg = Annotated[
+    Path,
+    typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.", show_default=False),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a key: --set optim.lr=0.05 (TOML value; repeatable).",
+        show_default=False,
+    ),
+]
 
 
 def _load(profile: Path, overrides: list[str] | None):
@@ -92,8 +99,11 @@ def _install_interrupt_handlers(handle, console) -> None:
     def on_signal(signum, frame):
         if handle.control.stop_requested:
             os._exit(EXIT_INTERRUPTED)
-        console.line(f"{signal.Signals(signum).name}: stopping after the current step "
-                     "(press Ctrl-C again to exit at once)", err=True)
+        console.line(
+            f"{signal.Signals(signum).name}: stopping after the current step "
+            "(press Ctrl-C again to exit at once)",
+            err=True,
+        )
         handle.stop("interrupted")
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -21,19 +21,23 @@ def _num(x: float | None) -> str:
 
 
 def format_epoch(e: ev.EpochEnd) -> str:
-    return (f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  "
-            f"train loss {_num(e.train_loss)} acc {_pct(e.train_acc)}  "
-            f"val loss {_num(e.val_loss)} acc {_pct(e.val_acc)}  "
-            f"lr {e.lr:.2e}  {e.seconds:.1f}s")
+    return (
+        f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  "
+        f"train loss {_num(e.train_loss)} acc {_pct(e.train_acc)}  "
+        f"val loss {_num(e.val_loss)} acc {_pct(e.val_acc)}  "
+        f"lr {e.lr:.2e}  {e.seconds:.1f}s"
+    )
 
 
 def format_started(e: ev.RunStarted) -> str:
     val = f" / {e.val_samples:,} val" if e.val_samples else " (no validation split)"
-    return (f"{e.dataset}: {e.train_samples:,} train{val} samples, {e.num_classes} classes, "
-            f"input {'x'.join(map(str, e.input_shape))}; {e.arch} ({e.parameters:,} parameters) "
-            f"on {e.device}, {e.precision}; batch {e.batch_size}"
-            + (f" x {e.grad_accum} accumulated" if e.grad_accum > 1 else "")
-            + f", {e.steps_per_epoch} steps/epoch, {e.total_steps} steps")
+    return (
+        f"{e.dataset}: {e.train_samples:,} train{val} samples, {e.num_classes} classes, "
+        f"input {'x'.join(map(str, e.input_shape))}; {e.arch} ({e.parameters:,} parameters) "
+        f"on {e.device}, {e.precision}; batch {e.batch_size}"
+        + (f" x {e.grad_accum} accumulated" if e.grad_accum > 1 else "")
+        + f", {e.steps_per_epoch} steps/epoch, {e.total_steps} steps"
+    )
 
 
 def format_finished(e: ev.RunFinished) -> str:
@@ -44,8 +48,7 @@ def format_finished(e: ev.RunFinished) -> str:
 
 
 class Console:
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
-                 tty: bool | None = None):
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, tty: bool | None = None):
         self.out, self.err = out, err
         self.tty = out.isatty() if tty is None else tty
         self._bar = False
@@ -78,9 +81,11 @@ class Console:
     def _draw_bar(self, e: ev.Step, width: int = 24) -> None:
         filled = round(width * e.epoch_progress)
         bar = "#" * filled + "." * (width - filled)
-        self.out.write(f"\r\x1b[Kepoch {e.epoch}/{self._epochs} [{bar}] "
-                       f"{100 * e.epoch_progress:3.0f}%  loss {e.loss:.4f}  "
-                       f"{e.samples_per_s:,.0f} samples/s")
+        self.out.write(
+            f"\r\x1b[Kepoch {e.epoch}/{self._epochs} [{bar}] "
+            f"{100 * e.epoch_progress:3.0f}%  loss {e.loss:.4f}  "
+            f"{e.samples_per_s:,.0f} samples/s"
+        )
         self.out.flush()
         self._bar = True
 

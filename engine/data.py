@@ -54,14 +54,17 @@ def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4:
-        raise DataError(f"{source}: images must be (N, H, W) or (N, H, W, C), got shape "
-                        f"{tuple(x.shape)}")
+        raise DataError(
+            f"{source}: images must be (N, H, W) or (N, H, W, C), got shape {tuple(x.shape)}"
+        )
     if x.dtype != np.uint8:
         if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0 and x.min() >= 0:
             x = np.rint(x * 255.0)  # images stored as floats in [0, 1]
         if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(f"{source}: pixel values must lie in 0..255 (uint8) or 0..1 "
-                            f"(floats), got {x.min()}..{x.max()}")
+            raise DataError(
+                f"{source}: pixel values must lie in 0..255 (uint8) or 0..1 "
+                f"(floats), got {x.min()}..{x.max()}"
+            )
         x = x.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(x))
 
@@ -94,16 +97,20 @@ def load_npz(cfg: DataSection, seed: int) -> Raw:
     with arrays:
         keys = set(arrays.files)
         if not {"x_train", "y_train"} <= keys:
-            raise DataError(f"{path}: needs arrays x_train and y_train (Keras layout), found "
-                            f"{', '.join(sorted(keys)) or 'none'}")
+            raise DataError(
+                f"{path}: needs arrays x_train and y_train (Keras layout), found "
+                f"{', '.join(sorted(keys)) or 'none'}"
+            )
         train_x = _as_images(arrays["x_train"], f"{path}: x_train")
         train = Split(train_x, _as_labels(arrays["y_train"], len(train_x), f"{path}: y_train"))
         test = None
         if {"x_test", "y_test"} <= keys:
             test_x = _as_images(arrays["x_test"], f"{path}: x_test")
             if test_x.shape[1:] != train_x.shape[1:]:
-                raise DataError(f"{path}: x_test images are {tuple(test_x.shape[1:])} but "
-                                f"x_train images are {tuple(train_x.shape[1:])}")
+                raise DataError(
+                    f"{path}: x_test images are {tuple(test_x.shape[1:])} but "
+                    f"x_train images are {tuple(train_x.shape[1:])}"
+                )
             test = Split(test_x, _as_labels(arrays["y_test"], len(test_x), f"{path}: y_test"))
     return Raw(train, test)
 
@@ -112,8 +119,12 @@ _TORCHVISION = {
     # name: (torchvision class, folder it creates under root, mean, std)
     "mnist": ("MNIST", "MNIST", [0.1307], [0.3081]),
     "fashion_mnist": ("FashionMNIST", "FashionMNIST", [0.2860], [0.3530]),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", [0.4914, 0.4822, 0.4465],
-                [0.2470, 0.2435, 0.2616]),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        [0.4914, 0.4822, 0.4465],
+        [0.2470, 0.2435, 0.2616],
+    ),
 }
 
 
@@ -154,8 +165,10 @@ def _load_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class folders found; image_folder expects "
-                        f"{root}/<class name>/<image files>")
+        raise DataError(
+            f"{root}: no class folders found; image_folder expects "
+            f"{root}/<class name>/<image files>"
+        )
     images, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
@@ -217,8 +230,10 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
     if val is None and cfg.val_fraction > 0:
         n_val = max(1, round(len(train) * cfg.val_fraction))
         if n_val >= len(train):
-            raise DataError(f"data.val_fraction {cfg.val_fraction} leaves no training data "
-                            f"({len(train)} samples)")
+            raise DataError(
+                f"data.val_fraction {cfg.val_fraction} leaves no training data "
+                f"({len(train)} samples)"
+            )
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
         val = Split(train.x[perm[:n_val]], train.y[perm[:n_val]])
         train = Split(train.x[perm[n_val:]], train.y[perm[n_val:]])
@@ -234,16 +249,23 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
         mean = xf.mean(dim=(0, 2, 3)).tolist()
         std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     if len(mean) != channels:
-        raise DataError(f"data.mean has {len(mean)} values but the images have {channels} "
-                        f"channel(s)")
+        raise DataError(
+            f"data.mean has {len(mean)} values but the images have {channels} channel(s)"
+        )
     return DataBundle(train, val, num_classes, tuple(train.x.shape[1:]), list(mean), list(std))
 
 
 class BatchTransform:
     """uint8 batch on the device -> normalised float batch (augmented when training)."""
 
-    def __init__(self, mean: list[float], std: list[float], device: torch.device,
-                 random_crop: int = 0, hflip: bool = False):
+    def __init__(
+        self,
+        mean: list[float],
+        std: list[float],
+        device: torch.device,
+        random_crop: int = 0,
+        hflip: bool = False,
+    ):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.pad = random_crop

@@ -34,8 +34,14 @@ class MLP(nn.Module):
 class CNN(nn.Module):
     """The tutorials' small convnet: 3x3 conv+ReLU layers, a max-pool, a hidden Linear."""
 
-    def __init__(self, in_shape: tuple[int, int, int], channels: list[int], hidden: int,
-                 num_classes: int, dropout: float):
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        channels: list[int],
+        hidden: int,
+        num_classes: int,
+        dropout: float,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_shape[0]
@@ -91,11 +97,13 @@ def _import_factory(path: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ModelError(f"model.arch {path!r}: cannot import module {module_name!r} ({e})") \
-            from None
+        raise ModelError(
+            f"model.arch {path!r}: cannot import module {module_name!r} ({e})"
+        ) from None
     except Exception as e:  # noqa: BLE001 - user code failing at import
-        raise ModelError(f"model.arch {path!r}: importing {module_name!r} raised "
-                         f"{type(e).__name__}: {e}") from None
+        raise ModelError(
+            f"model.arch {path!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"model.arch {path!r}: module {module_name!r} has no callable {attr!r}")
@@ -111,11 +119,15 @@ def build_model(cfg: ModelSection, in_shape: tuple[int, int, int], num_classes: 
         model = factory(in_shape=tuple(in_shape), num_classes=num_classes)
     except Exception as e:  # noqa: BLE001 - user code
         where = traceback.extract_tb(e.__traceback__)[-1]
-        raise ModelError(f"model.arch {cfg.arch!r}: the factory raised {type(e).__name__}: {e} "
-                         f"({where.filename}:{where.lineno})") from None
+        raise ModelError(
+            f"model.arch {cfg.arch!r}: the factory raised {type(e).__name__}: {e} "
+            f"({where.filename}:{where.lineno})"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"model.arch {cfg.arch!r}: the factory must return a torch.nn.Module, "
-                         f"got {type(model).__name__}")
+        raise ModelError(
+            f"model.arch {cfg.arch!r}: the factory must return a torch.nn.Module, "
+            f"got {type(model).__name__}"
+        )
     return model
 
 
@@ -126,11 +138,14 @@ def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int)
         with torch.no_grad():
             out = model(sample)
     except Exception as e:  # noqa: BLE001 - user model code
-        raise ModelError(f"the model failed on a batch of shape {tuple(sample.shape)}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise ModelError(
+            f"the model failed on a batch of shape {tuple(sample.shape)}: {type(e).__name__}: {e}"
+        ) from None
     finally:
         model.train()
     want = (sample.shape[0], num_classes)
     if tuple(out.shape) != want:
-        raise ModelError(f"the model's output has shape {tuple(out.shape)} but the data needs "
-                         f"{want} (batch, num_classes)")
+        raise ModelError(
+            f"the model's output has shape {tuple(out.shape)} but the data needs "
+            f"{want} (batch, num_classes)"
+        )

@@ -11,31 +11,34 @@ from engine.profile import OptimSection, ScheduleSection
 
 
 def _sgd(params, c: OptimSection):
-    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                           weight_decay=c.weight_decay)
+    return torch.optim.SGD(
+        params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
+    )
 
 
 def _adam(params, c: OptimSection):
-    return torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                            weight_decay=c.weight_decay)
+    return torch.optim.Adam(
+        params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay
+    )
 
 
 def _adamw(params, c: OptimSection):
-    return torch.optim.AdamW(params, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                             weight_decay=c.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay
+    )
 
 
 def _rmsprop(params, c: OptimSection):
-    return torch.optim.RMSprop(params, lr=c.lr, alpha=c.alpha, eps=c.eps,
-                               momentum=c.momentum, weight_decay=c.weight_decay)
+    return torch.optim.RMSprop(
+        params, lr=c.lr, alpha=c.alpha, eps=c.eps, momentum=c.momentum, weight_decay=c.weight_decay
+    )
 
 
 def _adagrad(params, c: OptimSection):
     return torch.optim.Adagrad(params, lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
 
 
-OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop,
-              "adagrad": _adagrad}
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop, "adagrad": _adagrad}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimSection) -> torch.optim.Optimizer:
@@ -48,8 +51,9 @@ class LRFactor:
     A plain object (not a lambda) so that LambdaLR's state_dict can hold it.
     """
 
-    def __init__(self, cfg: ScheduleSection, base_lr: float, steps_per_epoch: int,
-                 total_steps: int):
+    def __init__(
+        self, cfg: ScheduleSection, base_lr: float, steps_per_epoch: int, total_steps: int
+    ):
         self.name = cfg.name
         self.warmup = cfg.warmup_steps + cfg.warmup_epochs * steps_per_epoch
         self.start = cfg.warmup_start_factor
@@ -76,27 +80,39 @@ class LRFactor:
 class Schedule:
     """Steps the learning rate after each optimizer step and after each validation."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleSection, base_lr: float,
-                 steps_per_epoch: int, total_steps: int):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        cfg: ScheduleSection,
+        base_lr: float,
+        steps_per_epoch: int,
+        total_steps: int,
+    ):
         self.cfg = cfg
         self.plateau = None
+        self.warmup = 0
         if cfg.name == "onecycle":
             self.per_step = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.max_lr or base_lr, total_steps=max(1, total_steps),
-                pct_start=cfg.pct_start)
+                optimizer,
+                max_lr=cfg.max_lr or base_lr,
+                total_steps=max(1, total_steps),
+                pct_start=cfg.pct_start,
+            )
         else:
             factor = LRFactor(cfg, base_lr, steps_per_epoch, total_steps)
             self.warmup = factor.warmup
             self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         if cfg.name == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="min", factor=cfg.factor, patience=cfg.patience)
+                optimizer, mode="min", factor=cfg.factor, patience=cfg.patience
+            )
 
     def after_step(self, step: int) -> None:
-        # After warmup, plateau owns the lr: LambdaLR would overwrite its reductions.
-        if self.plateau is None or step <= self.warmup:
-            if self.cfg.name != "onecycle" or self.per_step.last_epoch < self.per_step.total_steps:
-                self.per_step.step()
+        if self.plateau is not None and step > self.warmup:
+            return  # after warmup, plateau owns the lr: LambdaLR would overwrite its reductions
+        if self.cfg.name == "onecycle" and self.per_step.last_epoch >= self.per_step.total_steps:
+            return  # OneCycleLR raises when stepped past its last step
+        self.per_step.step()
 
     def after_validation(self, loss: float) -> None:
         if self.plateau is not None:

@@ -69,14 +69,15 @@ class RunSection:
         None, "Stop after this many optimizer steps (absent: no limit).", "int", ge=1, optional=True
     )
     max_time: float | None = key(
-        None, "Stop after this many seconds of training (absent: no limit).", "float", gt=0,
+        None,
+        "Stop after this many seconds of training (absent: no limit).",
+        "float",
+        gt=0,
         optional=True,
     )
     device: str = key("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps.", "str")
     out_dir: str = key("runs", "Folder that holds the run directories.", "str")
-    deterministic: bool = key(
-        False, "Use deterministic algorithms only (slower on CUDA).", "bool"
-    )
+    deterministic: bool = key(False, "Use deterministic algorithms only (slower on CUDA).", "bool")
 
 
 @dataclass
@@ -89,22 +90,31 @@ class DataSection:
     download: bool = key(
         False, "Download the torchvision dataset into root when it is missing.", "bool"
     )
-    batch_size: int = key(64, "Samples per micro-batch (per optimizer step: x grad_accum).",
-                          "int", ge=1)
+    batch_size: int = key(
+        64, "Samples per micro-batch (per optimizer step: x grad_accum).", "int", ge=1
+    )
     eval_batch_size: int = key(512, "Samples per batch when validating.", "int", ge=1)
     use_test_split: bool = key(
         True, "Validate on the dataset's own test split where it has one.", "bool"
     )
     val_fraction: float = key(
-        0.1, "Fraction of the training data held out for validation when there is no test "
-        "split (or use_test_split is false).", "float", ge=0.0, lt=1.0,
+        0.1,
+        "Fraction of the training data held out for validation when there is no test "
+        "split (or use_test_split is false).",
+        "float",
+        ge=0.0,
+        lt=1.0,
     )
     cache: str = key(
-        "auto", "Where the decoded dataset lives: on the training device, in host memory, or "
-        "auto (device when it fits).", "choice", choices=CACHE_MODES,
+        "auto",
+        "Where the decoded dataset lives: on the training device, in host memory, or "
+        "auto (device when it fits).",
+        "choice",
+        choices=CACHE_MODES,
     )
     mean: list[float] = key(
-        [], "Per-channel mean for normalisation (empty: the dataset's own or computed).",
+        [],
+        "Per-channel mean for normalisation (empty: the dataset's own or computed).",
         "float_list",
     )
     std: list[float] = key(
@@ -114,8 +124,7 @@ class DataSection:
         0, "Augment: random crop after padding by this many pixels (0: off).", "int", ge=0
     )
     hflip: bool = key(False, "Augment: random horizontal flip.", "bool")
-    image_size: int = key(32, "image_folder: images are resized to this square size.", "int",
-                          ge=4)
+    image_size: int = key(32, "image_folder: images are resized to this square size.", "int", ge=4)
     synthetic_samples: int = key(2048, "synthetic: number of samples.", "int", ge=2)
     synthetic_classes: int = key(10, "synthetic: number of classes.", "int", ge=2)
     synthetic_shape: list[int] = key(
@@ -126,13 +135,14 @@ class DataSection:
 @dataclass
 class ModelSection:
     arch: str = key(
-        "mlp", "mlp, cnn, resnet18, or your own \"package.module:factory\" called as "
-        "factory(in_shape=(C, H, W), num_classes=N).", "str",
+        "mlp",
+        'mlp, cnn, resnet18, or your own "package.module:factory" called as '
+        "factory(in_shape=(C, H, W), num_classes=N).",
+        "str",
     )
     hidden: list[int] = key([128], "mlp: sizes of the hidden layers.", "int_list")
     channels: list[int] = key([32, 64], "cnn: channels of the convolution layers.", "int_list")
-    dropout: float = key(0.0, "Dropout probability before the classifier.", "float", ge=0.0,
-                         lt=1.0)
+    dropout: float = key(0.0, "Dropout probability before the classifier.", "float", ge=0.0, lt=1.0)
     small_input: bool = key(
         True, "resnet18: 3x3 stem without max-pool, for 32x32 images such as CIFAR-10.", "bool"
     )
@@ -145,41 +155,52 @@ class OptimSection:
     momentum: float = key(0.0, "sgd, rmsprop: momentum.", "float", ge=0.0, lt=1.0)
     nesterov: bool = key(False, "sgd: Nesterov momentum (needs momentum > 0).", "bool")
     weight_decay: float = key(0.0, "L2 penalty (decoupled for adamw).", "float", ge=0.0)
-    betas: list[float] = key([0.9, 0.999], "adam, adamw: the two beta coefficients.",
-                             "float_list")
-    eps: float = key(1e-8, "adam, adamw, rmsprop, adagrad: term added for stability.", "float",
-                     gt=0.0)
+    betas: list[float] = key([0.9, 0.999], "adam, adamw: the two beta coefficients.", "float_list")
+    eps: float = key(
+        1e-8, "adam, adamw, rmsprop, adagrad: term added for stability.", "float", gt=0.0
+    )
     alpha: float = key(0.99, "rmsprop: smoothing constant.", "float", gt=0.0, lt=1.0)
 
 
 @dataclass
 class ScheduleSection:
-    name: str = key("none", "How the learning rate changes during the run.", "choice",
-                    choices=SCHEDULES)
+    name: str = key(
+        "none", "How the learning rate changes during the run.", "choice", choices=SCHEDULES
+    )
     warmup_steps: int = key(0, "Linear warmup over this many optimizer steps.", "int", ge=0)
-    warmup_epochs: int = key(0, "Linear warmup over this many epochs (adds to warmup_steps).",
-                             "int", ge=0)
+    warmup_epochs: int = key(
+        0, "Linear warmup over this many epochs (adds to warmup_steps).", "int", ge=0
+    )
     warmup_start_factor: float = key(
         0.1, "Warmup starts at lr x this factor.", "float", gt=0.0, le=1.0
     )
     step_size: int = key(10, "step: epochs between decays.", "int", ge=1)
-    gamma: float = key(0.1, "step: decay factor every step_size epochs; exponential: per epoch.",
-                       "float", gt=0.0, le=1.0)
+    gamma: float = key(
+        0.1,
+        "step: decay factor every step_size epochs; exponential: per epoch.",
+        "float",
+        gt=0.0,
+        le=1.0,
+    )
     min_lr: float = key(0.0, "cosine: the rate at the end of the run.", "float", ge=0.0)
-    factor: float = key(0.1, "plateau: decay factor when val_loss stops improving.", "float",
-                        gt=0.0, lt=1.0)
+    factor: float = key(
+        0.1, "plateau: decay factor when val_loss stops improving.", "float", gt=0.0, lt=1.0
+    )
     patience: int = key(2, "plateau: epochs without improvement before decaying.", "int", ge=0)
     max_lr: float | None = key(
         None, "onecycle: the peak rate (absent: optim.lr).", "float", gt=0.0, optional=True
     )
-    pct_start: float = key(0.3, "onecycle: fraction of the run spent rising.", "float", gt=0.0,
-                           lt=1.0)
+    pct_start: float = key(
+        0.3, "onecycle: fraction of the run spent rising.", "float", gt=0.0, lt=1.0
+    )
 
 
 @dataclass
 class PrecisionSection:
     mode: str = key(
-        "fp32", "fp32; fp16 = autocast + GradScaler; bf16 = autocast.", "choice",
+        "fp32",
+        "fp32; fp16 = autocast + GradScaler; bf16 = autocast.",
+        "choice",
         choices=PRECISIONS,
     )
 
@@ -217,8 +238,9 @@ class Profile:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, keys that are None left out (TOML has no null)."""
         return {
-            name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items()
-                   if v is not None}
+            name: {
+                k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None
+            }
             for name in SECTIONS
         }
 
@@ -313,8 +335,12 @@ def _cross_checks(p: Profile) -> list[Problem]:
     arch = p.model.arch
     if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
         hint = difflib.get_close_matches(arch, BUILTIN_ARCHS, n=1)
-        add("model.arch", "must be mlp, cnn, resnet18 or \"package.module:factory\""
-            + (f"; did you mean {hint[0]!r}?" if hint else ""), arch)
+        add(
+            "model.arch",
+            'must be mlp, cnn, resnet18 or "package.module:factory"'
+            + (f"; did you mean {hint[0]!r}?" if hint else ""),
+            arch,
+        )
     if any(h < 1 for h in p.model.hidden):
         add("model.hidden", "every layer size must be >= 1", p.model.hidden)
     if arch == "cnn" and (not p.model.channels or any(c < 1 for c in p.model.channels)):
@@ -322,7 +348,7 @@ def _cross_checks(p: Profile) -> list[Problem]:
     if len(p.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in p.optim.betas):
         add("optim.betas", "must be two numbers in [0, 1)", p.optim.betas)
     if p.optim.nesterov and (p.optim.name != "sgd" or p.optim.momentum == 0):
-        add("optim.nesterov", "needs optim.name = \"sgd\" and momentum > 0", p.optim.nesterov)
+        add("optim.nesterov", 'needs optim.name = "sgd" and momentum > 0', p.optim.nesterov)
     d = p.data
     if d.dataset == "npz":
         if not d.path:
@@ -331,19 +357,23 @@ def _cross_checks(p: Profile) -> list[Problem]:
             add("data.path", "no such file; point it at a .npz with x_train/y_train", d.path)
     if d.dataset == "image_folder":
         if not d.path:
-            add("data.path", "the image_folder dataset needs a folder of class sub-folders",
-                d.path)
+            add("data.path", "the image_folder dataset needs a folder of class sub-folders", d.path)
         elif not Path(d.path).expanduser().is_dir():
-            add("data.path", "no such folder; point it at a folder of class sub-folders",
-                d.path)
-    if d.dataset in ("mnist", "fashion_mnist", "cifar10") and not d.download:
-        if not Path(d.root).expanduser().is_dir():
-            add("data.root", f"no such folder, and data.download is false; set "
-                "data.download = true or point data.root at the folder holding the dataset",
-                d.root)
+            add("data.path", "no such folder; point it at a folder of class sub-folders", d.path)
+    torchvision_data = d.dataset in ("mnist", "fashion_mnist", "cifar10")
+    if torchvision_data and not d.download and not Path(d.root).expanduser().is_dir():
+        add(
+            "data.root",
+            "no such folder, and data.download is false; set "
+            "data.download = true or point data.root at the folder holding the dataset",
+            d.root,
+        )
     if len(d.synthetic_shape) != 3 or any(s < 1 for s in d.synthetic_shape):
-        add("data.synthetic_shape", "must be [channels, height, width], each >= 1",
-            d.synthetic_shape)
+        add(
+            "data.synthetic_shape",
+            "must be [channels, height, width], each >= 1",
+            d.synthetic_shape,
+        )
     if len(d.mean) != len(d.std):
         add("data.std", "must have as many values as data.mean", d.std)
     if any(s <= 0 for s in d.std):
@@ -351,12 +381,18 @@ def _cross_checks(p: Profile) -> list[Problem]:
     has_own_split = d.dataset in ("mnist", "fashion_mnist", "cifar10", "npz")
     no_val = d.val_fraction == 0 and not (has_own_split and d.use_test_split)
     if p.schedule.name == "plateau" and no_val and d.dataset != "image_folder":
-        add("schedule.name", "plateau needs a validation set; set data.val_fraction > 0",
-            p.schedule.name)
+        add(
+            "schedule.name",
+            "plateau needs a validation set; set data.val_fraction > 0",
+            p.schedule.name,
+        )
     s = p.schedule
     if s.name == "onecycle" and (s.warmup_steps or s.warmup_epochs):
-        add("schedule.warmup_steps", "onecycle warms up by itself (pct_start); set the warmup "
-            "keys to 0", s.warmup_steps or s.warmup_epochs)
+        add(
+            "schedule.warmup_steps",
+            "onecycle warms up by itself (pct_start); set the warmup keys to 0",
+            s.warmup_steps or s.warmup_epochs,
+        )
     return problems
 
 
@@ -398,8 +434,9 @@ def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profil
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     if not text.strip():
-        raise ProfileError(source, [Problem("", "the file is empty; start from "
-                                            "profiles/quickstart.toml")])
+        raise ProfileError(
+            source, [Problem("", "the file is empty; start from profiles/quickstart.toml")]
+        )
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -421,8 +458,9 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ProfileError(source, [Problem("", "is not a text file (not UTF-8); a profile "
-                                            "is TOML text")]) from None
+        raise ProfileError(
+            source, [Problem("", "is not a text file (not UTF-8); a profile is TOML text")]
+        ) from None
     return parse_toml(text, source)
 
 

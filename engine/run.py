@@ -81,8 +81,15 @@ class Run:
 
     def _fail(self, trainer, error: str, tb: str, user_error: bool = False) -> None:
         self.reason, self.error, self.user_error = "failed", error, user_error
-        self._log.emit(ev.RunFailed(step=trainer.step, epoch=trainer.epoch, error=error,
-                                    traceback=tb, user_error=user_error))
+        self._log.emit(
+            ev.RunFailed(
+                step=trainer.step,
+                epoch=trainer.epoch,
+                error=error,
+                traceback=tb,
+                user_error=user_error,
+            )
+        )
         self._log.close()
 
     # ---- controls: take effect at the next optimizer-step boundary ----

@@ -37,12 +37,16 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MptError(f"run.device: CUDA is not available on this machine (got {name!r}); "
-                           "use \"auto\" or \"cpu\"")
+            raise MptError(
+                f"run.device: CUDA is not available on this machine (got {name!r}); "
+                'use "auto" or "cpu"'
+            )
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise MptError(f"run.device: this machine has {torch.cuda.device_count()} CUDA "
-                           f"device(s) (got {name!r})")
+            raise MptError(
+                f"run.device: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (got {name!r})"
+            )
     if name == "mps" and not torch.backends.mps.is_available():
         raise MptError("run.device: MPS is not available on this machine (got 'mps')")
     return torch.device(name)
@@ -55,8 +59,9 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, profile: Profile, log: ev.EventLog, control: Control,
-                 run_dir: Path | None = None):
+    def __init__(
+        self, profile: Profile, log: ev.EventLog, control: Control, run_dir: Path | None = None
+    ):
         self.p = profile
         self.log = log
         self.control = control
@@ -68,10 +73,15 @@ class Trainer:
     def setup(self) -> None:
         p = self.p
         self.device = resolve_device(p.run.device)
-        if p.precision.mode == "bf16" and self.device.type == "cuda" \
-                and not torch.cuda.is_bf16_supported():
-            raise MptError("precision.mode: this GPU does not support bf16 (got 'bf16'); "
-                           "use \"fp16\" or \"fp32\"")
+        if (
+            p.precision.mode == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise MptError(
+                "precision.mode: this GPU does not support bf16 (got 'bf16'); "
+                'use "fp16" or "fp32"'
+            )
         if p.run.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -79,8 +89,9 @@ class Trainer:
         data: DataBundle = load_data(p.data, p.run.seed)
         self.data = data
         self.cache = self._place_data(data)
-        self.transform = BatchTransform(data.mean, data.std, self.device,
-                                        p.data.random_crop, p.data.hflip)
+        self.transform = BatchTransform(
+            data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
+        )
         self.model = build_model(p.model, data.in_shape, data.num_classes).to(self.device)
         sample = self.transform(data.train.x[:2].to(self.device))
         check_output_shape(self.model, sample, data.num_classes)
@@ -90,11 +101,11 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * p.run.epochs
         if p.run.max_steps:
             self.total_steps = min(self.total_steps, p.run.max_steps)
-        self.schedule = Schedule(self.optimizer, p.schedule, p.optim.lr, self.steps_per_epoch,
-                                 self.total_steps)
+        self.schedule = Schedule(
+            self.optimizer, p.schedule, p.optim.lr, self.steps_per_epoch, self.total_steps
+        )
         self.autocast_dtype = _AUTOCAST.get(p.precision.mode)
-        self.scaler = (torch.amp.GradScaler(self.device.type)
-                       if p.precision.mode == "fp16" else None)
+        self.scaler = torch.amp.GradScaler(self.device.type) if p.precision.mode == "fp16" else None
 
     def _place_data(self, data: DataBundle) -> str:
         """Keep the uint8 dataset on the device when it fits, else in host memory."""
@@ -133,16 +144,33 @@ class Trainer:
                 self.best_val_acc = val_acc
             self.schedule.after_validation(val_loss if val_loss is not None else train_loss)
             seconds = time.monotonic() - epoch_start
-            self.log.emit(ev.EpochEnd(
-                step=self.step, epoch=self.epoch, epochs=p.run.epochs, train_loss=train_loss,
-                train_acc=train_acc, val_loss=val_loss, val_acc=val_acc, lr=self._lr(),
-                seconds=seconds, samples_per_s=samples / max(seconds, 1e-9)))
+            self.log.emit(
+                ev.EpochEnd(
+                    step=self.step,
+                    epoch=self.epoch,
+                    epochs=p.run.epochs,
+                    train_loss=train_loss,
+                    train_acc=train_acc,
+                    val_loss=val_loss,
+                    val_acc=val_acc,
+                    lr=self._lr(),
+                    seconds=seconds,
+                    samples_per_s=samples / max(seconds, 1e-9),
+                )
+            )
             if reason != "completed" or self.step >= self.total_steps:
                 break
-        self.log.emit(ev.RunFinished(
-            step=self.step, epoch=self.epoch, reason=reason,
-            seconds=time.monotonic() - started, best_val_acc=self.best_val_acc,
-            final_val_loss=last_val[0], final_val_acc=last_val[1]))
+        self.log.emit(
+            ev.RunFinished(
+                step=self.step,
+                epoch=self.epoch,
+                reason=reason,
+                seconds=time.monotonic() - started,
+                best_val_acc=self.best_val_acc,
+                final_val_loss=last_val[0],
+                final_val_acc=last_val[1],
+            )
+        )
         return reason
 
     def _train_epoch(self, started: float) -> tuple[float, float, int, str]:
@@ -161,13 +189,16 @@ class Trainer:
         window_start = time.monotonic()
         reason = "completed"
         for first in range(0, len(batches), accum):
-            group = batches[first:first + accum]
+            group = batches[first : first + accum]
             step_samples = sum(len(b) for b in group)
             for idx in group:
                 xb = self.transform(train.x[idx].to(self.device, non_blocking=True), aug)
                 yb = train.y[idx].to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                    enabled=self.autocast_dtype is not None):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype,
+                    enabled=self.autocast_dtype is not None,
+                ):
                     out = self.model(xb)
                     loss = F.cross_entropy(out, yb, reduction="sum")
                 scaled = loss / step_samples
@@ -233,8 +264,9 @@ class Trainer:
             sl = slice(start, start + self.p.data.eval_batch_size)
             xb = self.transform(val.x[sl].to(self.device, non_blocking=True))
             yb = val.y[sl].to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                                enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
                 out = self.model(xb)
             loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
             correct += (out.argmax(1) == yb).sum()
@@ -260,20 +292,42 @@ class Trainer:
                 gpu_mem_allocated=torch.cuda.memory_allocated(self.device),
                 gpu_mem_reserved=torch.cuda.memory_reserved(self.device),
                 gpu_mem_peak=torch.cuda.max_memory_allocated(self.device),
-                gpu_mem_total=torch.cuda.get_device_properties(self.device).total_memory)
+                gpu_mem_total=torch.cuda.get_device_properties(self.device).total_memory,
+            )
         done = min(first + self.p.train.grad_accum, n_batches) / n_batches
-        self.log.emit(ev.Step(step=self.step, epoch=self.epoch, loss=loss, lr=self._lr(),
-                              samples_per_s=window_samples / seconds, epoch_progress=done,
-                              **mem))
+        self.log.emit(
+            ev.Step(
+                step=self.step,
+                epoch=self.epoch,
+                loss=loss,
+                lr=self._lr(),
+                samples_per_s=window_samples / seconds,
+                epoch_progress=done,
+                **mem,
+            )
+        )
 
     def _run_started(self) -> ev.RunStarted:
         p, d = self.p, self.data
         return ev.RunStarted(
-            step=self.step, epoch=1, run_dir=str(self.run_dir or ""), name=p.run.name,
-            device=str(self.device), precision=p.precision.mode, dataset=p.data.dataset,
-            train_samples=len(d.train), val_samples=len(d.val) if d.val else 0,
-            num_classes=d.num_classes, input_shape=list(d.in_shape), arch=p.model.arch,
-            parameters=sum(t.numel() for t in self.model.parameters()), epochs=p.run.epochs,
-            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-            batch_size=p.data.batch_size, grad_accum=p.train.grad_accum,
-            global_batch=p.data.batch_size * p.train.grad_accum, data_cache=self.cache)
+            step=self.step,
+            epoch=1,
+            run_dir=str(self.run_dir or ""),
+            name=p.run.name,
+            device=str(self.device),
+            precision=p.precision.mode,
+            dataset=p.data.dataset,
+            train_samples=len(d.train),
+            val_samples=len(d.val) if d.val else 0,
+            num_classes=d.num_classes,
+            input_shape=list(d.in_shape),
+            arch=p.model.arch,
+            parameters=sum(t.numel() for t in self.model.parameters()),
+            epochs=p.run.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            batch_size=p.data.batch_size,
+            grad_accum=p.train.grad_accum,
+            global_batch=p.data.batch_size * p.train.grad_accum,
+            data_cache=self.cache,
+        )
