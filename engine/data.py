@@ -7,6 +7,7 @@ on the training device, as in cifar10-airbench: speed comes from where the data 
 
 from __future__ import annotations
 
+import re
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,24 +136,34 @@ def load_torchvision(cfg: DataSection, seed: int) -> Raw:
     cls = getattr(tvd, cls_name)
     root = Path(cfg.root).expanduser()
     splits = []
+    files = f"{root / folder / 'raw'}" if folder != "cifar-10-batches-py" else f"{root / folder}"
     for train in (True, False):
         try:
             ds = cls(str(root), train=train, download=cfg.download)
         except (urllib.error.URLError, OSError, ConnectionError) as e:
+            raise DataError(_download_failed(cls_name, files, folder, _reason(e))) from None
+        except RuntimeError as e:  # torchvision: "Dataset not found" / "Error downloading"
+            text = str(e)
+            if cfg.download and "download" in text.lower():
+                net = re.search(r"<urlopen error (.*?)>", text)
+                raise DataError(
+                    _download_failed(cls_name, files, folder, net.group(1) if net else text)
+                ) from None
             raise DataError(
-                f"could not download {cls_name} into {root / folder} ({_reason(e)}); with no "
-                f"network, copy the {cls_name} files into {root / folder} or set data.root to "
-                f"the folder that holds {folder}/"
-            ) from None
-        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-            raise DataError(
-                f"{cls_name} not found in {root / folder} ({e}); set data.download = true, or "
-                f"set data.root to the folder that holds {folder}/"
+                f"{cls_name} not found in {root / folder}; set data.download = true, or set "
+                f"data.root to the folder that holds {folder}/"
             ) from None
         x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         x = _as_images(x, cls_name)
         splits.append(Split(x, _as_labels(np.asarray(ds.targets), len(x), cls_name)))
     return Raw(splits[0], splits[1], mean, std)
+
+
+def _download_failed(name: str, files: str, folder: str, why: str) -> str:
+    return (
+        f"could not download {name} ({why.strip()}); with no network, copy the {name} files "
+        f"into {files} yourself, or set data.root to a folder that already holds {folder}/"
+    )
 
 
 def _reason(e: BaseException) -> str:

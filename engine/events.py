@@ -77,6 +77,25 @@ class EpochEnd(Event):
 
 
 @dataclass
+class EarlyStop(Event):
+    kind: ClassVar[str] = "early_stop"
+    monitor: str = ""
+    value: float | None = None  # the monitored value this time
+    best: float | None = None
+    wait: int = 0  # validations since the last improvement
+    patience: int = 0
+    stopping: bool = False  # true when this validation ends the run
+    why: str = ""  # patience, stop_above, stop_below, not_finite
+
+
+@dataclass
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint_saved"
+    path: str = ""
+    reason: str = ""  # epoch, steps, best, requested, stop, interrupted, final
+
+
+@dataclass
 class Paused(Event):
     kind: ClassVar[str] = "paused"
 
@@ -112,7 +131,18 @@ class RunFailed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (RunStarted, Step, EpochEnd, Paused, Resumed, Warning, RunFinished, RunFailed)
+    for cls in (
+        RunStarted,
+        Step,
+        EpochEnd,
+        EarlyStop,
+        CheckpointSaved,
+        Paused,
+        Resumed,
+        Warning,
+        RunFinished,
+        RunFailed,
+    )
 }
 
 
