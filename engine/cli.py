@@ -54,16 +54,46 @@ def validate(profile: ProfileArg, set_: SetOpt = None) -> None:
     print(f"{profile}: ok")
 
 
+ResumeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resume",
+        help="Continue from a checkpoint: 'last' (the newest run of this profile), a run "
+        "directory, or a .pt file. Without PROFILE, the checkpoint's own profile is used.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
-def run(profile: ProfileArg, set_: SetOpt = None) -> None:
+def run(
+    profile: Annotated[
+        Path | None,
+        typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.", show_default=False),
+    ] = None,
+    set_: SetOpt = None,
+    resume: ResumeOpt = None,
+) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
-    p = _load(profile, set_)
+    if profile is None and resume is None:
+        print(
+            "mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", file=sys.stderr
+        )
+        raise typer.Exit(EXIT_USAGE)
+    if profile is None and set_:
+        print(
+            "mpt run: --set needs a profile; with --resume alone the checkpoint's profile "
+            "is used as it is",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    p = _load(profile, set_) if profile is not None else None
     from engine.console import Console
     from engine.run import Run
 
     console = Console()
     try:
-        handle = Run.start(p)
+        handle = Run.start(p, resume=resume)
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -82,6 +112,8 @@ def run(profile: ProfileArg, set_: SetOpt = None) -> None:
         if isinstance(event, ev.RunFinished | ev.RunFailed):
             break
     handle.join()
+    if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
+        console.line(f"resume with: mpt run --resume {handle.run_dir}")
     raise typer.Exit(_exit_code(handle))
 
 

@@ -47,6 +47,16 @@ def format_finished(e: ev.RunFinished) -> str:
     return text
 
 
+def format_early_stop(e: ev.EarlyStop) -> str:
+    if e.why == "patience":
+        return (
+            f"early stopping: {e.monitor} has not improved for {e.wait} validation(s) "
+            f"(best {e.best:.4f})"
+        )
+    limit = "above" if e.why == "stop_above" else "below"
+    return f"early stopping: {e.monitor} = {e.value:.4f} is {limit} the threshold"
+
+
 class Console:
     def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, tty: bool | None = None):
         self.out, self.err = out, err
@@ -67,6 +77,12 @@ class Console:
                 self._draw_bar(e)
         elif isinstance(e, ev.EpochEnd):
             self.line(format_epoch(e))
+        elif isinstance(e, ev.CheckpointSaved):
+            if e.reason not in ("epoch", "steps", "best"):  # the periodic ones go unsaid
+                self.line(f"checkpoint saved ({e.reason}): {e.path}")
+        elif isinstance(e, ev.EarlyStop):
+            if e.stopping:
+                self.line(format_early_stop(e))
         elif isinstance(e, ev.Paused):
             self.line(f"paused at step {e.step}")
         elif isinstance(e, ev.Resumed):

@@ -12,6 +12,7 @@ class Control:
         self._go = threading.Event()  # set while the run may train
         self._go.set()
         self._stop = threading.Event()
+        self._checkpoint = threading.Event()
         self.stop_reason = "stopped"
 
     def pause(self) -> None:
@@ -27,6 +28,21 @@ class Control:
         self._stop.set()
         self._go.set()  # a paused run must wake up to stop
 
+    def checkpoint(self) -> None:
+        """Ask for a checkpoint at the next step boundary (also while paused)."""
+        self._checkpoint.set()
+
+    def take_checkpoint_request(self) -> bool:
+        """True once per request: the Trainer calls this and saves when it is true."""
+        if self._checkpoint.is_set():
+            self._checkpoint.clear()
+            return True
+        return False
+
+    def wait_while_paused(self, timeout: float | None = None) -> bool:
+        """Block while paused; returns False if still paused after `timeout` seconds."""
+        return self._go.wait(timeout)
+
     @property
     def pause_requested(self) -> bool:
         return not self._go.is_set()
@@ -34,6 +50,3 @@ class Control:
     @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
-
-    def wait_while_paused(self) -> None:
-        self._go.wait()

@@ -39,3 +39,7 @@ class DataError(MptError):
 
 class ModelError(MptError):
     """A model that cannot be built or does not fit the data."""
+
+
+class TrainingFailed(MptError):
+    """Training cannot go on (e.g. the loss became non-finite); the run ends with exit 1."""

@@ -48,6 +48,7 @@ class RunStarted(Event):
     global_batch: int = 0
     world_size: int = 1
     data_cache: str = ""
+    resumed_from: str | None = None  # the checkpoint this run continues, if any
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Step(Event):
     lr: float = 0.0
     samples_per_s: float = 0.0
     epoch_progress: float = 0.0  # fraction of the current epoch done, 0..1
+    skipped_steps: int = 0  # steps skipped so far for a non-finite loss or gradients
     gpu_mem_allocated: int | None = None  # bytes; None on the CPU
     gpu_mem_reserved: int | None = None
     gpu_mem_peak: int | None = None
@@ -167,15 +169,22 @@ def read_events(path: str | Path) -> list[Event]:
 class EventLog:
     """Sends each event to events.jsonl and to a queue; never blocks the caller."""
 
-    def __init__(self, events: queue.Queue, path: Path | None = None):
+    def __init__(self, events: queue.Queue, path: Path | None = None, history: list[str] = ()):
+        """`history`: lines of an earlier run's events.jsonl that this run continues."""
         self.queue = events
         self.path = path
         self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.lines = 0  # lines written so far, history included
+        if self._file is not None and history:
+            self._file.writelines(line if line.endswith("\n") else line + "\n" for line in history)
+            self._file.flush()
+            self.lines = len(history)
 
     def emit(self, event: Event) -> None:
         if self._file is not None:
             self._file.write(json.dumps(event.to_dict()) + "\n")
             self._file.flush()
+            self.lines += 1
         self.queue.put_nowait(event)  # unbounded queue: a slow reader never stalls training
 
     def close(self) -> None:

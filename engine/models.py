@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
 
 import torch
@@ -94,6 +96,10 @@ ARCHS = {"mlp": build_mlp, "cnn": build_cnn, "resnet18": build_resnet18}
 
 def _import_factory(path: str):
     module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # The `mpt` console script, unlike `python -m`, leaves the working directory off
+        # sys.path; a module beside the profile must import, as relative data paths resolve.
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

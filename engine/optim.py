@@ -110,8 +110,11 @@ class Schedule:
     def after_step(self, step: int) -> None:
         if self.plateau is not None and step > self.warmup:
             return  # after warmup, plateau owns the lr: LambdaLR would overwrite its reductions
-        if self.cfg.name == "onecycle" and self.per_step.last_epoch >= self.per_step.total_steps:
-            return  # OneCycleLR raises when stepped past its last step
+        if (
+            self.cfg.name == "onecycle"
+            and self.per_step.last_epoch + 1 >= self.per_step.total_steps
+        ):
+            return  # the last step is done: one more would extrapolate the curve (or raise)
         self.per_step.step()
 
     def after_validation(self, loss: float) -> None:
@@ -124,7 +127,14 @@ class Schedule:
             state["plateau"] = self.plateau.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.per_step.load_state_dict(state["per_step"])
+    def load_state_dict(self, state: dict[str, Any], base_lr: float) -> None:
+        """Restore the position in the schedule; its shape comes from the current profile,
+        so a resume may change epochs (the cosine length) or the base lr."""
+        per_step = dict(state["per_step"])
+        if "lr_lambdas" in per_step:  # keep the LRFactor built from the new profile
+            per_step["lr_lambdas"] = [None] * len(per_step["lr_lambdas"])
+        self.per_step.load_state_dict(per_step)
+        if isinstance(self.per_step, torch.optim.lr_scheduler.LambdaLR):
+            self.per_step.base_lrs = [base_lr for _ in self.per_step.base_lrs]
         if self.plateau is not None and "plateau" in state:
             self.plateau.load_state_dict(state["plateau"])

@@ -63,7 +63,13 @@ def key(default, help, kind, *, choices=(), ge=None, gt=None, le=None, lt=None, 
 @dataclass
 class RunSection:
     name: str = key("run", "Name of the run; runs go to <out_dir>/<name>/<timestamp>/.", "str")
-    seed: int = key(0, "Seed for every random stream (init, shuffling, dropout).", "int", ge=0)
+    seed: int = key(
+        0,
+        "Seed for every random stream (init, shuffling, dropout).",
+        "int",
+        ge=0,
+        le=2**32 - 1,  # numpy's np.random.seed takes no more
+    )
     epochs: int = key(10, "Number of passes over the training data.", "int", ge=1)
     max_steps: int | None = key(
         None, "Stop after this many optimizer steps (absent: no limit).", "int", ge=1, optional=True
@@ -212,6 +218,60 @@ class TrainSection:
     log_every: int = key(
         20, "Report loss and throughput every this many optimizer steps.", "int", ge=1
     )
+    nonfinite: str = key(
+        "fail",
+        "A non-finite loss in fp32/bf16: fail the run (checked every log_every steps), or "
+        "skip that step (checked every step: one host sync per step). fp16 always skips "
+        "through the GradScaler.",
+        "choice",
+        choices=("fail", "skip"),
+    )
+
+
+MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
+
+
+@dataclass
+class EarlyStopSection:
+    enabled: bool = key(False, "Stop when the monitored metric stops improving.", "bool")
+    monitor: str = key(
+        "val_loss", "The metric to watch after each validation.", "choice", choices=MONITORS
+    )
+    mode: str = key(
+        "auto",
+        "min or max is better; auto: min for losses, max for accuracies.",
+        "choice",
+        choices=("auto", "min", "max"),
+    )
+    patience: int = key(5, "Validations without improvement before stopping.", "int", ge=0)
+    min_delta: float = key(0.0, "The least change that counts as an improvement.", "float", ge=0.0)
+    restore_best: bool = key(False, "At the end, load the weights of the best validation.", "bool")
+    check_finite: bool = key(True, "Fail the run when the monitored value is NaN or inf.", "bool")
+    stop_above: float | None = key(
+        None,
+        "Stop as soon as the monitored value is above this (absent: no threshold).",
+        "float",
+        optional=True,
+    )
+    stop_below: float | None = key(
+        None,
+        "Stop as soon as the monitored value is below this (absent: no threshold).",
+        "float",
+        optional=True,
+    )
+
+
+@dataclass
+class CheckpointSection:
+    every_epochs: int = key(1, "Save a checkpoint every this many epochs (0: never).", "int", ge=0)
+    every_steps: int = key(
+        0, "Save a checkpoint every this many optimizer steps (0: never).", "int", ge=0
+    )
+    keep_last: int = key(3, "Keep this many periodic checkpoints (0: keep all).", "int", ge=0)
+    save_best: bool = key(
+        True, "Keep best.pt: the checkpoint with the best monitored value.", "bool"
+    )
+    monitor: str = key("val_loss", "The metric that decides best.pt.", "choice", choices=MONITORS)
 
 
 SECTIONS: dict[str, type] = {
@@ -222,6 +282,8 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleSection,
     "precision": PrecisionSection,
     "train": TrainSection,
+    "early_stop": EarlyStopSection,
+    "checkpoint": CheckpointSection,
 }
 
 
@@ -234,6 +296,8 @@ class Profile:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     precision: PrecisionSection = field(default_factory=PrecisionSection)
     train: TrainSection = field(default_factory=TrainSection)
+    early_stop: EarlyStopSection = field(default_factory=EarlyStopSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, keys that are None left out (TOML has no null)."""
@@ -305,14 +369,17 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
 
 
 def _range_problem(spec: FieldSpec, value: float) -> str | None:
+    def bound(b: float) -> str:
+        return str(b) if isinstance(b, int) else f"{b:g}"  # 4294967295, not 4.29497e+09
+
     if spec.ge is not None and value < spec.ge:
-        return f"must be >= {spec.ge:g}"
+        return f"must be >= {bound(spec.ge)}"
     if spec.gt is not None and value <= spec.gt:
-        return f"must be > {spec.gt:g}"
+        return f"must be > {bound(spec.gt)}"
     if spec.le is not None and value > spec.le:
-        return f"must be <= {spec.le:g}"
+        return f"must be <= {bound(spec.le)}"
     if spec.lt is not None and value >= spec.lt:
-        return f"must be < {spec.lt:g}"
+        return f"must be < {bound(spec.lt)}"
     return None
 
 
@@ -386,6 +453,13 @@ def _cross_checks(p: Profile) -> list[Problem]:
             "plateau needs a validation set; set data.val_fraction > 0",
             p.schedule.name,
         )
+    es = p.early_stop
+    if es.enabled and es.monitor.startswith("val_") and no_val and d.dataset != "image_folder":
+        add(
+            "early_stop.monitor",
+            "needs a validation set; set data.val_fraction > 0 or monitor train_loss",
+            es.monitor,
+        )
     s = p.schedule
     if s.name == "onecycle" and (s.warmup_steps or s.warmup_epochs):
         add(
@@ -423,10 +497,11 @@ def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profil
             else:
                 values[kname] = coerced
         sections[sname] = values
-    if problems:
-        raise ProfileError(source, problems)
+    # Cross-check with the valid keys (defaults in place of the wrong ones), so that one
+    # run of `mpt validate` lists every problem; a key already reported is not reported twice.
     profile = Profile(**{name: SECTIONS[name](**sections.get(name, {})) for name in SECTIONS})
-    problems = _cross_checks(profile)
+    reported = {p.key for p in problems}
+    problems += [p for p in _cross_checks(profile) if p.key not in reported]
     if problems:
         raise ProfileError(source, problems)
     return profile

@@ -33,35 +33,75 @@ def make_run_dir(profile: Profile) -> Path:
     raise MptError(f"{parent}: too many runs started in the same second")
 
 
+def _prepare_resume(profile: Profile | None, spec: str | Path):
+    """Find and check the checkpoint; return (profile, (path, state), history, warnings)."""
+    from engine import checkpoint as ckpt  # imports torch: only when resuming
+    from engine.profile import profile_from_dict
+
+    run = profile.run if profile else None
+    path = ckpt.resolve(spec, run.out_dir if run else None, run.name if run else None)
+    state = ckpt.load(path)
+    if profile is None:
+        profile = profile_from_dict(state["profile"], source=f"{path} (its profile)")
+    warnings = ckpt.check_resume(path, state, profile.to_dict())
+    events = path.resolve().parent.parent / "events.jsonl"
+    history = []
+    if events.is_file():
+        history = events.read_text().splitlines()[: state["progress"]["events"]]
+    return profile, (path, state), history, warnings
+
+
 class Run:
     """A training run in a background thread. Controls are thread-safe."""
 
-    def __init__(self, profile: Profile, run_dir: Path | None):
+    def __init__(
+        self, profile: Profile, run_dir: Path | None, resume=None, history=(), warnings=()
+    ):
         self.profile = profile
         self.run_dir = run_dir
+        self.resumed_from: Path | None = resume[0] if resume else None
         self.events: queue.Queue[ev.Event] = queue.Queue()
         self.control = Control()
         self.reason: str | None = None  # how it ended: a run_finished reason, or "failed"
         self.error: str | None = None
         self.user_error = False
-        self._log = ev.EventLog(self.events, run_dir / "events.jsonl" if run_dir else None)
+        self._resume = resume
+        self._warnings = list(warnings)
+        path = run_dir / "events.jsonl" if run_dir else None
+        self._log = ev.EventLog(self.events, path, history)
         self._thread = threading.Thread(target=self._main, name="mpt-trainer", daemon=True)
 
     @classmethod
-    def start(cls, profile: Profile, *, write: bool = True) -> Run:
-        """Create the run directory (unless `write` is false) and start training."""
+    def start(
+        cls, profile: Profile | None = None, *, resume: str | Path | None = None, write: bool = True
+    ) -> Run:
+        """Create the run directory (unless `write` is false) and start training.
+
+        `resume`: "last" (the newest checkpointed run of this profile's name), a run
+        directory, or a checkpoint file. The run continues in a new run directory whose
+        events.jsonl starts with the history up to the checkpoint. Without `profile` the
+        checkpoint's own profile is used. Raises MptError (CheckpointError) before any
+        work when the checkpoint cannot be used.
+        """
+        resume_pair, history, warnings = None, [], []
+        if resume is not None:
+            profile, resume_pair, history, warnings = _prepare_resume(profile, resume)
+        if profile is None:
+            raise MptError("Run.start needs a profile or a checkpoint to resume")
         run_dir = None
         if write:
             run_dir = make_run_dir(profile)
             (run_dir / "profile.toml").write_text(profile.to_toml())
-        run = cls(profile, run_dir)
+        run = cls(profile, run_dir, resume_pair, history, warnings)
         run._thread.start()
         return run
 
     def _main(self) -> None:
         from engine.trainer import Trainer  # torch is imported here, off the caller's thread
 
-        trainer = Trainer(self.profile, self._log, self.control, self.run_dir)
+        trainer = Trainer(
+            self.profile, self._log, self.control, self.run_dir, self._resume, self._warnings
+        )
         self.trainer = trainer
         try:
             trainer.setup()
@@ -73,6 +113,9 @@ class Run:
             return
         try:
             self.reason = trainer.fit()
+        except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
+            self._fail(trainer, str(e), "")
+            return
         except Exception as e:  # noqa: BLE001
             self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
             return
@@ -100,7 +143,12 @@ class Run:
         self.control.resume()
 
     def stop(self, reason: str = "stopped") -> None:
+        """End the run at the next step boundary, after saving a checkpoint."""
         self.control.stop(reason)
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint at the next step boundary (a checkpoint_saved event follows)."""
+        self.control.checkpoint()
 
     @property
     def paused(self) -> bool:

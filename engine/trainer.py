@@ -3,6 +3,8 @@
 A step is `grad_accum` micro-batches of `data.batch_size`; the loss is summed per sample
 and divided by the samples in the whole step, so accumulation equals one big batch.
 Metrics stay on the device; the host syncs only every `log_every` steps and per epoch.
+Everything that must survive a restart is gathered by `state_dict()`, so a checkpoint
+taken at any step boundary continues as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import checkpoint as ckpt
 from engine import events as ev
 from engine.control import Control
 from engine.data import BatchTransform, DataBundle, Split, load_data
-from engine.errors import MptError
+from engine.errors import MptError, TrainingFailed
 from engine.models import build_model, check_output_shape
+from engine.monitor import BestTracker
 from engine.optim import Schedule, build_optimizer
 from engine.profile import Profile
 
@@ -60,12 +65,20 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     def __init__(
-        self, profile: Profile, log: ev.EventLog, control: Control, run_dir: Path | None = None
+        self,
+        profile: Profile,
+        log: ev.EventLog,
+        control: Control,
+        run_dir: Path | None = None,
+        resume: tuple[Path, dict[str, Any]] | None = None,
+        warnings: list[str] | None = None,
     ):
         self.p = profile
         self.log = log
         self.control = control
         self.run_dir = run_dir
+        self.resume = resume  # (checkpoint path, its state), or None
+        self.warnings = warnings or []
         self.step = 0
         self.epoch = 0
 
@@ -106,6 +119,23 @@ class Trainer:
         )
         self.autocast_dtype = _AUTOCAST.get(p.precision.mode)
         self.scaler = torch.amp.GradScaler(self.device.type) if p.precision.mode == "fp16" else None
+        es = p.early_stop
+        self.early = BestTracker(es.monitor, es.mode, es.min_delta)
+        self.best_ckpt = BestTracker(p.checkpoint.monitor)
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.ckpt_dir = self.run_dir / "checkpoints" if self.run_dir else None
+        # Progress: where the run is, and the metric sums of the epoch and log window so far.
+        self.epochs_done, self.group = 0, 0
+        self.best_val_acc: float | None = None
+        self.last_saved: tuple[int, int] | None = None  # (step, epochs_done) of the newest file
+        self.metrics: dict[str, float | None] = {}
+        self._zero_epoch_sums()
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_samples = 0
+        self.skipped = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.aug_state: torch.Tensor | None = None
+        if self.resume:
+            self.load_state_dict(self.resume[1])
 
     def _place_data(self, data: DataBundle) -> str:
         """Keep the uint8 dataset on the device when it fits, else in host memory."""
@@ -128,71 +158,62 @@ class Trainer:
     def fit(self) -> str:
         p = self.p
         self.log.emit(self._run_started())
-        started = time.monotonic()
+        for message in self.warnings:
+            self.log.emit(ev.Warning(step=self.step, epoch=self.epochs_done + 1, message=message))
+        self.started = time.monotonic()
         self.paused_seconds = 0.0
         reason = "completed"
-        self.best_val_acc = None
-        last_val = (None, None)
-        for self.epoch in range(1, p.run.epochs + 1):
+        while self.epochs_done < p.run.epochs and self.step < self.total_steps:
+            self.epoch = self.epochs_done + 1
             epoch_start = time.monotonic()
-            train_loss, train_acc, samples, reason = self._train_epoch(started)
-            if samples == 0:
+            reason = self._train_epoch()
+            if reason != "completed":
+                break  # stopped inside the epoch: the checkpoint continues it on resume
+            reason = self._end_epoch(time.monotonic() - epoch_start)
+            if reason != "completed":
                 break
+        if reason in ("completed", "early_stopped", "max_time"):
+            self._check_finite()
+            self.save("final")
+        if p.early_stop.restore_best and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
             val_loss, val_acc = self.evaluate()
-            last_val = (val_loss, val_acc)
-            if val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc):
-                self.best_val_acc = val_acc
-            self.schedule.after_validation(val_loss if val_loss is not None else train_loss)
-            seconds = time.monotonic() - epoch_start
-            self.log.emit(
-                ev.EpochEnd(
-                    step=self.step,
-                    epoch=self.epoch,
-                    epochs=p.run.epochs,
-                    train_loss=train_loss,
-                    train_acc=train_acc,
-                    val_loss=val_loss,
-                    val_acc=val_acc,
-                    lr=self._lr(),
-                    seconds=seconds,
-                    samples_per_s=samples / max(seconds, 1e-9),
-                )
-            )
-            if reason != "completed" or self.step >= self.total_steps:
-                break
+            self.metrics.update(val_loss=val_loss, val_acc=val_acc)
         self.log.emit(
             ev.RunFinished(
                 step=self.step,
                 epoch=self.epoch,
                 reason=reason,
-                seconds=time.monotonic() - started,
+                seconds=time.monotonic() - self.started,
                 best_val_acc=self.best_val_acc,
-                final_val_loss=last_val[0],
-                final_val_acc=last_val[1],
+                final_val_loss=self.metrics.get("val_loss"),
+                final_val_acc=self.metrics.get("val_acc"),
             )
         )
         return reason
 
-    def _train_epoch(self, started: float) -> tuple[float, float, int, str]:
-        """One pass over the training data; returns loss, accuracy, samples, stop reason."""
+    def _train_epoch(self) -> str:
+        """Train from the current position to the end of the epoch; returns why it ended."""
         p, train = self.p, self.data.train
         self.model.train()
         order = torch.randperm(len(train), generator=self._epoch_generator("cpu"))
-        order = order.to(train.x.device)
-        batches = order.split(p.data.batch_size)
+        batches = order.to(train.x.device).split(p.data.batch_size)
         accum = p.train.grad_accum
-        aug = self._epoch_generator(self.device) if (p.data.random_crop or p.data.hflip) else None
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        window_loss = torch.zeros((), device=self.device)
-        samples = window_samples = 0
+        groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
+        self.aug = None
+        if p.data.random_crop or p.data.hflip:
+            self.aug = self._epoch_generator(self.device)
+            if self.aug_state is not None:  # resuming inside this epoch
+                self.aug.set_state(self.aug_state)
+        self.aug_state = None
         window_start = time.monotonic()
-        reason = "completed"
-        for first in range(0, len(batches), accum):
-            group = batches[first : first + accum]
+        while self.group < len(groups):
+            group = groups[self.group]
             step_samples = sum(len(b) for b in group)
+            step_loss = torch.zeros((), device=self.device)
+            step_correct = torch.zeros((), device=self.device, dtype=torch.int64)
             for idx in group:
-                xb = self.transform(train.x[idx].to(self.device, non_blocking=True), aug)
+                xb = self.transform(train.x[idx].to(self.device, non_blocking=True), self.aug)
                 yb = train.y[idx].to(self.device, non_blocking=True)
                 with torch.autocast(
                     self.device.type,
@@ -203,22 +224,39 @@ class Trainer:
                     loss = F.cross_entropy(out, yb, reduction="sum")
                 scaled = loss / step_samples
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                loss_sum += loss.detach().float()
-                window_loss += loss.detach().float()
-                correct += (out.argmax(1) == yb).sum()
-            self._optimizer_step()
-            samples += step_samples
-            window_samples += step_samples
+                step_loss += loss.detach().float()
+                step_correct += (out.argmax(1) == yb).sum()
+            if (
+                p.train.nonfinite == "skip"
+                and self.scaler is None
+                and not bool(
+                    torch.isfinite(step_loss)  # the one per-step sync, only when asked for
+                )
+            ):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped += 1
+            else:
+                self._optimizer_step()
+                self.epoch_loss += step_loss
+                self.epoch_correct += step_correct
+                self.epoch_samples += step_samples
+                self.window_loss += step_loss
+                self.window_samples += step_samples
+            self.step += 1
+            self.group += 1
+            self.schedule.after_step(self.step)
             if self.step % p.train.log_every == 0:
-                self._emit_step(window_loss, window_samples, window_start, first, len(batches))
-                window_loss.zero_()
-                window_samples, window_start = 0, time.monotonic()
-            reason = self._between_steps(started)
-            if reason != "completed" or self.step >= self.total_steps:
+                self._emit_step(window_start, self.group / len(groups))
+                window_start = time.monotonic()
+            every = p.checkpoint.every_steps
+            if every and self.step % every == 0:
+                self.save("steps")
+            reason = self._between_steps()
+            if reason != "completed":
+                return reason
+            if self.step >= self.total_steps:
                 break
-        if samples == 0:
-            return 0.0, 0.0, 0, reason
-        return (loss_sum.item() / samples, correct.item() / samples, samples, reason)
+        return "completed"
 
     def _optimizer_step(self) -> None:
         clip = self.p.train.clip_norm
@@ -226,29 +264,122 @@ class Trainer:
             if clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            before = self.scaler._scale.clone()  # private, but a device tensor: no host sync
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.skipped += (self.scaler._scale < before).long().sum()  # scale drops = skipped
         else:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.schedule.after_step(self.step)
 
-    def _between_steps(self, started: float) -> str:
-        """Apply pause/stop requests and the time limit; return why to stop, or 'completed'."""
+    def _end_epoch(self, seconds: float) -> str:
+        """Validate, report, watch the monitors, save; returns why the run should stop."""
+        p = self.p
+        train_loss = self.epoch_loss.item() / max(self.epoch_samples, 1)
+        train_acc = self.epoch_correct.item() / max(self.epoch_samples, 1)
+        samples = self.epoch_samples
+        val_loss, val_acc = self.evaluate()
+        self.metrics = dict(
+            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc
+        )
+        if val_acc is not None and (self.best_val_acc is None or val_acc > self.best_val_acc):
+            self.best_val_acc = val_acc
+        self.schedule.after_validation(val_loss if val_loss is not None else train_loss)
+        self.log.emit(
+            ev.EpochEnd(
+                step=self.step,
+                epoch=self.epoch,
+                epochs=p.run.epochs,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=self._lr(),
+                seconds=seconds,
+                samples_per_s=samples / max(seconds, 1e-9),
+            )
+        )
+        self.epochs_done, self.group = self.epoch, 0
+        self._zero_epoch_sums()
+        if not math.isfinite(train_loss) and p.train.nonfinite == "fail" and self.scaler is None:
+            self._fail_nonfinite(train_loss)
+        stop_why = self._watch_early_stop()
+        self._checkpoints_at_epoch_end()
+        if stop_why:
+            return "early_stopped"
+        return self._between_steps()
+
+    def _watch_early_stop(self) -> str | None:
+        es = self.p.early_stop
+        value = self.metrics.get(es.monitor)
+        if not es.enabled or value is None:
+            return None
+        if es.check_finite and not math.isfinite(value):
+            raise TrainingFailed(
+                f"early_stop.monitor: {es.monitor} is {value} after epoch {self.epoch}; lower "
+                "optim.lr, set train.clip_norm, or use fp32"
+            )
+        improved = self.early.update(value, self.step)
+        if improved and es.restore_best:
+            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        why = ""
+        if es.stop_above is not None and value > es.stop_above:
+            why = "stop_above"
+        elif es.stop_below is not None and value < es.stop_below:
+            why = "stop_below"
+        elif self.early.wait > 0 and self.early.wait >= es.patience:
+            why = "patience"
+        self.log.emit(
+            ev.EarlyStop(
+                step=self.step,
+                epoch=self.epoch,
+                monitor=es.monitor,
+                value=value,
+                best=self.early.best,
+                wait=self.early.wait,
+                patience=es.patience,
+                stopping=bool(why),
+                why=why,
+            )
+        )
+        return why or None
+
+    def _checkpoints_at_epoch_end(self) -> None:
+        ck = self.p.checkpoint
+        saved = False
+        if ck.every_epochs and self.epoch % ck.every_epochs == 0:
+            self.save("epoch")
+            saved = True
+        value = self.metrics.get(ck.monitor)
+        if ck.save_best and value is not None and self.best_ckpt.update(value, self.step):
+            if not saved:
+                self.save("best")
+            self._link("best.pt", reason="best")
+
+    def _between_steps(self) -> str:
+        """Apply checkpoint/pause/stop requests and the time limit; return why to stop."""
         c = self.control
+        if c.take_checkpoint_request():
+            self.save("requested")
         if c.pause_requested and not c.stop_requested:
             self.log.emit(ev.Paused(step=self.step, epoch=self.epoch))
             pause_start = time.monotonic()
-            c.wait_while_paused()
+            while not c.wait_while_paused(timeout=0.1):
+                if c.take_checkpoint_request():  # a checkpoint may be asked for while paused
+                    self.save("requested")
             self.paused_seconds += time.monotonic() - pause_start
-            self.log.emit(ev.Resumed(step=self.step, epoch=self.epoch))
+            if c.take_checkpoint_request():
+                self.save("requested")
+            if not c.stop_requested:
+                self.log.emit(ev.Resumed(step=self.step, epoch=self.epoch))
         if c.stop_requested:
+            self._check_finite()
+            self.save("interrupted" if c.stop_reason == "interrupted" else "stop")
             return c.stop_reason
         max_time = self.p.run.max_time
-        if max_time and time.monotonic() - started - self.paused_seconds >= max_time:
+        if max_time and time.monotonic() - self.started - self.paused_seconds >= max_time:
             return "max_time"
         return "completed"
 
@@ -273,7 +404,123 @@ class Trainer:
         self.model.train()
         return loss_sum.item() / len(val), correct.item() / len(val)
 
+    # ---- checkpoints ----
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly from this step boundary."""
+        aug = getattr(self, "aug", None)
+        return {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "time": time.time(),
+            "profile": self.p.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "early_stop": self.early.state_dict(),
+            "best_checkpoint": self.best_ckpt.state_dict(),
+            "best_weights": self.best_weights,
+            "metrics": dict(self.metrics),
+            "progress": {
+                "step": self.step,
+                "epochs_done": self.epochs_done,
+                "group": self.group,  # optimizer steps already done inside the next epoch
+                "epoch_loss": self.epoch_loss,
+                "epoch_correct": self.epoch_correct,
+                "epoch_samples": self.epoch_samples,
+                "window_loss": self.window_loss,
+                "window_samples": self.window_samples,
+                "skipped": self.skipped,
+                "best_val_acc": self.best_val_acc,
+                "events": self.log.lines,  # events.jsonl lines up to here: the history
+            },
+            "rng": {**ckpt.rng_state(), "augment": aug.get_state() if aug else None},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        old, new = state["profile"]["optim"], self.p.to_dict()["optim"]
+        for key in (k for k in new if k not in ("name", "lr") and old.get(k) != new[k]):
+            for group in self.optimizer.param_groups:  # a hyper-parameter the resume changes
+                if key in group:
+                    group[key] = tuple(new[key]) if key == "betas" else new[key]
+        self.schedule.load_state_dict(state["schedule"], base_lr=self.p.optim.lr)
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stop"])
+        self.best_ckpt.load_state_dict(state["best_checkpoint"])
+        self.best_weights = state["best_weights"]
+        self.metrics = dict(state["metrics"])
+        pr = state["progress"]
+        self.step, self.epochs_done, self.group = pr["step"], pr["epochs_done"], pr["group"]
+        self.epoch = self.epochs_done + 1
+        self.epoch_loss = pr["epoch_loss"].to(self.device)
+        self.epoch_correct = pr["epoch_correct"].to(self.device)
+        self.epoch_samples = pr["epoch_samples"]
+        self.window_loss = pr["window_loss"].to(self.device)
+        self.window_samples = pr["window_samples"]
+        self.skipped = pr["skipped"].to(self.device)
+        self.best_val_acc = pr["best_val_acc"]
+        self.last_saved = (self.step, self.epochs_done)
+        ckpt.set_rng_state(state["rng"])
+        self.aug_state = state["rng"]["augment"]
+
+    def save(self, reason: str) -> Path | None:
+        """Write step-NNNNNN.pt atomically, point last.pt at it, drop old periodic ones."""
+        if self.ckpt_dir is None:
+            return None
+        path = self.ckpt_dir / f"step-{self.step:06d}.pt"
+        if self.last_saved != (self.step, self.epochs_done) or not path.exists():
+            self._check_finite()
+            self.ckpt_dir.mkdir(exist_ok=True)
+            ckpt.save_atomic(self.state_dict(), path)
+            self.last_saved = (self.step, self.epochs_done)
+            ckpt.link_atomic(path, self.ckpt_dir / "last.pt")
+            self._prune()
+        self.log.emit(
+            ev.CheckpointSaved(step=self.step, epoch=self.epoch, path=str(path), reason=reason)
+        )
+        return path
+
+    def _link(self, name: str, reason: str) -> None:
+        if self.ckpt_dir is None:
+            return
+        path = self.ckpt_dir / f"step-{self.step:06d}.pt"
+        ckpt.link_atomic(path, self.ckpt_dir / name)
+        self.log.emit(
+            ev.CheckpointSaved(
+                step=self.step, epoch=self.epoch, path=str(self.ckpt_dir / name), reason=reason
+            )
+        )
+
+    def _prune(self) -> None:
+        keep = self.p.checkpoint.keep_last
+        if not keep:
+            return
+        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep]:
+            old.unlink(missing_ok=True)  # best.pt and last.pt are links of their own
+
     # ---- helpers ----
+    def _zero_epoch_sums(self) -> None:
+        self.epoch_loss = torch.zeros((), device=self.device)
+        self.epoch_correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.epoch_samples = 0
+
+    def _check_finite(self) -> None:
+        """Never save or go on from weights a non-finite loss has already spoiled."""
+        if self.p.train.nonfinite != "fail" or self.scaler is not None:
+            return
+        for value in (self.window_loss, self.epoch_loss):
+            if not bool(torch.isfinite(value)):
+                self._fail_nonfinite(float(value))
+
+    def _fail_nonfinite(self, value: float) -> None:
+        raise TrainingFailed(
+            f"the training loss became {value} by step {self.step}; lower optim.lr, set "
+            'train.clip_norm, or set train.nonfinite = "skip" to skip such steps'
+        )
+
     def _epoch_generator(self, device) -> torch.Generator:
         """A fresh stream per epoch, so any epoch's order is known from the seed alone."""
         g = torch.Generator(device=device)
@@ -283,8 +530,10 @@ class Trainer:
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _emit_step(self, window_loss, window_samples, window_start, first, n_batches) -> None:
-        loss = window_loss.item() / max(window_samples, 1)  # the one host sync per log_every
+    def _emit_step(self, window_start: float, progress: float) -> None:
+        loss = self.window_loss.item() / max(self.window_samples, 1)  # the host sync
+        if not math.isfinite(loss) and self.p.train.nonfinite == "fail" and self.scaler is None:
+            self._fail_nonfinite(loss)
         seconds = max(time.monotonic() - window_start, 1e-9)
         mem = {}
         if self.device.type == "cuda":
@@ -294,24 +543,26 @@ class Trainer:
                 gpu_mem_peak=torch.cuda.max_memory_allocated(self.device),
                 gpu_mem_total=torch.cuda.get_device_properties(self.device).total_memory,
             )
-        done = min(first + self.p.train.grad_accum, n_batches) / n_batches
         self.log.emit(
             ev.Step(
                 step=self.step,
                 epoch=self.epoch,
                 loss=loss,
                 lr=self._lr(),
-                samples_per_s=window_samples / seconds,
-                epoch_progress=done,
+                samples_per_s=self.window_samples / seconds,
+                epoch_progress=progress,
+                skipped_steps=int(self.skipped),
                 **mem,
             )
         )
+        self.window_loss.zero_()
+        self.window_samples = 0
 
     def _run_started(self) -> ev.RunStarted:
         p, d = self.p, self.data
         return ev.RunStarted(
             step=self.step,
-            epoch=1,
+            epoch=self.epochs_done + 1,
             run_dir=str(self.run_dir or ""),
             name=p.run.name,
             device=str(self.device),
@@ -330,4 +581,5 @@ class Trainer:
             grad_accum=p.train.grad_accum,
             global_batch=p.data.batch_size * p.train.grad_accum,
             data_cache=self.cache,
+            resumed_from=str(self.resume[0]) if self.resume else None,
         )

@@ -1,0 +1,215 @@
+"""Checkpoint files: atomic writes, safe reads, and what may change on resume.
+
+A checkpoint is one dict of tensors and plain values (loadable with
+`torch.load(path, weights_only=True)`); `state["model"]` is a plain state_dict that
+`model.load_state_dict(...)` accepts, as in the tutorials.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import MptError
+
+FORMAT = "mpt-checkpoint"
+VERSION = 1
+
+# Keys whose change makes a checkpoint meaningless for the new profile: the weights or
+# the optimizer state would not fit, or the position inside the data would point elsewhere.
+REFUSED_CHANGES = (
+    "model.arch",
+    "model.hidden",
+    "model.channels",
+    "model.small_input",
+    "data.dataset",
+    "data.synthetic_samples",
+    "data.synthetic_classes",
+    "data.synthetic_shape",
+    "data.image_size",
+    "data.batch_size",
+    "data.use_test_split",
+    "data.val_fraction",
+    "train.grad_accum",
+    "run.seed",
+    "optim.name",
+    "schedule.name",
+)
+
+
+class CheckpointError(MptError):
+    """A checkpoint that cannot be used: unreadable, foreign, newer, or incompatible."""
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    epoch: int  # epochs completed
+    step: int
+    metric: float | None  # val_acc at the time, when known
+    time: float
+
+
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    """Write `state` so that `path` is either the old file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def link_atomic(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` (a hard link, or a copy), replacing it atomically."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint; any problem is one CheckpointError sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load (it holds more than tensors and plain values: {first})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(
+            f"{path}: cannot be read, the file is truncated or corrupted ({type(e).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an mpt checkpoint (a .pt file from another program)")
+    if not isinstance(state.get("version"), int) or state["version"] > VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer mpt (checkpoint format {state.get('version')}, this "
+            f"mpt reads up to {VERSION}); upgrade mpt to resume it"
+        )
+    return state
+
+
+def info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
+    progress = state["progress"]
+    return CheckpointInfo(
+        path=str(path),
+        epoch=progress["epochs_done"],
+        step=progress["step"],
+        metric=state.get("metrics", {}).get("val_acc"),
+        time=state.get("time") or path.stat().st_mtime,
+    )
+
+
+def list_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
+    """The checkpoints in a run directory, oldest step first; unreadable files left out."""
+    folder = Path(run_dir) / "checkpoints"
+    found = []
+    for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
+        try:
+            found.append(info(path, load(path)))
+        except (CheckpointError, KeyError):
+            continue
+    return sorted(found, key=lambda c: (c.step, c.path))
+
+
+def resolve(spec: str | Path, out_dir: str | None = None, name: str | None = None) -> Path:
+    """`--resume` value -> checkpoint file: "last", a run directory, or a .pt file."""
+    if str(spec) == "last":
+        if out_dir is None or name is None:
+            raise CheckpointError("--resume last needs the profile, to know which runs to look at")
+        runs = Path(out_dir).expanduser() / name
+        candidates = sorted(runs.glob("*/checkpoints/last.pt")) if runs.is_dir() else []
+        if not candidates:
+            raise CheckpointError(f"--resume last: no run in {runs} has a checkpoint yet")
+        return candidates[-1]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(f"{path}: this run directory has no checkpoints/last.pt")
+        return last
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random stream, as tensors and plain values."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def profile_changes(old: dict[str, dict], new: dict[str, dict]) -> list[tuple[str, Any, Any]]:
+    """(key.path, old value, new value) for each key that differs between two profiles."""
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                changes.append((f"{section}.{key}", a.get(key), b.get(key)))
+    return changes
+
+
+def check_resume(path: Path, state: dict[str, Any], new: dict[str, dict]) -> list[str]:
+    """Refuse a profile the checkpoint cannot serve; return a warning per safe change."""
+    changes = profile_changes(state["profile"], new)
+    refused = [c for c in changes if c[0] in REFUSED_CHANGES]
+    if refused:
+        what = "; ".join(f"{k} was {a!r}, the profile says {b!r}" for k, a, b in refused)
+        raise CheckpointError(
+            f"{path}: cannot resume with a different {refused[0][0].split('.')[0]} setup ({what})"
+            "; start a new run instead"
+        )
+    return [f"resume changes {k} from {a!r} to {b!r}" for k, a, b in changes]

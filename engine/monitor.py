@@ -1,0 +1,48 @@
+"""Watching a metric across validations: the best value so far and how long ago it was."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """'auto' means lower is better for losses and higher for accuracies."""
+    if mode != "auto":
+        return mode
+    return "min" if monitor.endswith("loss") else "max"
+
+
+class BestTracker:
+    """Tracks the best value of one metric; `wait` counts validations since it improved."""
+
+    def __init__(self, monitor: str, mode: str = "auto", min_delta: float = 0.0):
+        self.monitor = monitor
+        self.mode = resolve_mode(monitor, mode)
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.wait = 0
+
+    def improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a new value; return whether it is the new best."""
+        if self.improves(value):
+            self.best, self.best_step, self.wait = value, step, 0
+            return True
+        self.wait += 1
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
