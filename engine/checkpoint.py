@@ -209,7 +209,7 @@ def check_resume(path: Path, state: dict[str, Any], new: dict[str, dict]) -> lis
     if refused:
         what = "; ".join(f"{k} was {a!r}, the profile says {b!r}" for k, a, b in refused)
         raise CheckpointError(
-            f"{path}: cannot resume with a different {refused[0][0].split('.')[0]} setup ({what})"
-            "; start a new run instead"
+            f"{path}: cannot resume with this profile ({what}); these keys must stay as they "
+            "were, so start a new run instead"
         )
     return [f"resume changes {k} from {a!r} to {b!r}" for k, a, b in changes]

@@ -80,20 +80,13 @@ def run(
             "mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", file=sys.stderr
         )
         raise typer.Exit(EXIT_USAGE)
-    if profile is None and set_:
-        print(
-            "mpt run: --set needs a profile; with --resume alone the checkpoint's profile "
-            "is used as it is",
-            file=sys.stderr,
-        )
-        raise typer.Exit(EXIT_USAGE)
     p = _load(profile, set_) if profile is not None else None
     from engine.console import Console
     from engine.run import Run
 
     console = Console()
     try:
-        handle = Run.start(p, resume=resume)
+        handle = Run.start(p, resume=resume, overrides=set_ if p is None else None)
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

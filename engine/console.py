@@ -72,6 +72,8 @@ class Console:
         if isinstance(e, ev.RunStarted):
             self._epochs = e.epochs
             self.line(format_started(e))
+            if e.resumed_from:
+                self.line(f"resuming from {e.resumed_from} at step {e.step}, epoch {e.epoch}")
         elif isinstance(e, ev.Step):
             if self.tty:
                 self._draw_bar(e)

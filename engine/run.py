@@ -33,16 +33,17 @@ def make_run_dir(profile: Profile) -> Path:
     raise MptError(f"{parent}: too many runs started in the same second")
 
 
-def _prepare_resume(profile: Profile | None, spec: str | Path):
+def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[str]):
     """Find and check the checkpoint; return (profile, (path, state), history, warnings)."""
     from engine import checkpoint as ckpt  # imports torch: only when resuming
-    from engine.profile import profile_from_dict
+    from engine.profile import apply_overrides, profile_from_dict
 
     run = profile.run if profile else None
     path = ckpt.resolve(spec, run.out_dir if run else None, run.name if run else None)
     state = ckpt.load(path)
     if profile is None:
-        profile = profile_from_dict(state["profile"], source=f"{path} (its profile)")
+        data = apply_overrides(state["profile"], overrides)
+        profile = profile_from_dict(data, source=f"{path} (its profile)")
     warnings = ckpt.check_resume(path, state, profile.to_dict())
     events = path.resolve().parent.parent / "events.jsonl"
     history = []
@@ -73,19 +74,27 @@ class Run:
 
     @classmethod
     def start(
-        cls, profile: Profile | None = None, *, resume: str | Path | None = None, write: bool = True
+        cls,
+        profile: Profile | None = None,
+        *,
+        resume: str | Path | None = None,
+        overrides: list[str] | None = None,
+        write: bool = True,
     ) -> Run:
         """Create the run directory (unless `write` is false) and start training.
 
         `resume`: "last" (the newest checkpointed run of this profile's name), a run
         directory, or a checkpoint file. The run continues in a new run directory whose
         events.jsonl starts with the history up to the checkpoint. Without `profile` the
-        checkpoint's own profile is used. Raises MptError (CheckpointError) before any
+        checkpoint's own profile is used, with `overrides` (`section.key=value`) applied.
+        Raises MptError (CheckpointError) before any
         work when the checkpoint cannot be used.
         """
         resume_pair, history, warnings = None, [], []
         if resume is not None:
-            profile, resume_pair, history, warnings = _prepare_resume(profile, resume)
+            profile, resume_pair, history, warnings = _prepare_resume(
+                profile, resume, overrides or []
+            )
         if profile is None:
             raise MptError("Run.start needs a profile or a checkpoint to resume")
         run_dir = None
