@@ -7,6 +7,7 @@ on the training device, as in cifar10-airbench: speed comes from where the data 
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.error
 from dataclasses import dataclass
@@ -171,7 +172,50 @@ def _reason(e: BaseException) -> str:
     return str(reason).strip() or type(e).__name__
 
 
-def _load_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
+class ImageFiles:
+    """Images on disk, decoded on demand to uint8 (3, size, size): the streamed path.
+
+    Indexing with a tensor of indices or a slice gives a lazy subset; `load(i)` decodes
+    one image; `materialize()` decodes them all into one uint8 tensor (N, 3, size, size).
+    """
+
+    def __init__(self, files: list[Path], size: int):
+        self.files = list(files)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), 3, self.size, self.size)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.files) * 3 * self.size * self.size
+
+    def __getitem__(self, index) -> ImageFiles:
+        if isinstance(index, slice):
+            return ImageFiles(self.files[index], self.size)
+        return ImageFiles([self.files[int(i)] for i in index], self.size)
+
+    def load(self, i: int) -> torch.Tensor:
+        from PIL import Image
+
+        try:
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB").resize((self.size, self.size))
+                return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        except OSError as e:
+            raise DataError(f"{self.files[i]}: cannot be read as an image ({e})") from None
+
+    def materialize(self) -> torch.Tensor:
+        if not self.files:
+            return torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
+        return torch.stack([self.load(i) for i in range(len(self.files))])
+
+
+def _scan_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -180,33 +224,32 @@ def _load_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
             f"{root}: no class folders found; image_folder expects "
             f"{root}/<class name>/<image files>"
         )
-    images, labels = [], []
+    files, labels = [], []
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             if not f.is_file() or f.name.startswith("."):
                 continue
             try:
                 with Image.open(f) as im:
-                    im = im.convert("RGB").resize((size, size))
-                    images.append(np.asarray(im, dtype=np.uint8))
+                    im.verify()  # reads the header only: cheap, and skips README files
             except (UnidentifiedImageError, OSError):
-                continue  # not an image: README files and the like
+                continue
+            files.append(f)
             labels.append(label)
-    if not images:
+    if not files:
         raise DataError(f"{root}: no readable images in its class folders")
-    x = _as_images(np.stack(images), str(root))
-    return Split(x, torch.tensor(labels, dtype=torch.int64)), classes
+    return Split(ImageFiles(files, size), torch.tensor(labels, dtype=torch.int64)), classes
 
 
 def load_image_folder(cfg: DataSection, seed: int) -> Raw:
     root = Path(cfg.path).expanduser()
     if (root / "train").is_dir() and (root / "val").is_dir():
-        train, classes = _load_image_tree(root / "train", cfg.image_size)
-        val, val_classes = _load_image_tree(root / "val", cfg.image_size)
+        train, classes = _scan_image_tree(root / "train", cfg.image_size)
+        val, val_classes = _scan_image_tree(root / "val", cfg.image_size)
         if val_classes != classes:
             raise DataError(f"{root}: train/ and val/ must hold the same class folders")
         return Raw(train, val)
-    train, _ = _load_image_tree(root, cfg.image_size)
+    train, _ = _scan_image_tree(root, cfg.image_size)
     return Raw(train, None)
 
 
@@ -253,10 +296,20 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
     num_classes = int(train.y.max()) + 1
     if val is not None:
         num_classes = max(num_classes, int(val.y.max()) + 1)
+    if isinstance(train.x, ImageFiles) and cfg.cache != "stream":
+        if cfg.cache == "auto" and not _fits_in_memory(train, val):
+            pass  # too big to decode up front: the trainer streams it through a DataLoader
+        else:
+            train = Split(train.x.materialize(), train.y)
+            val = Split(val.x.materialize(), val.y) if val is not None else None
     channels = train.x.shape[1]
     mean, std = cfg.mean or raw.mean, cfg.std or raw.std
     if not mean:
-        xf = train.x.float() / 255.0
+        sample = train.x
+        if isinstance(sample, ImageFiles):  # estimate from a seeded sample of 512 images
+            pick = torch.randperm(len(sample), generator=torch.Generator().manual_seed(seed))
+            sample = sample[pick[:512]].materialize()
+        xf = sample.float() / 255.0
         mean = xf.mean(dim=(0, 2, 3)).tolist()
         std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     if len(mean) != channels:
@@ -264,6 +317,43 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
             f"data.mean has {len(mean)} values but the images have {channels} channel(s)"
         )
     return DataBundle(train, val, num_classes, tuple(train.x.shape[1:]), list(mean), list(std))
+
+
+def _fits_in_memory(train: Split, val: Split | None) -> bool:
+    """Decoded size below a quarter of the memory available now."""
+    nbytes = train.x.nbytes + (val.x.nbytes if val is not None else 0)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return nbytes < available // 4
+
+
+class SplitDataset(torch.utils.data.Dataset):
+    """Per-sample access to a Split, for the streamed DataLoader path."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.split.x
+        return (x.load(i) if isinstance(x, ImageFiles) else x[i]), self.split.y[i]
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A batch sampler whose batches the trainer sets per epoch (its own seeded order)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 class BatchTransform:

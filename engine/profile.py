@@ -25,7 +25,7 @@ BUILTIN_ARCHS = ("mlp", "cnn", "resnet18")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "exponential", "cosine", "plateau", "onecycle")
 PRECISIONS = ("fp32", "fp16", "bf16")
-CACHE_MODES = ("auto", "device", "memory")
+CACHE_MODES = ("auto", "device", "memory", "stream")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -113,10 +113,14 @@ class DataSection:
     )
     cache: str = key(
         "auto",
-        "Where the decoded dataset lives: on the training device, in host memory, or "
-        "auto (device when it fits).",
+        "Where the decoded dataset lives: device (on the training device), memory (host "
+        "memory, pinned on CUDA), stream (read per batch by DataLoader workers), or auto "
+        "(device when it fits, else memory; image folders too big to decode up front stream).",
         "choice",
         choices=CACHE_MODES,
+    )
+    num_workers: int = key(
+        2, "stream: DataLoader worker processes that decode batches.", "int", ge=0
     )
     mean: list[float] = key(
         [],
@@ -326,7 +330,14 @@ FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
 
 
 def _describe(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else tomli_w.dumps({"v": value})[4:].strip()
+    """The value on one line, as in TOML: 0.1, true, [1, 2], {a = 1}; strings quoted."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):  # tomli_w would spread a list over several lines
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_describe(v)}" for k, v in value.items()) + "}"
+    return tomli_w.dumps({"v": value})[4:].strip()
 
 
 def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:

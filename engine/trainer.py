@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from engine import checkpoint as ckpt
 from engine import events as ev
 from engine.control import Control
-from engine.data import BatchTransform, DataBundle, Split, load_data
+from engine.data import (
+    BatchTransform,
+    DataBundle,
+    EpochBatches,
+    ImageFiles,
+    Split,
+    SplitDataset,
+    load_data,
+)
 from engine.errors import MptError, TrainingFailed
 from engine.models import build_model, check_output_shape
 from engine.monitor import BestTracker
@@ -106,7 +114,9 @@ class Trainer:
             data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
         )
         self.model = build_model(p.model, data.in_shape, data.num_classes).to(self.device)
-        sample = self.transform(data.train.x[:2].to(self.device))
+        first = data.train.x[:2]
+        first = first.materialize() if isinstance(first, ImageFiles) else first
+        sample = self.transform(first.to(self.device))
         check_output_shape(self.model, sample, data.num_classes)
         self.optimizer = build_optimizer(self.model, p.optim)
         n_batches = math.ceil(len(data.train) / p.data.batch_size)
@@ -138,21 +148,61 @@ class Trainer:
             self.load_state_dict(self.resume[1])
 
     def _place_data(self, data: DataBundle) -> str:
-        """Keep the uint8 dataset on the device when it fits, else in host memory."""
+        """Decide where the uint8 dataset lives: device, (pinned) host memory, or streamed."""
         mode = self.p.data.cache
         if mode == "auto":
-            mode = "memory"
-            if self.device.type == "cpu":
+            if isinstance(data.train.x, ImageFiles):
+                mode = "stream"  # load_data found it too big to decode up front
+            elif self.device.type == "cpu":
                 mode = "device"  # host memory is the device
             elif self.device.type == "cuda":
                 nbytes = data.train.x.nbytes + (data.val.x.nbytes if data.val else 0)
                 free, _ = torch.cuda.mem_get_info(self.device)
                 mode = "device" if nbytes < 0.25 * free else "memory"
+            else:
+                mode = "memory"
         if mode == "device":
             data.train = Split(data.train.x.to(self.device), data.train.y.to(self.device))
             if data.val is not None:
                 data.val = Split(data.val.x.to(self.device), data.val.y.to(self.device))
+        if mode == "stream":
+            self.sampler = EpochBatches()
+            workers = self.p.data.num_workers
+            self.loaders = {
+                name: torch.utils.data.DataLoader(
+                    SplitDataset(split),
+                    batch_sampler=self.sampler if name == "train" else EpochBatches(),
+                    num_workers=workers,
+                    pin_memory=self.device.type == "cuda",
+                    persistent_workers=workers > 0,
+                )
+                for name, split in (("train", data.train), ("val", data.val))
+                if split is not None
+            }
         return mode
+
+    def _batches(self, split: Split, batches, name: str = "train"):
+        """Yield (uint8 images, labels) on the device for each index batch, in order."""
+        dev = self.device
+        if self.cache == "stream":
+            loader = self.loaders[name]
+            loader.batch_sampler.batches = [b.tolist() for b in batches]
+            for xb, yb in loader:
+                yield xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            return
+        pinned = self.cache == "memory" and dev.type == "cuda"
+        for idx in batches:
+            if pinned:  # gather into page-locked memory so the copy runs asynchronously
+                xb = torch.empty(
+                    (len(idx), *split.x.shape[1:]), dtype=split.x.dtype, pin_memory=True
+                )
+                torch.index_select(split.x, 0, idx, out=xb)
+                yield xb.to(dev, non_blocking=True), split.y[idx].to(dev, non_blocking=True)
+            else:
+                yield (
+                    split.x[idx].to(dev, non_blocking=True),
+                    split.y[idx].to(dev, non_blocking=True),
+                )
 
     # ---- the loop ----
     def fit(self) -> str:
@@ -197,9 +247,12 @@ class Trainer:
         p, train = self.p, self.data.train
         self.model.train()
         order = torch.randperm(len(train), generator=self._epoch_generator("cpu"))
-        batches = order.to(train.x.device).split(p.data.batch_size)
+        if self.cache == "device":
+            order = order.to(self.device)
+        batches = order.split(p.data.batch_size)
         accum = p.train.grad_accum
         groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
+        fetch = self._batches(train, batches[self.group * accum :])
         self.aug = None
         if p.data.random_crop or p.data.hflip:
             self.aug = self._epoch_generator(self.device)
@@ -212,9 +265,9 @@ class Trainer:
             step_samples = sum(len(b) for b in group)
             step_loss = torch.zeros((), device=self.device)
             step_correct = torch.zeros((), device=self.device, dtype=torch.int64)
-            for idx in group:
-                xb = self.transform(train.x[idx].to(self.device, non_blocking=True), self.aug)
-                yb = train.y[idx].to(self.device, non_blocking=True)
+            for _ in group:
+                xb, yb = next(fetch)
+                xb = self.transform(xb, self.aug)
                 with torch.autocast(
                     self.device.type,
                     dtype=self.autocast_dtype,
@@ -391,10 +444,9 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        for start in range(0, len(val), self.p.data.eval_batch_size):
-            sl = slice(start, start + self.p.data.eval_batch_size)
-            xb = self.transform(val.x[sl].to(self.device, non_blocking=True))
-            yb = val.y[sl].to(self.device, non_blocking=True)
+        order = torch.arange(len(val), device=val.y.device if self.cache == "device" else "cpu")
+        for xb, yb in self._batches(val, order.split(self.p.data.eval_batch_size), "val"):
+            xb = self.transform(xb)
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):

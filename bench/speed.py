@@ -1,0 +1,263 @@
+"""Workload W: is mpt's loop at the floor? A benchmark that prints figures, not a test.
+
+Runs, interleaved in one process and repeated, on ../shared/data/mnist-t10k.npz (8,000
+train / 2,000 val), the tutorial MLP (784-128-10, SGD 0.01/0.9, batch 64, Normalize
+(0.1307, 0.3081)) and a 2-conv CNN:
+
+- floor:    a minimal hand-written loop over pre-normalised tensors (batches by index,
+            no DataLoader, no per-step host sync);
+- mpt:      the engine, through Run.start, with a consumer draining its event queue;
+- tutorial: the tutorials' DataLoader + ToTensor/Normalize loop with loss.item() per step.
+
+Prints the median seconds per epoch of each, their ratios, the final val accuracies and
+peak resident memory per variant (each variant once more in a child process).
+
+    python bench/speed.py                  # W on the CPU, 5 epochs, 3 repetitions
+    python bench/speed.py --device cuda --precision fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+NPZ = ROOT.parent / "shared" / "data" / "mnist-t10k.npz"
+MEAN, STD = 0.1307, 0.3081
+
+
+def load():
+    d = np.load(NPZ)
+    return d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+
+
+def make_model(arch: str) -> nn.Module:
+    from engine.models import build_model
+    from engine.profile import ModelSection
+
+    cfg = ModelSection(arch=arch, hidden=[128], channels=[32, 64])
+    return build_model(cfg, (1, 28, 28), 10)
+
+
+def autocast(device, precision):
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def evaluate(model, x, y, device, precision):
+    model.eval()
+    correct = 0
+    with torch.no_grad(), autocast(device, precision):
+        for i in range(0, len(x), 1000):
+            correct += (model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum()
+    model.train()
+    return float(correct) / len(x)
+
+
+def run_floor(arch, epochs, device, precision, seed=0):
+    xtr, ytr, xte, yte = load()
+
+    def prep(a):
+        return ((torch.from_numpy(a).float().div(255) - MEAN) / STD).unsqueeze(1).to(device)
+
+    x, y = prep(xtr), torch.from_numpy(ytr).long().to(device)
+    xv, yv = prep(xte), torch.from_numpy(yte).long().to(device)
+    torch.manual_seed(seed)
+    model = make_model(arch).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for idx in torch.randperm(len(x), device=device).split(64):
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+        acc = evaluate(model, xv, yv, device, precision)  # includes the epoch's one sync
+        times.append(time.perf_counter() - start)
+    return times, acc
+
+
+def run_tutorial(arch, epochs, device, precision, seed=0):
+    from PIL import Image
+    from torchvision import transforms
+
+    xtr, ytr, xte, yte = load()
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+
+    class Digits(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return tf(Image.fromarray(self.x[i], mode="L")), int(self.y[i])
+
+    torch.manual_seed(seed)
+    train = torch.utils.data.DataLoader(Digits(xtr, ytr), batch_size=64, shuffle=True)
+    test = torch.utils.data.DataLoader(Digits(xte, yte), batch_size=1000)
+    model = make_model(arch).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        running = 0.0
+        for xb, yb in train:
+            xb, yb = xb.to(device), yb.to(device)
+            opt.zero_grad()
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(xb), yb)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            running += loss.item()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for xb, yb in test:
+                correct += (model(xb.to(device)).argmax(1) == yb.to(device)).sum().item()
+        times.append(time.perf_counter() - start)
+    return times, correct / len(xte)
+
+
+def run_mpt(arch, epochs, device, precision, seed=0, live_consumer=True):
+    from engine.profile import profile_from_dict
+    from engine.run import Run
+
+    profile = profile_from_dict(
+        {
+            "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
+            "data": {"dataset": "npz", "path": str(NPZ), "batch_size": 64,
+                     "eval_batch_size": 1000, "mean": [MEAN], "std": [STD]},
+            "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
+            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "precision": {"mode": precision},
+            "train": {"log_every": 25},
+            "checkpoint": {"every_epochs": 0, "save_best": False},
+        }
+    )
+    run = Run.start(profile, write=False)
+    epochs_seen = []
+    if live_consumer:  # the TUI's path: a thread drains the queue ~10 times a second
+        done = threading.Event()
+
+        def drain():
+            while not done.is_set():
+                time.sleep(0.1)
+                try:
+                    while True:
+                        epochs_seen.append(run.events.get_nowait())
+                except queue.Empty:
+                    pass
+
+        t = threading.Thread(target=drain)
+        t.start()
+        run.join()
+        done.set()
+        t.join()
+    else:
+        run.join()
+    while not run.events.empty():
+        epochs_seen.append(run.events.get())
+    ends = [e for e in epochs_seen if e.kind == "epoch_end"]
+    if run.reason != "completed":
+        raise SystemExit(f"mpt run did not complete: {run.error}")
+    return [e.seconds for e in ends], ends[-1].val_acc
+
+
+VARIANTS = {"floor": run_floor, "mpt": run_mpt, "tutorial": run_tutorial}
+
+
+def child_rss(variant, arch, epochs, device, precision):
+    """Peak resident memory of one variant alone in a fresh process, in MiB."""
+    code = (
+        "import sys, resource; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r});"
+        "import torch, speed; speed.VARIANTS[{v!r}]({a!r}, {e}, torch.device({d!r}), {p!r});"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    ).format(root=str(ROOT), bench=str(ROOT / "bench"), v=variant, a=arch, e=epochs,
+             d=str(device), p=precision)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--arch", nargs="+", default=["mlp", "cnn"])
+    ap.add_argument("--skip-tutorial-for", nargs="*", default=["cnn"],
+                    help="archs for which the (slow) tutorial loop is not run")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"{args.precision}, {args.epochs} epochs x {args.reps} repetitions")
+    results = {}
+    for arch in args.arch:
+        variants = ["floor", "mpt", "mpt-headless"]
+        if arch not in args.skip_tutorial_for:
+            variants.append("tutorial")
+        per = {v: [] for v in variants}
+        accs = {v: [] for v in variants}
+        for _rep in range(args.reps):
+            for v in variants:  # interleaved, so drift hits every variant alike
+                if v == "mpt-headless":
+                    t, acc = run_mpt(arch, args.epochs, device, args.precision,
+                                     live_consumer=False)
+                else:
+                    t, acc = VARIANTS[v](arch, args.epochs, device, args.precision)
+                per[v] += t[1:] if len(t) > 1 else t  # first epoch warms up caches
+                accs[v].append(acc)
+        med = {v: statistics.median(per[v]) for v in variants}
+        rss = {v: child_rss(v, arch, 1, device, args.precision)
+               for v in ("floor", "mpt")}
+        results[arch] = {"median_epoch_s": med, "val_acc": {v: accs[v][-1] for v in variants},
+                         "peak_rss_mib": rss}
+        print(f"\n{arch}: median seconds per epoch (epochs 2..{args.epochs}, all repetitions)")
+        print(f"  {'variant':<13}{'s/epoch':>9}{'x floor':>9}{'val acc':>9}")
+        for v in variants:
+            print(f"  {v:<13}{med[v]:>9.3f}{med[v] / med['floor']:>9.2f}"
+                  f"{100 * accs[v][-1]:>8.2f}%")
+        print(f"  mpt with a live consumer / headless throughput: "
+              f"{med['mpt-headless'] / med['mpt']:.3f}")
+        if "tutorial" in med:
+            print(f"  tutorial / mpt: {med['tutorial'] / med['mpt']:.1f}x faster")
+        print(f"  peak RSS (1 epoch, own process): floor {rss['floor']:.0f} MiB, "
+              f"mpt {rss['mpt']:.0f} MiB ({rss['mpt'] / rss['floor']:.2f}x)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
