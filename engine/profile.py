@@ -222,6 +222,11 @@ class TrainSection:
     log_every: int = key(
         20, "Report loss and throughput every this many optimizer steps.", "int", ge=1
     )
+    compile: bool = key(
+        False,
+        "torch.compile the model (slow first steps, faster after; needs a compiler).",
+        "bool",
+    )
     nonfinite: str = key(
         "fail",
         "A non-finite loss in fp32/bf16: fail the run (checked every log_every steps), or "

@@ -106,6 +106,8 @@ class Trainer:
         if p.run.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
         seed_everything(p.run.seed)
         data: DataBundle = load_data(p.data, p.run.seed)
         self.data = data
@@ -118,7 +120,15 @@ class Trainer:
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(self.device))
         check_output_shape(self.model, sample, data.num_classes)
-        self.optimizer = build_optimizer(self.model, p.optim)
+        # channels_last lets cuDNN use tensor cores for convolutions under autocast.
+        self.channels_last = self.device.type == "cuda" and any(
+            isinstance(m, torch.nn.Conv2d) for m in self.model.modules()
+        )
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, p.optim, self.device)
+        # The compiled module shares the parameters; checkpoints save self.model's plain keys.
+        self.forward = torch.compile(self.model) if p.train.compile else self.model
         n_batches = math.ceil(len(data.train) / p.data.batch_size)
         self.steps_per_epoch = math.ceil(n_batches / p.train.grad_accum)
         self.total_steps = self.steps_per_epoch * p.run.epochs
@@ -267,13 +277,13 @@ class Trainer:
             step_correct = torch.zeros((), device=self.device, dtype=torch.int64)
             for _ in group:
                 xb, yb = next(fetch)
-                xb = self.transform(xb, self.aug)
+                xb = self._to_input(self.transform(xb, self.aug))
                 with torch.autocast(
                     self.device.type,
                     dtype=self.autocast_dtype,
                     enabled=self.autocast_dtype is not None,
                 ):
-                    out = self.model(xb)
+                    out = self.forward(xb)
                     loss = F.cross_entropy(out, yb, reduction="sum")
                 scaled = loss / step_samples
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
@@ -446,11 +456,11 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         order = torch.arange(len(val), device=val.y.device if self.cache == "device" else "cpu")
         for xb, yb in self._batches(val, order.split(self.p.data.eval_batch_size), "val"):
-            xb = self.transform(xb)
+            xb = self._to_input(self.transform(xb))
             with torch.autocast(
                 self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
             ):
-                out = self.model(xb)
+                out = self.forward(xb)
             loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
             correct += (out.argmax(1) == yb).sum()
         self.model.train()
@@ -578,6 +588,9 @@ class Trainer:
         g = torch.Generator(device=device)
         g.manual_seed(self.p.run.seed * 1_000_003 + self.epoch)
         return g
+
+    def _to_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
