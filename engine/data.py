@@ -7,8 +7,10 @@ on the training device, as in cifar10-airbench: speed comes from where the data 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +142,8 @@ def load_torchvision(cfg: DataSection, seed: int) -> Raw:
     files = f"{root / folder / 'raw'}" if folder != "cifar-10-batches-py" else f"{root / folder}"
     for train in (True, False):
         try:
-            ds = cls(str(root), train=train, download=cfg.download)
+            with _socket_timeout(30):  # torchvision's urlopen has none: a silent network hangs
+                ds = cls(str(root), train=train, download=cfg.download)
         except (urllib.error.URLError, OSError, ConnectionError) as e:
             raise DataError(_download_failed(cls_name, files, folder, _reason(e))) from None
         except RuntimeError as e:  # torchvision: "Dataset not found" / "Error downloading"
@@ -158,6 +161,16 @@ def load_torchvision(cfg: DataSection, seed: int) -> Raw:
         x = _as_images(x, cls_name)
         splits.append(Split(x, _as_labels(np.asarray(ds.targets), len(x), cls_name)))
     return Raw(splits[0], splits[1], mean, std)
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _download_failed(name: str, files: str, folder: str, why: str) -> str:

@@ -8,6 +8,7 @@ line) and puts them on the run's queue without ever blocking the Trainer.
 from __future__ import annotations
 
 import json
+import math
 import queue
 import time
 from dataclasses import asdict, dataclass, field
@@ -166,6 +167,13 @@ def read_events(path: str | Path) -> list[Event]:
     return events
 
 
+def _finite_or_null(data: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinity are not JSON: events.jsonl says null (the queue keeps the float)."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
+    }
+
+
 class EventLog:
     """Sends each event to events.jsonl and to a queue; never blocks the caller."""
 
@@ -182,7 +190,7 @@ class EventLog:
 
     def emit(self, event: Event) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(event.to_dict()) + "\n")
+            self._file.write(json.dumps(_finite_or_null(event.to_dict()), allow_nan=False) + "\n")
             self._file.flush()
             self.lines += 1
         self.queue.put_nowait(event)  # unbounded queue: a slow reader never stalls training

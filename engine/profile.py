@@ -469,6 +469,12 @@ def _cross_checks(p: Profile) -> list[Problem]:
             "plateau needs a validation set; set data.val_fraction > 0",
             p.schedule.name,
         )
+    if p.schedule.name == "cosine" and p.schedule.min_lr >= p.optim.lr:
+        add(
+            "schedule.min_lr",
+            f"must be below optim.lr ({p.optim.lr:g}) for a decaying cosine",
+            p.schedule.min_lr,
+        )
     es = p.early_stop
     if es.enabled and es.monitor.startswith("val_") and no_val and d.dataset != "image_folder":
         add(

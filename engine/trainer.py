@@ -38,6 +38,9 @@ from engine.optim import Schedule, build_optimizer
 from engine.profile import Profile
 
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# The GradScaler halves its scale on every skip: 50 halvings in a row leave no scale to
+# find, so the overflow is in the forward pass itself.
+_HOPELESS_SKIPS = 50
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,11 +106,10 @@ class Trainer:
                 "precision.mode: this GPU does not support bf16 (got 'bf16'); "
                 'use "fp16" or "fp32"'
             )
-        if p.run.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        elif self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
+        # Process-wide switches: set them on every run, so one run's choice does not linger.
+        torch.use_deterministic_algorithms(p.run.deterministic)
+        # Fixed input shapes: let cuDNN pick the fastest kernels, unless determinism is asked.
+        torch.backends.cudnn.benchmark = self.device.type == "cuda" and not p.run.deterministic
         seed_everything(p.run.seed)
         data: DataBundle = load_data(p.data, p.run.seed)
         self.data = data
@@ -153,6 +155,7 @@ class Trainer:
         self.window_loss = torch.zeros((), device=self.device)
         self.window_samples = 0
         self.skipped = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.skip_streak = torch.zeros((), device=self.device, dtype=torch.int64)
         self.aug_state: torch.Tensor | None = None
         if self.resume:
             self.load_state_dict(self.resume[1])
@@ -330,7 +333,9 @@ class Trainer:
             before = self.scaler._scale.clone()  # private, but a device tensor: no host sync
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.skipped += (self.scaler._scale < before).long().sum()  # scale drops = skipped
+            skipped = (self.scaler._scale < before).long().sum()  # the scale drops = skipped
+            self.skipped += skipped
+            self.skip_streak = (self.skip_streak + 1) * skipped  # consecutive skipped steps
         else:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -493,6 +498,7 @@ class Trainer:
                 "window_loss": self.window_loss,
                 "window_samples": self.window_samples,
                 "skipped": self.skipped,
+                "skip_streak": self.skip_streak,
                 "best_val_acc": self.best_val_acc,
                 "events": self.log.lines,  # events.jsonl lines up to here: the history
             },
@@ -523,6 +529,7 @@ class Trainer:
         self.window_loss = pr["window_loss"].to(self.device)
         self.window_samples = pr["window_samples"]
         self.skipped = pr["skipped"].to(self.device)
+        self.skip_streak = pr["skip_streak"].to(self.device)
         self.best_val_acc = pr["best_val_acc"]
         self.last_saved = (self.step, self.epochs_done)
         ckpt.set_rng_state(state["rng"])
@@ -571,11 +578,24 @@ class Trainer:
 
     def _check_finite(self) -> None:
         """Never save or go on from weights a non-finite loss has already spoiled."""
-        if self.p.train.nonfinite != "fail" or self.scaler is not None:
+        if self.scaler is not None:
+            self._check_skip_streak()
+            return
+        if self.p.train.nonfinite != "fail":
             return
         for value in (self.window_loss, self.epoch_loss):
             if not bool(torch.isfinite(value)):
                 self._fail_nonfinite(float(value))
+
+    def _check_skip_streak(self) -> None:
+        """fp16: the GradScaler skipping step after step means the model overflows in fp16."""
+        streak = int(self.skip_streak)
+        if streak >= _HOPELESS_SKIPS:
+            raise TrainingFailed(
+                f"the GradScaler skipped the last {streak} steps in a row (non-finite values in "
+                f'fp16) by step {self.step}; use precision.mode = "bf16" or "fp32", or '
+                "lower optim.lr"
+            )
 
     def _fail_nonfinite(self, value: float) -> None:
         raise TrainingFailed(
@@ -597,6 +617,8 @@ class Trainer:
 
     def _emit_step(self, window_start: float, progress: float) -> None:
         loss = self.window_loss.item() / max(self.window_samples, 1)  # the host sync
+        if self.scaler is not None:
+            self._check_skip_streak()
         if not math.isfinite(loss) and self.p.train.nonfinite == "fail" and self.scaler is None:
             self._fail_nonfinite(loss)
         seconds = max(time.monotonic() - window_start, 1e-9)

@@ -1,0 +1,134 @@
+"""Shared fixtures: run a profile with the engine's own Run handle, or `mpt` as a user does."""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared beside the checkout: always there for developers and CI.
+MNIST_NPZ = Path(__file__).parents[2] / "shared" / "data" / "mnist-t10k.npz"
+PROFILES = REPO / "profiles"
+
+
+def _mpt_command() -> list[str]:
+    beside = Path(sys.executable).with_name("mpt")  # the console script of this venv
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("mpt")
+    assert found, "the `mpt` console script is not installed: pip install -e '.[test]'"
+    return [found]
+
+
+MPT = _mpt_command()
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a profile dict with `extra`'s sections merged key by key."""
+    out = copy.deepcopy(base)
+    for section, table in extra.items():
+        out.setdefault(section, {}).update(table)
+    return out
+
+
+def drain(events: queue.Queue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+
+@dataclass
+class Finished:
+    """A run that has ended: its handle, how it ended, and every event it emitted."""
+
+    run: Any
+    reason: str | None
+    events: list = field(default_factory=list)
+
+    def of(self, kind: str) -> list:
+        return [e for e in self.events if e.kind == kind]
+
+    @property
+    def last_epoch(self):
+        return self.of("epoch_end")[-1]
+
+    def weights(self) -> dict[str, Any]:
+        model = self.run.trainer.model
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# Small and fast: digits (bundled), one epoch, the CPU.
+BASE = {
+    "run": {"device": "cpu", "epochs": 1, "seed": 0},
+    "data": {"dataset": "digits", "batch_size": 64, "val_fraction": 0.2},
+    "model": {"arch": "mlp", "hidden": [64]},
+}
+
+
+def run_profile(data: dict[str, Any], *, write: bool = False, check: bool = True) -> Finished:
+    """Validate `data`, start it with the engine's Run handle, wait, collect every event."""
+    from engine.profile import profile_from_dict
+    from engine.run import Run
+
+    run = Run.start(profile_from_dict(data, "<test>"), write=write)
+    reason = run.join(timeout=240)
+    assert reason is not None, "the run did not end within 240 s"
+    done = Finished(run, reason, drain(run.events))
+    if check:
+        assert reason != "failed", f"the run failed: {run.error}"
+    return done
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def train(out_dir: Path):
+    """train(sections, check=True, write=False) -> Finished: a real run of the engine.
+
+    `sections` are merged into BASE (digits, a small MLP, one epoch, the CPU). With
+    write=False no run directory is made (and so no checkpoints); check=True fails the
+    test with the run's own error when the run fails.
+    """
+
+    def _train(extra: dict[str, Any] | None = None, *, check: bool = True, write: bool = False):
+        data = merge(merge(BASE, {"run": {"out_dir": str(out_dir)}}), extra or {})
+        return run_profile(data, write=write, check=check)
+
+    return _train
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_mpt(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout=240):
+    """Run the `mpt` command as a user does, in a subprocess with pipes for stdout/stderr."""
+    full_env = {**os.environ, **(env or {})}
+    p = subprocess.run(
+        [*MPT, *map(str, args)],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return Result(p.returncode, p.stdout, p.stderr)
