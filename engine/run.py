@@ -120,6 +120,11 @@ class Run:
         except Exception as e:  # noqa: BLE001 - reported as run_failed, never lost
             self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
             return
+        if self.control.stop_requested:  # stopped while loading data: nothing to save
+            self.reason = self.control.stop_reason
+            self._log.emit(ev.RunFinished(reason=self.reason))
+            self._log.close()
+            return
         try:
             self.reason = trainer.fit()
         except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
