@@ -11,7 +11,7 @@ import os
 import pickle
 import random
 import shutil
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,15 +107,19 @@ def load(path: str | Path) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own advice (weights_only=False) is unsafe
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only load failed" in str(e).lower():
+            raise CheckpointError(
+                f"{path}: refused to load, it holds Python objects besides tensors and plain "
+                "values (loading it could run code), so it is not an mpt checkpoint"
+            ) from None
+        raise CheckpointError(f"{path}: cannot be read, the file is corrupted") from None
+    except Exception:  # noqa: BLE001 - garbage makes the unpickler raise almost anything
         raise CheckpointError(
-            f"{path}: refused to load (it holds more than tensors and plain values: {first})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(
-            f"{path}: cannot be read, the file is truncated or corrupted ({type(e).__name__})"
+            f"{path}: cannot be read, the file is truncated or corrupted"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mpt checkpoint (a .pt file from another program)")
@@ -156,7 +160,8 @@ def resolve(spec: str | Path, out_dir: str | None = None, name: str | None = Non
         if out_dir is None or name is None:
             raise CheckpointError("--resume last needs the profile, to know which runs to look at")
         runs = Path(out_dir).expanduser() / name
-        candidates = sorted(runs.glob("*/checkpoints/last.pt")) if runs.is_dir() else []
+        found = runs.glob("*/checkpoints/last.pt") if runs.is_dir() else []
+        candidates = sorted(found, key=lambda p: _stamp_order(p.parent.parent.name))
         if not candidates:
             raise CheckpointError(f"--resume last: no run in {runs} has a checkpoint yet")
         return candidates[-1]
@@ -169,6 +174,13 @@ def resolve(spec: str | Path, out_dir: str | None = None, name: str | None = Non
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or run directory")
     return path
+
+
+def _stamp_order(name: str) -> tuple[str, int]:
+    """Run folders are STAMP or STAMP-N (N >= 2 for runs started in the same second)."""
+    stamp, _, n = name.partition("-")[2].partition("-")
+    head = name.partition("-")[0] + "-" + stamp
+    return (head, int(n) if n.isdigit() else 1)
 
 
 def rng_state() -> dict[str, Any]:

@@ -55,7 +55,7 @@ class RunStarted(Event):
 @dataclass
 class Step(Event):
     kind: ClassVar[str] = "step"
-    loss: float = 0.0  # mean training loss over the steps since the last Step event
+    loss: float | None = 0.0  # mean training loss since the last Step event (None: all skipped)
     lr: float = 0.0
     samples_per_s: float = 0.0
     epoch_progress: float = 0.0  # fraction of the current epoch done, 0..1

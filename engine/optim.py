@@ -145,14 +145,32 @@ class Schedule:
             state["plateau"] = self.plateau.state_dict()
         return state
 
-    def load_state_dict(self, state: dict[str, Any], base_lr: float) -> None:
-        """Restore the position in the schedule; its shape comes from the current profile,
-        so a resume may change epochs (the cosine length) or the base lr."""
+    def load_state_dict(self, state: dict[str, Any], old_lr: float, new_lr: float) -> None:
+        """Restore the position in the schedule. Its shape comes from the current profile,
+        so a resume may change epochs (the cosine length); a new optim.lr scales the whole
+        curve from the first resumed step. onecycle keeps its original cycle length."""
         per_step = dict(state["per_step"])
         if "lr_lambdas" in per_step:  # keep the LRFactor built from the new profile
             per_step["lr_lambdas"] = [None] * len(per_step["lr_lambdas"])
         self.per_step.load_state_dict(per_step)
-        if isinstance(self.per_step, torch.optim.lr_scheduler.LambdaLR):
-            self.per_step.base_lrs = [base_lr for _ in self.per_step.base_lrs]
         if self.plateau is not None and "plateau" in state:
             self.plateau.load_state_dict(state["plateau"])
+        if new_lr != old_lr:
+            ratio = new_lr / old_lr
+            if isinstance(self.per_step, torch.optim.lr_scheduler.LambdaLR):
+                self.per_step.base_lrs = [lr * ratio for lr in self.per_step.base_lrs]
+            for group in self.per_step.optimizer.param_groups:
+                for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                    if key in group:
+                        group[key] *= ratio
+        owned = self.plateau is None or self.per_step.last_epoch <= self.warmup
+        if isinstance(self.per_step, torch.optim.lr_scheduler.LambdaLR) and owned:
+            # The same expression LambdaLR uses: unchanged profiles resume bit for bit.
+            step = self.per_step.last_epoch
+            for group, base, factor in zip(
+                self.per_step.optimizer.param_groups,
+                self.per_step.base_lrs,
+                self.per_step.lr_lambdas,
+                strict=True,
+            ):
+                group["lr"] = base * factor(step)

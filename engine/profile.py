@@ -161,7 +161,9 @@ class ModelSection:
 @dataclass
 class OptimSection:
     name: str = key("sgd", "The optimizer.", "choice", choices=OPTIMIZERS)
-    lr: float = key(0.01, "Learning rate (peak rate when a schedule warms up).", "float", gt=0.0)
+    lr: float = key(
+        0.01, "Learning rate (peak rate when a schedule warms up).", "float", gt=0.0, le=1e30
+    )
     momentum: float = key(0.0, "sgd, rmsprop: momentum.", "float", ge=0.0, lt=1.0)
     nesterov: bool = key(False, "sgd: Nesterov momentum (needs momentum > 0).", "bool")
     weight_decay: float = key(0.0, "L2 penalty (decoupled for adamw).", "float", ge=0.0)

@@ -223,6 +223,7 @@ class Trainer:
         self.log.emit(self._run_started())
         for message in self.warnings:
             self.log.emit(ev.Warning(step=self.step, epoch=self.epochs_done + 1, message=message))
+        self._carry_best_over()
         self.started = time.monotonic()
         self.paused_seconds = 0.0
         reason = "completed"
@@ -322,6 +323,7 @@ class Trainer:
                 return reason
             if self.step >= self.total_steps:
                 break
+        self.aug = None  # the epoch's augmentation stream ends with it (not in later checkpoints)
         return "completed"
 
     def _optimizer_step(self) -> None:
@@ -416,14 +418,14 @@ class Trainer:
 
     def _checkpoints_at_epoch_end(self) -> None:
         ck = self.p.checkpoint
-        saved = False
+        value = self.metrics.get(ck.monitor)
+        # Update the tracker first, so the checkpoint written now records its own validation.
+        is_best = ck.save_best and value is not None and self.best_ckpt.update(value, self.step)
         if ck.every_epochs and self.epoch % ck.every_epochs == 0:
             self.save("epoch")
-            saved = True
-        value = self.metrics.get(ck.monitor)
-        if ck.save_best and value is not None and self.best_ckpt.update(value, self.step):
-            if not saved:
-                self.save("best")
+        elif is_best:
+            self.save("best")
+        if is_best:
             self._link("best.pt", reason="best")
 
     def _between_steps(self) -> str:
@@ -513,7 +515,7 @@ class Trainer:
             for group in self.optimizer.param_groups:  # a hyper-parameter the resume changes
                 if key in group:
                     group[key] = tuple(new[key]) if key == "betas" else new[key]
-        self.schedule.load_state_dict(state["schedule"], base_lr=self.p.optim.lr)
+        self.schedule.load_state_dict(state["schedule"], old_lr=old["lr"], new_lr=self.p.optim.lr)
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.early.load_state_dict(state["early_stop"])
@@ -551,6 +553,19 @@ class Trainer:
             ev.CheckpointSaved(step=self.step, epoch=self.epoch, path=str(path), reason=reason)
         )
         return path
+
+    def _carry_best_over(self) -> None:
+        """A resumed run's folder starts with the best.pt it resumed knowing about."""
+        if not (self.resume and self.ckpt_dir and self.best_ckpt.best_step is not None):
+            return
+        source = self.resume[0].resolve().parent / "best.pt"
+        try:
+            if ckpt.load(source)["progress"]["step"] != self.best_ckpt.best_step:
+                return  # that best.pt came later than the checkpoint resumed from
+        except (ckpt.CheckpointError, KeyError):
+            return
+        self.ckpt_dir.mkdir(exist_ok=True)
+        ckpt.link_atomic(source, self.ckpt_dir / "best.pt")
 
     def _link(self, name: str, reason: str) -> None:
         if self.ckpt_dir is None:
@@ -616,11 +631,13 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _emit_step(self, window_start: float, progress: float) -> None:
-        loss = self.window_loss.item() / max(self.window_samples, 1)  # the host sync
+        loss_sum = self.window_loss.item()  # the host sync
+        # None: every step since the last report was skipped (no loss to show, not a zero).
+        loss = loss_sum / self.window_samples if self.window_samples else None
         if self.scaler is not None:
             self._check_skip_streak()
-        if not math.isfinite(loss) and self.p.train.nonfinite == "fail" and self.scaler is None:
-            self._fail_nonfinite(loss)
+        if not math.isfinite(loss_sum) and self.p.train.nonfinite == "fail" and self.scaler is None:
+            self._fail_nonfinite(loss_sum)
         seconds = max(time.monotonic() - window_start, 1e-9)
         mem = {}
         if self.device.type == "cuda":
