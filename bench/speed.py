@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import queue
-import resource
 import statistics
 import subprocess
 import sys
@@ -155,8 +154,14 @@ def run_mpt(arch, epochs, device, precision, seed=0, live_consumer=True):
     profile = profile_from_dict(
         {
             "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
-            "data": {"dataset": "npz", "path": str(NPZ), "batch_size": 64,
-                     "eval_batch_size": 1000, "mean": [MEAN], "std": [STD]},
+            "data": {
+                "dataset": "npz",
+                "path": str(NPZ),
+                "batch_size": 64,
+                "eval_batch_size": 1000,
+                "mean": [MEAN],
+                "std": [STD],
+            },
             "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
             "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "precision": {"mode": precision},
@@ -202,10 +207,16 @@ def child_rss(variant, arch, epochs, device, precision):
         "import sys, resource; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r});"
         "import torch, speed; speed.VARIANTS[{v!r}]({a!r}, {e}, torch.device({d!r}), {p!r});"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    ).format(root=str(ROOT), bench=str(ROOT / "bench"), v=variant, a=arch, e=epochs,
-             d=str(device), p=precision)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    ).format(
+        root=str(ROOT),
+        bench=str(ROOT / "bench"),
+        v=variant,
+        a=arch,
+        e=epochs,
+        d=str(device),
+        p=precision,
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
@@ -216,13 +227,19 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--arch", nargs="+", default=["mlp", "cnn"])
-    ap.add_argument("--skip-tutorial-for", nargs="*", default=["cnn"],
-                    help="archs for which the (slow) tutorial loop is not run")
+    ap.add_argument(
+        "--skip-tutorial-for",
+        nargs="*",
+        default=["cnn"],
+        help="archs for which the (slow) tutorial loop is not run",
+    )
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"{args.precision}, {args.epochs} epochs x {args.reps} repetitions")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{args.precision}, {args.epochs} epochs x {args.reps} repetitions"
+    )
     results = {}
     for arch in args.arch:
         variants = ["floor", "mpt", "mpt-headless"]
@@ -233,28 +250,32 @@ def main():
         for _rep in range(args.reps):
             for v in variants:  # interleaved, so drift hits every variant alike
                 if v == "mpt-headless":
-                    t, acc = run_mpt(arch, args.epochs, device, args.precision,
-                                     live_consumer=False)
+                    t, acc = run_mpt(arch, args.epochs, device, args.precision, live_consumer=False)
                 else:
                     t, acc = VARIANTS[v](arch, args.epochs, device, args.precision)
                 per[v] += t[1:] if len(t) > 1 else t  # first epoch warms up caches
                 accs[v].append(acc)
         med = {v: statistics.median(per[v]) for v in variants}
-        rss = {v: child_rss(v, arch, 1, device, args.precision)
-               for v in ("floor", "mpt")}
-        results[arch] = {"median_epoch_s": med, "val_acc": {v: accs[v][-1] for v in variants},
-                         "peak_rss_mib": rss}
+        rss = {v: child_rss(v, arch, 1, device, args.precision) for v in ("floor", "mpt")}
+        results[arch] = {
+            "median_epoch_s": med,
+            "val_acc": {v: accs[v][-1] for v in variants},
+            "peak_rss_mib": rss,
+        }
         print(f"\n{arch}: median seconds per epoch (epochs 2..{args.epochs}, all repetitions)")
         print(f"  {'variant':<13}{'s/epoch':>9}{'x floor':>9}{'val acc':>9}")
         for v in variants:
-            print(f"  {v:<13}{med[v]:>9.3f}{med[v] / med['floor']:>9.2f}"
-                  f"{100 * accs[v][-1]:>8.2f}%")
-        print(f"  mpt with a live consumer / headless throughput: "
-              f"{med['mpt-headless'] / med['mpt']:.3f}")
+            print(f"  {v:<13}{med[v]:>9.3f}{med[v] / med['floor']:>9.2f}{100 * accs[v][-1]:>8.2f}%")
+        print(
+            f"  mpt with a live consumer / headless throughput: "
+            f"{med['mpt-headless'] / med['mpt']:.3f}"
+        )
         if "tutorial" in med:
             print(f"  tutorial / mpt: {med['tutorial'] / med['mpt']:.1f}x faster")
-        print(f"  peak RSS (1 epoch, own process): floor {rss['floor']:.0f} MiB, "
-              f"mpt {rss['mpt']:.0f} MiB ({rss['mpt'] / rss['floor']:.2f}x)")
+        print(
+            f"  peak RSS (1 epoch, own process): floor {rss['floor']:.0f} MiB, "
+            f"mpt {rss['mpt']:.0f} MiB ({rss['mpt'] / rss['floor']:.2f}x)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

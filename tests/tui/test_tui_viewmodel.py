@@ -1,0 +1,249 @@
+"""The dashboard's view-model: built from events by plain code, tested without a terminal."""
+
+from __future__ import annotations
+
+import math
+
+from engine import events as ev
+from tui.viewmodel import (
+    MAX_POINTS,
+    RunView,
+    Series,
+    build_view,
+    early_stop_lines,
+    format_bytes,
+    format_duration,
+    memory_lines,
+    path_lines,
+    progress_lines,
+    stats_lines,
+    title_line,
+)
+
+T0 = 1_700_000_000.0
+RUN_DIR = "runs/quick/20260101-000000"
+
+
+def started(**kw) -> ev.RunStarted:
+    fields = dict(
+        time=T0,
+        run_dir=RUN_DIR,
+        name="quick",
+        device="cpu",
+        dataset="digits",
+        arch="mlp",
+        parameters=9610,
+        epochs=3,
+        steps_per_epoch=45,
+        total_steps=135,
+    )
+    fields.update(kw)
+    return ev.RunStarted(**fields)
+
+
+def step(n: int, t: float, loss: float = 1.0, **kw) -> ev.Step:
+    return ev.Step(
+        step=n,
+        epoch=1 + (n - 1) // 45,
+        time=T0 + t,
+        loss=loss,
+        lr=1e-3,
+        samples_per_s=1000.0,
+        epoch_progress=((n - 1) % 45 + 1) / 45,
+        **kw,
+    )
+
+
+def epoch_end(n: int, t: float, val_acc: float, val_loss: float = 0.5) -> ev.EpochEnd:
+    return ev.EpochEnd(
+        step=45 * n,
+        epoch=n,
+        epochs=3,
+        time=T0 + t,
+        train_loss=0.6,
+        train_acc=0.8,
+        val_loss=val_loss,
+        val_acc=val_acc,
+        lr=1e-3,
+    )
+
+
+def test_a_run_in_progress_shows_its_progress_pace_and_eta():
+    v = build_view([started(), step(10, 1.0), step(20, 2.0)])
+    assert v.state == "running" and v.live
+    assert (v.epoch, v.step, v.total_steps) == (1, 20, 135)
+    # 20 steps in 2 s: 115 steps left take 11.5 s
+    assert v.eta_seconds == 11.5
+    first, second = progress_lines(v, 80)
+    assert "epoch 1/3" in first and "step 20/135" in first
+    assert "1,000 samples/s" in second and "ETA 0:12" in second and "elapsed 0:02" in second
+
+
+def test_pauses_are_left_out_of_the_pace():
+    v = build_view(
+        [
+            started(),
+            step(10, 1.0),
+            ev.Paused(step=10, time=T0 + 1.0),
+            ev.Resumed(step=10, time=T0 + 101.0),
+            step(20, 102.0),
+        ]
+    )
+    assert v.active_seconds == 2.0
+    assert v.eta_seconds == 11.5
+
+
+def test_paused_and_resumed_are_said_in_the_messages():
+    v = build_view([started(), step(10, 1.0), ev.Paused(step=10, time=T0 + 1.0)])
+    assert v.state == "paused"
+    assert v.messages[-1] == "step 10: paused"
+    v.apply(ev.Resumed(step=10, time=T0 + 5))
+    assert v.state == "running"
+    assert v.messages[-1] == "step 10: resumed"
+
+
+def test_epoch_metrics_make_the_curves_and_the_best():
+    v = build_view([started(), epoch_end(1, 1, 0.8), epoch_end(2, 2, 0.9), epoch_end(3, 3, 0.85)])
+    assert v.val_acc.points() == ([1, 2, 3], [0.8, 0.9, 0.85])
+    assert (v.best_val_acc, v.best_epoch) == (0.9, 2)
+    assert "best 90.00% (ep 2)" in stats_lines(v)[1]
+
+
+def test_step_losses_are_placed_in_epochs_on_the_x_axis():
+    v = build_view([started(), step(45, 1.0), step(90, 2.0)])
+    assert v.train_loss.points() == ([1.0, 2.0], [1.0, 1.0])
+
+
+def test_non_finite_values_stay_out_of_the_curves_but_not_out_of_the_text():
+    v = build_view([started(), step(5, 1.0, loss=math.nan), step(10, 2.0, loss=1.5)])
+    assert v.train_loss.points() == ([10 / 45], [1.5])
+    v.apply(step(15, 3.0, loss=math.inf))
+    assert "inf" in stats_lines(v)[0]
+
+
+def test_memory_says_cpu_without_a_gpu_and_shows_the_four_figures_with_one():
+    v = build_view([started(), step(10, 1.0)])
+    assert memory_lines(v)[0] == "memory  CPU"
+    gib = 1024**3
+    v.apply(
+        step(
+            20,
+            2.0,
+            gpu_mem_allocated=gib,
+            gpu_mem_reserved=2 * gib,
+            gpu_mem_peak=3 * gib // 2,
+            gpu_mem_total=80 * gib,
+        )
+    )
+    assert memory_lines(v) == [
+        "GPU mem alloc 1.0 GiB  reserved 2.0 GiB",
+        "        peak 1.5 GiB  total 80.0 GiB",
+    ]
+
+
+def test_early_stopping_state_comes_from_early_stop_events():
+    v = build_view([started()])
+    assert early_stop_lines(v)[0] == "early stop  -"
+    v.apply(ev.EarlyStop(monitor="val_loss", value=0.31, best=0.3, wait=2, patience=5, time=T0 + 1))
+    assert early_stop_lines(v) == [
+        "early stop  val_loss, patience 5",
+        "  now 0.3100  best 0.3000  wait 2/5",
+    ]
+    v.apply(
+        ev.EarlyStop(
+            monitor="val_loss",
+            value=0.32,
+            best=0.3,
+            wait=5,
+            patience=5,
+            stopping=True,
+            why="patience",
+            time=T0 + 2,
+        )
+    )
+    assert "STOPPING (patience)" in early_stop_lines(v)[0]
+    assert "early stop: patience" in v.messages[-1]
+
+
+def test_checkpoints_show_their_path_and_links_of_one_step_share_a_line():
+    v = build_view([started()])
+    ckpt = f"{RUN_DIR}/checkpoints"
+    v.apply(ev.CheckpointSaved(step=45, path=f"{ckpt}/step-000045.pt", reason="epoch"))
+    v.apply(ev.CheckpointSaved(step=45, path=f"{ckpt}/best.pt", reason="best"))
+    assert v.last_checkpoint == f"{ckpt}/step-000045.pt"
+    assert list(v.messages)[-1] == (
+        "step 45: checkpoint saved: checkpoints/step-000045.pt (epoch), checkpoints/best.pt (best)"
+    )
+    assert path_lines(v) == [
+        f"run dir     {RUN_DIR}",
+        f"checkpoint  {ckpt}/step-000045.pt (epoch)",
+    ]
+    v.apply(ev.CheckpointSaved(step=50, path=f"{ckpt}/step-000050.pt", reason="requested"))
+    assert (
+        list(v.messages)[-1] == "step 50: checkpoint saved: checkpoints/step-000050.pt (requested)"
+    )
+
+
+def test_a_stopped_run_says_stopped():
+    v = build_view(
+        [started(), step(10, 1.0), ev.RunFinished(step=10, reason="stopped", time=T0 + 2)]
+    )
+    assert v.state == "stopped" and not v.live
+    assert v.eta_seconds is None
+    assert v.messages[-1] == "step 10: stopped"
+    assert "STOPPED" in title_line(v)
+
+
+def test_a_failed_run_keeps_its_error_and_traceback():
+    v = build_view(
+        [started(), ev.RunFailed(step=3, error="ValueError: boom", traceback="Traceback...\nboom")]
+    )
+    assert v.state == "failed" and not v.live
+    assert v.error == "ValueError: boom"
+    assert v.messages[-1] == "step 3: failed: ValueError: boom"
+
+
+def test_warnings_are_counted_in_the_title_and_listed():
+    v = build_view([started(), ev.Warning(message="resume changes optim.lr")])
+    assert v.warnings == ["resume changes optim.lr"]
+    assert title_line(v).endswith("1 warning")
+    assert v.messages[-1] == "step 0: warning: resume changes optim.lr"
+
+
+def test_a_resumed_run_continues_the_history_curves():
+    history = [started(), step(45, 1.0), epoch_end(1, 1.5, 0.8)]
+    v = build_view(history)
+    v.apply(started(step=45, epoch=2, time=T0 + 100))
+    v.apply(step(90, 101.0))
+    v.apply(epoch_end(2, 101.5, 0.9))
+    assert v.val_acc.points() == ([1, 2], [0.8, 0.9])
+    assert v.state == "running"
+    assert "resumed training at epoch 2" in " ".join(v.messages)
+    assert v.eta_seconds == 45 * 1.5 / 45  # the pace of this session only
+
+
+def test_the_same_events_give_the_same_view():
+    events = [started(), step(10, 1.0), epoch_end(1, 2, 0.8)]
+    a, b = build_view(events), build_view(events)
+    assert progress_lines(a) == progress_lines(b) and list(a.messages) == list(b.messages)
+
+
+def test_a_series_stays_bounded_and_keeps_the_newest_point():
+    s = Series(max_points=100)
+    for i in range(10_000):
+        s.add(float(i), float(i))
+    xs, ys = s.points()
+    assert len(xs) <= 101
+    assert xs[-1] == 9999.0 and xs[0] == 0.0
+    assert xs == sorted(xs)
+
+
+def test_formatting_helpers():
+    assert format_bytes(None) == "-"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(3 * 1024**2) == "3.0 MiB"
+    assert format_duration(None) == "-"
+    assert format_duration(59.6) == "1:00"
+    assert format_duration(3725) == "1:02:05"
+    assert MAX_POINTS >= 100
+    assert RunView().state == "starting"

@@ -1,0 +1,246 @@
+"""mpt-tui: profiles, runs and a live dashboard, in the terminal.
+
+The app owns at most one `RunSession` (the run started here) and drains its events
+on a timer, at most ten times a second; screens redraw from `session.view` when
+`run_version` moves. torch is never imported here: the trainer imports it in its own
+thread, so the first paint does not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+
+from engine.errors import MptError
+from engine.profile import Profile
+from tui.session import RunSession
+
+REDRAW_INTERVAL = 0.1  # seconds: the queue is drained and the screen redrawn at most 10x/s
+
+
+class MptApp(App):
+    """The mpt console: a home screen of profiles and runs, forms, and the dashboard."""
+
+    TITLE = "mpt"
+    CSS_PATH = ["app.tcss", "widgets/widgets.tcss"]
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
+
+    run_version: reactive[int] = reactive(0, init=False)
+
+    def __init__(
+        self,
+        profiles_dir: str | Path = "profiles",
+        runs_dir: str | Path = "runs",
+        *,
+        open_profile: str | Path | None = None,
+        run_profile: Profile | None = None,
+        resume: str | Path | None = None,
+    ):
+        super().__init__()
+        self.profiles_dir = Path(profiles_dir)
+        self.runs_dir = Path(runs_dir)
+        self.session: RunSession | None = None
+        self._open_profile = open_profile
+        self._run_profile = run_profile
+        self._resume = resume
+        self._quitting = False
+
+    def on_mount(self) -> None:
+        from tui.screens.home import HomeScreen
+
+        self.push_screen(HomeScreen(self.profiles_dir, self.runs_dir))
+        self.set_interval(REDRAW_INTERVAL, self._drain)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the SSH link dropped
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.on_signal, sig)
+        if self._open_profile is not None:
+            from tui.screens.profile_form import ProfileFormScreen
+
+            self.push_screen(ProfileFormScreen.open(Path(self._open_profile)))
+        elif self._run_profile is not None:
+            # after the first paint: the trainer thread's torch import competes for the GIL
+            self.call_after_refresh(self.start_run, self._run_profile)
+        elif self._resume is not None:
+            from tui.screens.resume import ResumeScreen
+
+            self.push_screen(ResumeScreen(Path(self._resume)))
+
+    # ---- the one live run ----
+    def start_run(self, profile: Profile, *, resume: str | Path | None = None) -> bool:
+        """Start (or resume) a run and show its dashboard; False, with a notice, if refused.
+
+        A resume loads the checkpoint (and torch) first, so it starts in a thread and the
+        dashboard appears when it is ready.
+        """
+        if self.session is not None and self.session.live:
+            self.notify("a run is already live here; stop it first", severity="warning")
+            return False
+        if resume is not None:
+            self.notify(f"loading {resume} ...", timeout=3)
+            self._start_resumed(profile, resume)
+            return True
+        try:
+            session = RunSession.start(profile)
+        except (MptError, OSError) as e:
+            self.notify(f"cannot start: {e}", severity="error", timeout=8)
+            return False
+        self._show_session(session)
+        return True
+
+    @work(thread=True, exclusive=True, group="start-run")
+    def _start_resumed(self, profile: Profile, resume: str | Path) -> None:
+        try:
+            session = RunSession.start(profile, resume=resume)
+        except Exception as e:  # noqa: BLE001 - said on screen; a worker error would end the app
+            text = str(e) if isinstance(e, MptError | OSError) else f"{type(e).__name__}: {e}"
+            self.call_from_thread(
+                self.notify, f"cannot resume: {text}", severity="error", timeout=10
+            )
+            return
+        self.call_from_thread(self._show_session, session)
+
+    def _show_session(self, session: RunSession) -> None:
+        from tui.screens.dashboard import DashboardScreen
+
+        self.session = session
+        self.push_screen(DashboardScreen(session))
+
+    def _drain(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        ended = session.ended
+        if session.drain() or session.ended != ended:
+            self.run_version += 1
+        if self._quitting and session.ended:
+            self.exit(return_code=130 if session.view.finish_reason == "interrupted" else 0)
+
+    # ---- quitting: never leave a live run behind without stopping it cleanly ----
+    def on_signal(self, sig: int) -> None:
+        """SIGTERM/SIGHUP: stop the run as `mpt run` does (a checkpoint first), then quit.
+
+        After SIGHUP the terminal is gone and Textual cannot restore it (it would wait
+        on it for ever): the process ends by itself once the run has stopped.
+        """
+        session = self.session
+        live = session is not None and session.live
+        if live:
+            session.stop("interrupted")
+        if sig == signal.SIGHUP:
+            code = 128 + int(sig)
+            threading.Thread(target=_exit_after, args=(session if live else None, code)).start()
+            return
+        if not live or self._quitting:
+            self.exit(return_code=128 + int(sig))
+            return
+        self._quitting = True
+
+    async def action_quit(self) -> None:
+        session = self.session
+        if session is None or not session.live:
+            self.exit()
+            return
+        if self._quitting:  # asked twice: the run is taking long to stop; go now
+            self.exit()
+            return
+        from tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._quitting = True
+                session.stop()
+                self.notify("stopping the run (saving a checkpoint), then quitting...")
+
+        self.push_screen(
+            ConfirmScreen("A run is live. Stop it (saving a checkpoint) and quit?"), answer
+        )
+
+
+def _exit_after(session: RunSession | None, code: int) -> None:
+    """End the process once the run has saved its checkpoint and stopped."""
+    if session is not None:
+        session.join(120)
+    os._exit(code)
+
+
+def _cli(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A profiles folder to list (default: profiles/), or one profile to open.",
+            show_default=False,
+        ),
+    ] = None,
+    runs: Annotated[
+        Path, typer.Option("--runs", help="The runs folder to list (the profiles' run.out_dir).")
+    ] = Path("runs"),
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run", help="Start this profile at once in the dashboard.", show_default=False
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="With --run: override a key, --set optim.lr=0.05 (TOML value; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Open the resume screen for this run directory.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
+    profiles_dir, open_profile = Path("profiles"), None
+    if path is not None:
+        if path.is_dir():
+            profiles_dir = path
+        else:
+            profiles_dir, open_profile = path.parent, path
+    profile = None
+    if run is not None:
+        from engine.profile import load_profile
+
+        try:
+            profile = load_profile(run, set_ or [])
+        except MptError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from None
+    elif set_:
+        typer.echo("--set needs --run PROFILE", err=True)
+        raise typer.Exit(2)
+    app = MptApp(profiles_dir, runs, open_profile=open_profile, run_profile=profile, resume=resume)
+    try:
+        app.run()
+    finally:
+        RunSession.stop_all()  # e.g. the app crashed: still end the run with a checkpoint
+    if app.return_code:
+        raise typer.Exit(app.return_code)
+
+
+def main() -> None:
+    typer.run(_cli)
+
+
+if __name__ == "__main__":
+    main()

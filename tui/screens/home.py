@@ -1,0 +1,299 @@
+"""The first screen: the profiles in the profiles folder and the runs in the runs folder.
+
+Profiles: enter opens the form, `r` runs it, `n` starts a new profile. Runs: enter shows
+the run (its dashboard), `r` resumes it from a checkpoint. tab moves between the lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.widgets.data_table import RowDoesNotExist
+
+from engine.errors import MptError
+from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
+from engine.runs import RunSummary, list_runs
+
+STATE_LABELS = {
+    "running": "running",
+    "paused": "paused",
+    "finished": "finished",
+    "early_stopped": "early stopped",
+    "stopped": "stopped",
+    "max_time": "time limit",
+    "interrupted": "interrupted",
+    "failed": "failed",
+    "crashed": "crashed",
+}
+
+
+@dataclass
+class ProfileEntry:
+    path: Path
+    data: dict[str, Any]
+    problems: int
+    error: str = ""
+
+    def get(self, section: str, key: str) -> str:
+        """The key's value in the file, else its default, as text."""
+        table = self.data.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if value is None:
+            value = FIELD_BY_PATH[f"{section}.{key}"].default
+        return "" if value is None else str(value)
+
+
+def scan_profiles(folder: Path) -> list[ProfileEntry]:
+    """Every *.toml in the folder, with how many problems the engine finds in it."""
+    entries = []
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+        try:
+            data = read_profile_file(path)
+        except MptError as e:
+            entries.append(ProfileEntry(path, {}, 1, str(e)))
+            continue
+        try:
+            load_profile(path)
+            problems = 0
+        except MptError as e:
+            problems = max(1, len(getattr(e, "problems", [])))
+        entries.append(ProfileEntry(path, data, problems))
+    return entries
+
+
+def runs_folders(runs_dir: Path, profiles: list[ProfileEntry]) -> list[Path]:
+    """The runs folder, and each profile's run.out_dir where it differs."""
+    folders = [runs_dir]
+    for entry in profiles:
+        out = entry.get("run", "out_dir")
+        if (
+            out
+            and out != str(runs_dir)
+            and Path(out).expanduser().resolve() not in {f.resolve() for f in folders}
+        ):
+            folders.append(Path(out).expanduser())
+    return folders
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+class HomeScreen(Screen):
+    CSS_PATH = "home.tcss"
+    BINDINGS = [
+        Binding("r", "run_profile", "Run"),
+        Binding("r", "resume_run", "Resume"),
+        Binding("n", "new_profile", "New profile"),
+        Binding("d", "dashboard", "Dashboard"),
+        Binding("g", "refresh", "Refresh"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, profiles_dir: Path, runs_dir: Path):
+        super().__init__()
+        self.profiles_dir = profiles_dir
+        self.runs_dir = runs_dir
+        self.profiles: list[ProfileEntry] = []
+        self.runs: list[RunSummary] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"mpt · profiles in {self.profiles_dir}/", id="profiles-title", markup=False)
+        yield DataTable(id="profiles", cursor_type="row", zebra_stripes=True)
+        yield Static(f"runs in {self.runs_dir}/", id="runs-title", markup=False)
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static(id="hint", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        profiles = self.query_one("#profiles", DataTable)
+        profiles.add_columns("profile", "run name", "dataset", "model", "epochs", "check")
+        runs = self.query_one("#runs", DataTable)
+        runs.add_columns("run", "state", "epoch", "best val acc", "last checkpoint")
+        self.action_refresh()
+        profiles.focus()
+        self.set_interval(2.0, self._refresh_if_live)
+        self.watch(self.app, "run_version", self._on_run_version, init=False)
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    # ---- filling the tables ----
+    def action_refresh(self) -> None:
+        self.profiles = scan_profiles(self.profiles_dir)
+        table = self.query_one("#profiles", DataTable)
+        key = self._cursor_key(table)
+        table.clear()
+        for e in self.profiles:
+            check = (
+                "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
+            )
+            table.add_row(
+                e.path.stem,
+                e.get("run", "name"),
+                e.get("data", "dataset"),
+                e.get("model", "arch"),
+                e.get("run", "epochs"),
+                check,
+                key=str(e.path),
+            )
+        self._restore_cursor(table, key)
+        self._refresh_runs()
+        if not self.profiles:
+            self._hint(f"no profiles in {self.profiles_dir}/: press n to make one")
+        else:
+            self._hint("")
+
+    def _refresh_runs(self) -> None:
+        now = time.time()
+        runs: list[RunSummary] = []
+        for folder in runs_folders(self.runs_dir, self.profiles):
+            runs += list_runs(folder, now)
+        runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)
+        self.runs = runs
+        table = self.query_one("#runs", DataTable)
+        key = self._cursor_key(table)
+        table.clear()
+        session = getattr(self.app, "session", None)
+        here = session.run_dir.resolve() if session and session.live and session.run_dir else None
+        for r in runs:
+            state = STATE_LABELS.get(r.state, r.state)
+            if here is not None and r.run_dir.resolve() == here:
+                state = "paused here" if session.view.state == "paused" else "running here"
+            epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
+            checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
+            table.add_row(
+                f"{r.name}/{r.stamp}",
+                state,
+                epoch,
+                _pct(r.best_val_acc),
+                checkpoint,
+                key=str(r.run_dir),
+            )
+        self._restore_cursor(table, key)
+
+    def _refresh_if_live(self) -> None:
+        # only while shown: under the dashboard, re-reading a busy events.jsonl every
+        # 2 s would cost the trainer time for nothing
+        if self.is_current and any(r.live for r in self.runs):
+            self._refresh_runs()
+
+    def _on_run_version(self, _version: int) -> None:
+        pass  # the 2 s timer is enough for the list; the dashboard shows the details
+
+    @staticmethod
+    def _cursor_key(table: DataTable) -> str | None:
+        if not table.row_count:
+            return None
+        try:
+            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - a stale cursor just starts at the top
+            return None
+
+    @staticmethod
+    def _restore_cursor(table: DataTable, key: str | None) -> None:
+        if key is None:
+            return
+        with contextlib.suppress(RowDoesNotExist):  # the row is gone: stay at the top
+            table.move_cursor(row=table.get_row_index(key))
+
+    def _hint(self, text: str) -> None:
+        hint = self.query_one("#hint", Static)
+        hint.update(text)
+        hint.display = bool(text)
+
+    # ---- what is highlighted ----
+    def _focused_table(self) -> str:
+        focused = self.focused
+        return focused.id if isinstance(focused, DataTable) and focused.id else "profiles"
+
+    def highlighted_profile(self) -> ProfileEntry | None:
+        key = self._cursor_key(self.query_one("#profiles", DataTable))
+        return next((e for e in self.profiles if str(e.path) == key), None)
+
+    def highlighted_run(self) -> RunSummary | None:
+        key = self._cursor_key(self.query_one("#runs", DataTable))
+        return next((r for r in self.runs if str(r.run_dir) == key), None)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "run_profile":
+            return self._focused_table() == "profiles"
+        if action == "resume_run":
+            return self._focused_table() == "runs"
+        if action == "dashboard":
+            session = getattr(self.app, "session", None)
+            return session is not None
+        return True
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()
+
+    # ---- actions ----
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        if event.data_table.id == "profiles":
+            self.open_profile()
+        else:
+            self.view_run()
+
+    def open_profile(self) -> None:
+        from tui.screens.profile_form import ProfileFormScreen
+
+        entry = self.highlighted_profile()
+        if entry is not None:
+            self.app.push_screen(ProfileFormScreen.open(entry.path))
+
+    def action_new_profile(self) -> None:
+        from tui.screens.profile_form import ProfileFormScreen
+
+        self.app.push_screen(ProfileFormScreen.new())
+
+    def action_run_profile(self) -> None:
+        entry = self.highlighted_profile()
+        if entry is None:
+            return
+        try:
+            profile = load_profile(entry.path)
+        except MptError as e:
+            first = str(e).splitlines()[0]
+            self.notify(f"cannot run: {first}", severity="error", timeout=8)
+            return
+        self.app.start_run(profile)
+
+    def action_resume_run(self) -> None:
+        from tui.screens.resume import ResumeScreen
+
+        run = self.highlighted_run()
+        if run is not None:
+            self.app.push_screen(ResumeScreen(run.run_dir))
+
+    def view_run(self) -> None:
+        from tui.screens.dashboard import DashboardScreen
+
+        run = self.highlighted_run()
+        if run is None:
+            return
+        session = getattr(self.app, "session", None)
+        if (
+            session is not None
+            and session.run_dir
+            and session.run_dir.resolve() == run.run_dir.resolve()
+        ):
+            self.app.push_screen(DashboardScreen(session))
+        else:
+            self.app.push_screen(DashboardScreen.replay(run.run_dir))
+
+    def action_dashboard(self) -> None:
+        from tui.screens.dashboard import DashboardScreen
+
+        session = getattr(self.app, "session", None)
+        if session is not None:
+            self.app.push_screen(DashboardScreen(session))

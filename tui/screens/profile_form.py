@@ -1,0 +1,290 @@
+"""A profile as a form: every section and key of the engine's schema, validated as you type.
+
+Each change re-validates the whole profile with `profile_from_dict`, so the messages
+under the fields are the engine's own. ctrl+s writes the file (only when valid),
+keeping its comments and order; F2 saves under a new name; ctrl+r starts a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Select, Static, TabbedContent, TabPane
+
+from engine.errors import MptError, Problem, ProfileError
+from engine.profile import FIELD_BY_PATH, FIELDS, SECTIONS, Profile, profile_from_dict
+from engine.profile import read_profile_file as read_profile
+from tui.profile_text import form_dict, render_profile, save_dict
+from tui.widgets.field import FieldRow
+
+# Written even when they equal the default, so a new profile says what it trains.
+ESSENTIAL_KEYS = {"run.name", "run.epochs", "data.dataset", "model.arch", "optim.name", "optim.lr"}
+
+
+class ProfileFormScreen(Screen):
+    """Edit one profile (or a new one, from the defaults)."""
+
+    CSS_PATH = "profile_form.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("f2", "save_as", "Save as"),
+        Binding("ctrl+r", "run", "Run"),
+        Binding("escape", "back", "Back"),
+        Binding("pagedown", "section(1)", "Next section", priority=True),
+        Binding("pageup", "section(-1)", "Previous section", show=False, priority=True),
+        Binding("down", "field(1)", "Next field", show=False, priority=True),
+        Binding("up", "field(-1)", "Previous field", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        path: Path | None,
+        data: dict[str, Any] | None = None,
+        original: str | None = None,
+        load_problem: str = "",
+    ):
+        super().__init__()
+        self.path = path
+        self.original = original
+        self.data = data or {}
+        self.load_problem = load_problem
+        self.keep: set[str] = {
+            f"{s}.{k}" for s, t in self.data.items() if isinstance(t, dict) for k in t
+        }
+        self.problems: list[Problem] = []
+        self.profile: Profile | None = None
+        self._saved_values: dict[str, Any] = {}
+        self._row_by_path: dict[str, FieldRow] = {}
+        self._validation_pending = False
+        self.unknown = _unknown_keys(self.data)  # in the file, not in the schema
+
+    @classmethod
+    def open(cls, path: Path) -> ProfileFormScreen:
+        """A form for a profile file; a file that cannot be read opens on the defaults."""
+        try:
+            data = read_profile(path)
+            original = path.read_text(encoding="utf-8")
+        except MptError as e:
+            return cls(path, None, None, load_problem=str(e))
+        return cls(path, data, original)
+
+    @classmethod
+    def new(cls) -> ProfileFormScreen:
+        return cls(None)
+
+    # ---- building ----
+    def compose(self) -> ComposeResult:
+        yield Static(id="title", markup=False)
+        yield Static(id="status", markup=False)
+        # One tab per section: a screen holds a section's keys, not all ~70 at once,
+        # which keeps focus moves and redraws quick.
+        with TabbedContent(id="sections"):
+            for section in SECTIONS:
+                pane = TabPane(section, id=f"section-{section}")
+                with pane, VerticalScroll(can_focus=False, classes="fields"):
+                    for spec in (f for f in FIELDS if f.section == section):
+                        yield FieldRow(spec, self._initial_value(spec.section, spec.name))
+        yield Footer()
+
+    def _initial_value(self, section: str, name: str) -> Any:
+        table = self.data.get(section)
+        if isinstance(table, dict) and name in table:
+            return table[name]
+        return FIELD_BY_PATH[f"{section}.{name}"].default
+
+    def on_mount(self) -> None:
+        self._validate()
+        self._saved_values = self._values()
+        self._show_title()
+        self.row(FIELDS[0].path).control.focus()
+
+    # ---- state ----
+    def _rows(self) -> list[FieldRow]:
+        if not self._row_by_path:  # the DOM is large: walk it once
+            self._row_by_path = {r.path: r for r in self.query(FieldRow)}
+        return list(self._row_by_path.values())
+
+    def row(self, path: str) -> FieldRow:
+        self._rows()
+        return self._row_by_path[path]
+
+    def _values(self) -> dict[str, Any]:
+        return {r.path: r.value for r in self._rows()}
+
+    @property
+    def dirty(self) -> bool:
+        return self._values() != self._saved_values
+
+    def _validate(self) -> None:
+        data = form_dict(self._values())
+        try:
+            self.profile = profile_from_dict(data, self._source)
+            self.problems = []
+        except ProfileError as e:
+            self.profile, self.problems = None, list(e.problems)
+        by_key: dict[str, list[str]] = {}
+        for p in self.problems:
+            by_key.setdefault(p.key, []).append(p.message)
+        for r in self._rows():
+            r.error = "; ".join(by_key.pop(r.path, []))
+        self._show_status(by_key)
+        bad = {p.key.partition(".")[0] for p in self.problems}
+        tabs = self.query_one("#sections", TabbedContent)
+        for section in SECTIONS:  # a tab with a problem in it says so
+            label = f"{section} !" if section in bad else section
+            tab = tabs.get_tab(f"section-{section}")
+            if str(tab.label) != label:
+                tab.label = label
+
+    @property
+    def _source(self) -> str:
+        return str(self.path) if self.path else "<new profile>"
+
+    def _show_title(self) -> None:
+        name = str(self.path) if self.path else "new profile (not saved yet)"
+        self.query_one("#title", Static).update(f"profile: {name}" + (" *" if self.dirty else ""))
+
+    def _show_status(self, unplaced: dict[str, list[str]] | None = None, text: str = "") -> None:
+        status = self.query_one("#status", Static)
+        if not text:
+            n = len(self.problems)
+            if n:
+                first = self.problems[0]
+                text = (
+                    f"{n} problem{'s' if n > 1 else ''}: {first.key or 'profile'}: {first.message}"
+                )
+            elif self.load_problem:
+                text = f"could not read the file, showing the defaults: {self.load_problem}"
+            else:
+                text = "valid"
+        if unplaced:
+            text += "  |  " + "; ".join(f"{k}: {' '.join(v)}" for k, v in unplaced.items())
+        if self.unknown:
+            text += "  |  not kept on save: " + "; ".join(
+                f"{p.key}: {p.message}" for p in self.unknown
+            )
+        status.update(text)
+        status.set_class(bool(self.problems), "-invalid")
+
+    def on_field_row_changed(self, event: FieldRow.Changed) -> None:
+        # Many rows report at once (mounting, pasting): validate once for the lot.
+        if not self._validation_pending:
+            self._validation_pending = True
+            self.call_later(self._validate_now)
+
+    def _validate_now(self) -> None:
+        self._validation_pending = False
+        self._validate()
+        self._show_title()
+
+    # ---- moving around ----
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "field":  # arrows inside an open Select move its highlight instead
+            focused = self.focused
+            return not (
+                focused is not None
+                and focused.parent is not None
+                and isinstance(focused.parent, Select)
+                and focused.parent.expanded
+            )
+        return True
+
+    def action_section(self, delta: int) -> None:
+        tabs = self.query_one("#sections", TabbedContent)
+        names = list(SECTIONS)
+        current = tabs.active.removeprefix("section-")
+        section = names[(names.index(current) + delta) % len(names)]
+        self.show_section(section)
+
+    def show_section(self, section: str, focus: str | None = None) -> None:
+        """Bring a section's tab to the front and focus one of its keys (the first)."""
+        self.query_one("#sections", TabbedContent).active = f"section-{section}"
+        path = focus or next(f.path for f in FIELDS if f.section == section)
+        self.call_after_refresh(self.row(path).control.focus)
+
+    def action_field(self, delta: int) -> None:
+        if delta > 0:
+            self.focus_next()
+        else:
+            self.focus_previous()
+
+    # ---- actions ----
+    def action_save(self) -> None:
+        if self.path is None:
+            self.action_save_as()
+            return
+        self._write(self.path)
+
+    def action_save_as(self) -> None:
+        from tui.screens.save_as import SaveAsScreen
+
+        if self.profile is None:
+            self._refuse("save")
+            return
+        folder = self.path.parent if self.path else self.app.profiles_dir
+        suggestion = f"{self.profile.run.name}.toml"
+        if self.path is not None and self.path.name == suggestion:
+            suggestion = f"{self.profile.run.name}-copy.toml"
+
+        def chosen(path: Path | None) -> None:
+            if path is not None and self._write(path):
+                self.path = path
+                self._show_title()
+
+        self.app.push_screen(SaveAsScreen(folder, suggestion), chosen)
+
+    def _refuse(self, what: str) -> None:
+        n = len(self.problems)
+        self._show_status(text=f"cannot {what}: fix the {n} problem{'s' if n > 1 else ''} first")
+        self.app.bell()
+
+    def _write(self, path: Path) -> bool:
+        if self.profile is None:
+            self._refuse("save")
+            return False
+        data = save_dict(self.profile, self.keep | ESSENTIAL_KEYS)
+        text = render_profile(data, self.original)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as e:
+            self._show_status(text=f"cannot save {path}: {e}")
+            return False
+        self.original, self.keep = text, {f"{s}.{k}" for s, t in data.items() for k in t}
+        self._saved_values = self._values()
+        self.load_problem = ""
+        self._show_status(text=f"saved {path}")
+        self._show_title()
+        return True
+
+    def action_run(self) -> None:
+        if self.profile is None:
+            self._refuse("run")
+            return
+        self.app.start_run(self.profile)
+
+    def action_back(self) -> None:
+        if not self.dirty:
+            self.dismiss()
+            return
+        from tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.dismiss()
+
+        self.app.push_screen(ConfirmScreen("Discard the unsaved changes?"), answer)
+
+
+def _unknown_keys(data: dict[str, Any]) -> list[Problem]:
+    """What the engine says about keys and sections of a file that the schema lacks."""
+    try:
+        profile_from_dict(data)
+    except ProfileError as e:
+        return [p for p in e.problems if p.key and p.key not in FIELD_BY_PATH]
+    return []

@@ -1,0 +1,194 @@
+"""Resume a run: pick one of its checkpoints, adjust the keys that are safe to change, go.
+
+The new run's dashboard starts with the curves of events.jsonl up to the checkpoint's
+step, so they continue where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.widgets.data_table import RowDoesNotExist
+
+from engine.errors import MptError, ProfileError
+from engine.profile import FIELD_BY_PATH, profile_from_dict, read_profile_file
+from tui.profile_text import MISSING
+from tui.widgets.field import FieldRow
+
+# What a resume may change without breaking the run (DESIGN.md, Checkpoints): how long
+# it goes on, the learning rate, patience, logging. The engine has the last word.
+SAFE_KEYS = (
+    "run.epochs",
+    "run.max_steps",
+    "run.max_time",
+    "optim.lr",
+    "early_stop.patience",
+    "train.log_every",
+)
+
+
+def safe_keys() -> list[str]:
+    """The safe keys the schema has (engine.checkpoint refuses the unsafe ones itself)."""
+    return [k for k in SAFE_KEYS if k in FIELD_BY_PATH]
+
+
+def run_dir_of(path: Path) -> Path:
+    """The run directory of a run directory or of a checkpoint file inside it."""
+    if path.is_file() or path.suffix == ".pt":
+        parent = path.parent
+        return parent.parent if parent.name == "checkpoints" else parent
+    return path
+
+
+def list_run_checkpoints(run_dir: Path) -> list[Any]:
+    """The engine's CheckpointInfo list, newest first. Imports torch: call it off the UI."""
+    from engine.checkpoint import list_checkpoints
+
+    return sorted(list_checkpoints(run_dir), key=lambda c: (c.step, c.time), reverse=True)
+
+
+def format_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+class ResumeScreen(Screen):
+    CSS_PATH = "resume.tcss"
+    BINDINGS = [
+        Binding("ctrl+r", "resume", "Resume"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.selected = path if path.suffix == ".pt" else None
+        self.run_dir = run_dir_of(path)
+        self.checkpoints: list[Any] = []
+        self.base: dict[str, Any] = {}
+        self.problem = ""
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"resume {self.run_dir}", id="title", markup=False)
+        yield DataTable(id="checkpoints", cursor_type="row", zebra_stripes=True)
+        yield Static("keys safe to change when resuming:", id="fields-title")
+        with VerticalScroll(id="fields", can_focus=False):
+            try:
+                self.base = read_profile_file(self.run_dir / "profile.toml")
+            except MptError as e:
+                self.problem = f"cannot read the run's profile: {e}"
+            for key in safe_keys():
+                spec = FIELD_BY_PATH[key]
+                table = self.base.get(spec.section, {})
+                yield FieldRow(spec, table.get(spec.name, spec.default), label=spec.path)
+        yield Static(id="status", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#checkpoints", DataTable)
+        table.add_columns("checkpoint", "epoch", "step", "val acc", "saved")
+        table.focus()
+        self._status("reading the checkpoints ...")
+        self._load_checkpoints()
+
+    @work(thread=True, exclusive=True)
+    def _load_checkpoints(self) -> None:
+        """Reading checkpoints imports torch: off the UI thread."""
+        try:
+            infos = list_run_checkpoints(self.run_dir)
+        except Exception as e:  # noqa: BLE001 - said on screen; a worker error would end the app
+            self.app.call_from_thread(self._status, f"cannot read the checkpoints: {e}")
+            return
+        self.app.call_from_thread(self._show_checkpoints, infos)
+
+    def _show_checkpoints(self, infos: list[Any]) -> None:
+        table = self.query_one("#checkpoints", DataTable)
+        self.checkpoints = infos
+        for c in infos:
+            metric = getattr(c, "metric", None)
+            table.add_row(
+                Path(c.path).name,
+                str(c.epoch),
+                str(c.step),
+                _pct(metric),
+                format_time(getattr(c, "time", None)),
+                key=str(c.path),
+            )
+        if self.selected is not None:
+            with contextlib.suppress(RowDoesNotExist):  # not listed: stay on the newest
+                table.move_cursor(row=table.get_row_index(str(self.selected)))
+        table.refresh()  # rows came in after the first paint: draw them all anew
+        if not infos:
+            self._status("no checkpoints in this run: nothing to resume from")
+        else:
+            self._status(self.problem or "enter or ctrl+r: resume from the highlighted checkpoint")
+
+    def row(self, path: str) -> FieldRow:
+        return next(r for r in self.query(FieldRow) if r.path == path)
+
+    def _status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def highlighted(self) -> Any | None:
+        table = self.query_one("#checkpoints", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((c for c in self.checkpoints if str(c.path) == key), None)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_resume()
+
+    def on_field_row_changed(self, event: FieldRow.Changed) -> None:
+        self._profile()
+
+    def _profile(self):
+        data = {s: dict(t) if isinstance(t, dict) else t for s, t in self.base.items()}
+        for row in self.query(FieldRow):
+            section, name = row.spec.section, row.spec.name
+            value = row.value
+            table = data.setdefault(section, {})
+            if value is MISSING:
+                table.pop(name, None)
+            else:
+                table[name] = value
+        try:
+            profile = profile_from_dict(data, str(self.run_dir / "profile.toml"))
+        except ProfileError as e:
+            by_key = {p.key: p.message for p in e.problems}
+            for row in self.query(FieldRow):
+                row.error = by_key.get(row.path, "")
+            others = [f"{p.key}: {p.message}" for p in e.problems if p.key not in safe_keys()]
+            self._status("; ".join(others) or "fix the marked values first")
+            return None
+        for row in self.query(FieldRow):
+            row.error = ""
+        return profile
+
+    def action_resume(self) -> None:
+        checkpoint = self.highlighted()
+        if checkpoint is None:
+            self.app.bell()
+            return
+        profile = self._profile()
+        if profile is None:
+            self.app.bell()
+            return
+        app = self.app
+        self.dismiss()
+        app.start_run(profile, resume=checkpoint.path)
+
+    def action_back(self) -> None:
+        self.dismiss()

@@ -1,0 +1,398 @@
+"""The dashboard's view-model: what the screen shows, folded from events by plain code.
+
+`RunView.apply(event)` updates the view from one engine event; `build_view(events)`
+folds a whole list (a live queue's backlog, or a finished run's events.jsonl). Nothing
+here touches a terminal, a clock or a file, so it is tested without Textual, and the
+same events always give the same view (what the snapshot tests rely on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import events as ev
+
+MAX_POINTS = 500  # per curve; older points are thinned so a long run draws as fast as a short one
+_LINKS = ("last.pt", "best.pt")  # names the engine links to a step-NNNNNN.pt file
+TERMINAL_STATES = {
+    "completed": "finished",
+    "early_stopped": "early stopped",
+    "stopped": "stopped",
+    "max_time": "time limit",
+    "interrupted": "interrupted",
+}
+
+
+@dataclass
+class Series:
+    """A curve that keeps at most `max_points` points by halving its density when full.
+
+    The newest point is always kept, so the curve's end is the latest value.
+    """
+
+    max_points: int = MAX_POINTS
+    xs: list[float] = field(default_factory=list)
+    ys: list[float] = field(default_factory=list)
+    _stride: int = 1
+    _since: int = 0
+    _tail: tuple[float, float] | None = None
+
+    def add(self, x: float, y: float | None) -> None:
+        if y is None or not math.isfinite(y):
+            return  # a plot cannot draw NaN or inf; the text panels show such values
+        self._since += 1
+        if self._since < self._stride:
+            self._tail = (x, y)
+            return
+        self._since, self._tail = 0, None
+        self.xs.append(x)
+        self.ys.append(y)
+        if len(self.xs) > self.max_points:
+            self.xs, self.ys = self.xs[::2], self.ys[::2]
+            self._stride *= 2
+
+    def points(self) -> tuple[list[float], list[float]]:
+        if self._tail is None:
+            return list(self.xs), list(self.ys)
+        return [*self.xs, self._tail[0]], [*self.ys, self._tail[1]]
+
+    def __len__(self) -> int:
+        return len(self.xs) + (self._tail is not None)
+
+    @property
+    def last(self) -> float | None:
+        if self._tail is not None:
+            return self._tail[1]
+        return self.ys[-1] if self.ys else None
+
+
+@dataclass
+class GpuMemory:
+    allocated: int
+    reserved: int
+    peak: int
+    total: int | None
+
+
+@dataclass
+class EarlyStopView:
+    monitor: str
+    value: float | None
+    best: float | None
+    wait: int
+    patience: int
+    stopping: bool
+    why: str
+
+
+@dataclass
+class RunView:
+    """Everything the dashboard draws. Updated in place by `apply`."""
+
+    name: str = ""
+    run_dir: str = ""
+    device: str = ""
+    dataset: str = ""
+    arch: str = ""
+    parameters: int = 0
+    state: str = "starting"  # starting, running, paused, a TERMINAL_STATES value, failed
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    epoch_progress: float = 0.0
+    loss: float | None = None  # the last step event's training loss
+    lr: float | None = None
+    samples_per_s: float | None = None
+    train_loss: Series = field(default_factory=Series)  # per step event; x in epochs
+    epoch_train_loss: Series = field(default_factory=Series)  # per epoch; x = epoch number
+    val_loss: Series = field(default_factory=Series)
+    train_acc: Series = field(default_factory=Series)
+    val_acc: Series = field(default_factory=Series)
+    lr_curve: Series = field(default_factory=Series)
+    last_val_loss: float | None = None
+    last_val_acc: float | None = None
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    gpu: GpuMemory | None = None  # None on the CPU (step events carry gpu_mem_* = None)
+    early_stop: EarlyStopView | None = None
+    last_checkpoint: str | None = None
+    checkpoint_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    messages: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    error: str | None = None
+    traceback: str = ""
+    finish_reason: str | None = None
+    # timing, for ETA: active seconds exclude pauses
+    _t_start: float | None = None
+    _start_step: int = 0
+    _paused_total: float = 0.0
+    _paused_since: float | None = None
+    _last_time: float | None = None
+    skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite = "skip")
+    _ckpt_step: tuple[int, int] | None = None
+    version: int = 0  # bumped by every event: the screen redraws only when it moved
+    plot_version: int = 0  # bumped by events that move a curve
+
+    # ---- folding ----
+    def apply(self, e: ev.Event) -> None:
+        self.version += 1
+        self._last_time = e.time
+        handler = getattr(self, f"_on_{e.kind}", None)
+        if handler is not None:
+            handler(e)
+
+    def _on_run_started(self, e: ev.RunStarted) -> None:
+        self.name, self.run_dir, self.device = e.name, e.run_dir, e.device
+        self.dataset, self.arch, self.parameters = e.dataset, e.arch, e.parameters
+        self.epochs, self.total_steps, self.steps_per_epoch = (
+            e.epochs,
+            e.total_steps,
+            e.steps_per_epoch,
+        )
+        self.epoch, self.step = e.epoch, e.step
+        self.state = "running"
+        self.error, self.finish_reason = None, None
+        self._t_start, self._start_step = e.time, e.step
+        self._paused_total, self._paused_since = 0.0, None
+        what = f"{e.dataset}, {e.arch}, {e.parameters:,} parameters on {e.device}"
+        if e.step:
+            self._say(e, f"resumed training at epoch {e.epoch} ({what})")
+        else:
+            self._say(e, f"started: {what}")
+
+    def _on_step(self, e: ev.Step) -> None:
+        self.step, self.epoch, self.epoch_progress = e.step, e.epoch, e.epoch_progress
+        self.loss, self.lr, self.samples_per_s = e.loss, e.lr, e.samples_per_s
+        self.skipped_steps = getattr(e, "skipped_steps", 0) or 0
+        x = (e.epoch - 1) + e.epoch_progress
+        self.train_loss.add(x, e.loss)
+        self.lr_curve.add(x, e.lr)
+        if e.gpu_mem_allocated is not None:
+            self.gpu = GpuMemory(
+                e.gpu_mem_allocated, e.gpu_mem_reserved or 0, e.gpu_mem_peak or 0, e.gpu_mem_total
+            )
+        if self.state in ("starting", "paused"):
+            self.state = "running"
+        self.plot_version += 1
+
+    def _on_epoch_end(self, e: ev.EpochEnd) -> None:
+        self.step, self.epoch, self.epochs = e.step, e.epoch, e.epochs or self.epochs
+        self.epoch_progress = 1.0
+        self.lr = e.lr
+        self.epoch_train_loss.add(e.epoch, e.train_loss)
+        self.train_acc.add(e.epoch, e.train_acc)
+        self.val_loss.add(e.epoch, e.val_loss)
+        self.val_acc.add(e.epoch, e.val_acc)
+        self.last_val_loss, self.last_val_acc = e.val_loss, e.val_acc
+        if e.val_acc is not None and (self.best_val_acc is None or e.val_acc > self.best_val_acc):
+            self.best_val_acc, self.best_epoch = e.val_acc, e.epoch
+        self.plot_version += 1
+
+    def _on_early_stop(self, e: ev.EarlyStop) -> None:
+        self.early_stop = EarlyStopView(
+            e.monitor, e.value, e.best, e.wait, e.patience, e.stopping, e.why
+        )
+        if e.stopping:
+            self._say(e, f"early stop: {e.why or 'patience'} ({e.monitor} best {_num(e.best)})")
+
+    def _on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
+        name = Path(e.path).name
+        if name not in _LINKS or self.last_checkpoint is None:
+            self.last_checkpoint, self.checkpoint_reason = e.path, e.reason  # the file, not a link
+        shown = self._short(e.path) + (f" ({e.reason})" if e.reason else "")
+        if self._ckpt_step == (e.step, self.version - 1) and self.messages:
+            self.messages[-1] += f", {shown}"  # best.pt/last.pt written with the same step
+        else:
+            self._say(e, f"checkpoint saved: {shown}")
+        self._ckpt_step = (e.step, self.version)
+
+    def _short(self, path: str) -> str:
+        """A path inside the run directory, relative to it; the panel shows it in full."""
+        if self.run_dir and path.startswith(self.run_dir.rstrip("/") + "/"):
+            return path[len(self.run_dir.rstrip("/")) + 1 :]
+        return path
+
+    def _on_paused(self, e: ev.Paused) -> None:
+        self.state = "paused"
+        self._paused_since = e.time
+        self._say(e, "paused")
+
+    def _on_resumed(self, e: ev.Resumed) -> None:
+        self.state = "running"
+        if self._paused_since is not None:
+            self._paused_total += max(0.0, e.time - self._paused_since)
+            self._paused_since = None
+        self._say(e, "resumed")
+
+    def _on_warning(self, e: ev.Warning) -> None:
+        self.warnings.append(e.message)
+        self._say(e, f"warning: {e.message}")
+
+    def _on_run_finished(self, e: ev.RunFinished) -> None:
+        self.step = e.step
+        self.finish_reason = e.reason
+        self.state = TERMINAL_STATES.get(e.reason, e.reason)
+        self._paused_since = None
+        text = self.state
+        if e.final_val_acc is not None:
+            text += f": val acc {_pct(e.final_val_acc)}, best {_pct(e.best_val_acc)}"
+        self._say(e, text)
+
+    def _on_run_failed(self, e: ev.RunFailed) -> None:
+        self.state = "failed"
+        self.error, self.traceback = e.error or "the run failed", e.traceback
+        self._paused_since = None
+        self._say(e, f"failed: {self.error}")
+
+    def _say(self, e: ev.Event, text: str) -> None:
+        self.messages.append(f"step {e.step}: {text}")
+
+    # ---- derived values ----
+    @property
+    def live(self) -> bool:
+        return self.state in ("starting", "running", "paused")
+
+    @property
+    def active_seconds(self) -> float | None:
+        """Seconds of training so far in this session, pauses left out."""
+        if self._t_start is None or self._last_time is None:
+            return None
+        paused = self._paused_total
+        if self._paused_since is not None:
+            paused += self._last_time - self._paused_since
+        return max(0.0, self._last_time - self._t_start - paused)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Time left at the pace of this session so far (validation included)."""
+        if not self.live or not self.total_steps:
+            return None
+        done = self.step - self._start_step
+        active = self.active_seconds
+        if done <= 0 or not active:
+            return None
+        return max(0.0, (self.total_steps - self.step) * active / done)
+
+
+def build_view(events: Iterable[ev.Event], view: RunView | None = None) -> RunView:
+    """Fold events into a view (a new one unless `view` is given)."""
+    view = view if view is not None else RunView()
+    for e in events:
+        view.apply(e)
+    return view
+
+
+# ---- formatting: plain strings for the panels ----
+def _num(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def format_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_lr(lr: float | None) -> str:
+    return "-" if lr is None else f"{lr:.2e}"
+
+
+def bar(fraction: float, width: int) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = int(round(fraction * width))
+    return "█" * filled + "░" * (width - filled)
+
+
+def progress_lines(v: RunView, width: int = 40) -> list[str]:
+    """Two lines: the epoch and step bars, then the pace."""
+    epochs = v.epochs or 1
+    done_epochs = (v.epoch - 1 + v.epoch_progress) if v.epoch else 0.0
+    total = v.total_steps or 1
+    epoch_text = f"epoch {v.epoch}/{v.epochs}"
+    step_text = f"step {v.step}/{v.total_steps}"
+    bar_w = max(4, (width - len(epoch_text) - len(step_text) - 6) // 2)
+    line1 = (
+        f"{epoch_text} {bar(done_epochs / epochs, bar_w)}  {step_text} {bar(v.step / total, bar_w)}"
+    )
+    speed = "-" if v.samples_per_s is None else f"{v.samples_per_s:,.0f}"
+    line2 = (
+        f"{speed} samples/s   ETA {format_duration(v.eta_seconds)}   "
+        f"elapsed {format_duration(v.active_seconds)}"
+    )
+    return [line1, line2]
+
+
+def title_line(v: RunView) -> str:
+    what = " ".join(x for x in (v.dataset, v.arch) if x)
+    params = f" ({v.parameters:,} parameters)" if v.parameters else ""
+    parts = [v.name or "run", v.state.upper(), v.device or "-", what + params]
+    if v.warnings:
+        parts.append(f"{len(v.warnings)} warning{'s' if len(v.warnings) > 1 else ''}")
+    return " · ".join(p for p in parts if p)
+
+
+def stats_lines(v: RunView) -> list[str]:
+    """The left info block: losses, accuracy, learning rate."""
+    best = "-" if v.best_val_acc is None else f"{_pct(v.best_val_acc)} (ep {v.best_epoch})"
+    return [
+        f"loss     {_num(v.loss)}  val loss {_num(v.last_val_loss)}",
+        f"val acc  {_pct(v.last_val_acc)}  best {best}",
+        f"lr       {format_lr(v.lr)}",
+    ] + ([f"skipped  {v.skipped_steps} steps (non-finite loss)"] if v.skipped_steps else [])
+
+
+def memory_lines(v: RunView) -> list[str]:
+    if v.gpu is None:
+        where = "CPU" if not v.device or v.device == "cpu" else f"{v.device} (not measured)"
+        return [f"memory  {where}", ""]
+    g = v.gpu
+    total = f"  total {format_bytes(g.total)}" if g.total else ""
+    return [
+        f"GPU mem alloc {format_bytes(g.allocated)}  reserved {format_bytes(g.reserved)}",
+        f"        peak {format_bytes(g.peak)}{total}",
+    ]
+
+
+def early_stop_lines(v: RunView) -> list[str]:
+    es = v.early_stop
+    if es is None:
+        return ["early stop  -", ""]
+    head = f"early stop  {es.monitor}, patience {es.patience}"
+    if es.stopping:
+        head += f": STOPPING ({es.why})"
+    return [head, f"  now {_num(es.value)}  best {_num(es.best)}  wait {es.wait}/{es.patience}"]
+
+
+def path_lines(v: RunView) -> list[str]:
+    ckpt = "-"
+    if v.last_checkpoint:
+        ckpt = v.last_checkpoint + (f" ({v.checkpoint_reason})" if v.checkpoint_reason else "")
+    return [f"run dir     {v.run_dir or '-'}", f"checkpoint  {ckpt}"]
