@@ -195,17 +195,45 @@ def run_mpt(arch, epochs, device, precision, seed=0, live_consumer=True):
     ends = [e for e in epochs_seen if e.kind == "epoch_end"]
     if run.reason != "completed":
         raise SystemExit(f"mpt run did not complete: {run.error}")
-    return [e.seconds for e in ends], ends[-1].val_acc
+    # Wall time between epoch ends: training, validation and everything else mpt does.
+    marks = [next(e.time for e in epochs_seen if e.kind == "run_started")]
+    marks += [e.time for e in ends]
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)], ends[-1].val_acc
 
 
 VARIANTS = {"floor": run_floor, "mpt": run_mpt, "tutorial": run_tutorial}
+
+
+def in_fresh_thread(fn, *args, **kwargs):
+    """Run one variant in a new thread, as mpt's trainer runs.
+
+    GNU OpenMP wakes a thread team slowly when another thread of the process (here the
+    main thread) keeps a team of its own: a loop in a second thread ran 3.5x slower
+    after the main thread had done torch work (bench/RESULTS.md). So no variant computes
+    in the main thread, and each gets the same conditions.
+    """
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            out["error"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def child_rss(variant, arch, epochs, device, precision):
     """Peak resident memory of one variant alone in a fresh process, in MiB."""
     code = (
         "import sys, resource; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r});"
-        "import torch, speed; speed.VARIANTS[{v!r}]({a!r}, {e}, torch.device({d!r}), {p!r});"
+        "import torch, speed; speed.in_fresh_thread(speed.VARIANTS[{v!r}], {a!r}, {e},"
+        " torch.device({d!r}), {p!r});"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     ).format(
         root=str(ROOT),
@@ -250,9 +278,11 @@ def main():
         for _rep in range(args.reps):
             for v in variants:  # interleaved, so drift hits every variant alike
                 if v == "mpt-headless":
-                    t, acc = run_mpt(arch, args.epochs, device, args.precision, live_consumer=False)
+                    t, acc = in_fresh_thread(
+                        run_mpt, arch, args.epochs, device, args.precision, live_consumer=False
+                    )
                 else:
-                    t, acc = VARIANTS[v](arch, args.epochs, device, args.precision)
+                    t, acc = in_fresh_thread(VARIANTS[v], arch, args.epochs, device, args.precision)
                 per[v] += t[1:] if len(t) > 1 else t  # first epoch warms up caches
                 accs[v].append(acc)
         med = {v: statistics.median(per[v]) for v in variants}

@@ -50,6 +50,8 @@ class RunStarted(Event):
     world_size: int = 1
     data_cache: str = ""
     resumed_from: str | None = None  # the checkpoint this run continues, if any
+    pid: int = 0  # the training process and its host: tells a live run from a dead one
+    host: str = ""
 
 
 @dataclass

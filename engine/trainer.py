@@ -10,7 +10,9 @@ taken at any step boundary continues as if the run had never stopped.
 from __future__ import annotations
 
 import math
+import os
 import random
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -686,4 +688,6 @@ class Trainer:
             global_batch=p.data.batch_size * p.train.grad_accum,
             data_cache=self.cache,
             resumed_from=str(self.resume[0]) if self.resume else None,
+            pid=os.getpid(),
+            host=socket.gethostname(),
         )
