@@ -1,0 +1,98 @@
+"""Start-up: `mpt --help`, `mpt validate` and mpt-tui's first paint. Prints figures.
+
+Each command runs in a fresh process, several times; the median wall time is printed
+beside its target (issue 6: <= 0.4 s for the CLI, <= 1.5 s for the TUI's first paint).
+The TUI runs in a real pseudo-terminal (80x24); its first paint is the moment the profile
+list's first name has been written to the terminal.
+
+    python bench/startup.py              # 7 repetitions
+    python bench/startup.py --reps 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import pty
+import select
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"mpt --help": 0.4, "mpt validate": 0.4, "mpt-tui first paint": 1.5}
+
+
+def _exe(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} is not on PATH: install mpt first (pip install -e .)")
+    return found
+
+
+def time_command(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - start
+
+
+def time_first_paint(argv: list[str], marker: bytes, timeout: float = 20.0) -> float:
+    """Seconds from spawning `argv` in an 80x24 pty until `marker` appears on its screen."""
+    start = time.perf_counter()
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of its own, as in tmux or an SSH session
+        os.chdir(ROOT)
+        os.environ["TERM"] = "xterm-256color"
+        os.execv(argv[0], argv)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    seen = b""
+    try:
+        while time.perf_counter() - start < timeout:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+                if marker in seen:
+                    return time.perf_counter() - start
+        raise SystemExit(f"{' '.join(argv)}: {marker!r} did not appear in {timeout:.0f} s")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=7)
+    args = ap.parse_args()
+    mpt, tui = _exe("mpt"), _exe("mpt-tui")
+    probes = {
+        "mpt --help": lambda: time_command([mpt, "--help"]),
+        "mpt validate": lambda: time_command([mpt, "validate", "profiles/quickstart.toml"]),
+        "mpt-tui first paint": lambda: time_first_paint([tui, "profiles"], b"quickstart"),
+    }
+    for probe in probes.values():
+        probe()  # warm the file cache once, as any second start is
+    times: dict[str, list[float]] = {name: [] for name in probes}
+    for _ in range(args.reps):
+        for name, probe in probes.items():  # interleaved, so drift hits each alike
+            times[name].append(probe())
+    print(f"start-up, median of {args.reps} fresh processes")
+    print(f"  {'command':<22}{'median s':>10}{'max s':>8}{'target s':>10}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        flag = "ok" if med <= TARGETS[name] else "OVER"
+        print(f"  {name:<22}{med:>10.3f}{max(values):>8.3f}{TARGETS[name]:>10.1f}  {flag}")
+
+
+if __name__ == "__main__":
+    main()
