@@ -210,8 +210,8 @@ def in_fresh_thread(fn, *args, **kwargs):
 
     GNU OpenMP wakes a thread team slowly when another thread of the process (here the
     main thread) keeps a team of its own: a loop in a second thread ran 3.5x slower
-    after the main thread had done torch work (bench/RESULTS.md). So no variant computes
-    in the main thread, and each gets the same conditions.
+    after the main thread had done torch work (docs/DESIGN.md, "Threads and OpenMP").
+    So no variant computes in the main thread, and each gets the same conditions.
     """
     out = {}
 
@@ -230,12 +230,16 @@ def in_fresh_thread(fn, *args, **kwargs):
 
 
 def child_rss(variant, arch, epochs, device, precision):
-    """Peak resident memory of one variant alone in a fresh process, in MiB."""
+    """Peak resident memory of one variant alone in a fresh process, in MiB.
+
+    VmHWM of the child's own address space: getrusage's ru_maxrss would survive the exec
+    and report this (large) parent's resident size for every variant.
+    """
     code = (
-        "import sys, resource; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r});"
+        "import sys, re; sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r});"
         "import torch, speed; speed.in_fresh_thread(speed.VARIANTS[{v!r}], {a!r}, {e},"
         " torch.device({d!r}), {p!r});"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
     ).format(
         root=str(ROOT),
         bench=str(ROOT / "bench"),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import MptError
+from engine.profile import Profile
 
 FORMAT = "mpt-checkpoint"
 VERSION = 1
@@ -36,7 +37,6 @@ REFUSED_CHANGES = (
     "data.synthetic_classes",
     "data.synthetic_shape",
     "data.image_size",
-    "data.batch_size",
     "data.use_test_split",
     "data.val_fraction",
     "train.grad_accum",
@@ -64,7 +64,13 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                if writer.error is None:
+                    raise
+                raise writer.error from None  # the disk's own error, not the zip writer's
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +78,24 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+class _Writer:
+    """The file, as torch.save writes to it, keeping the OSError of a failed write: torch
+    turns it into a RuntimeError ("unexpected pos ...") that says nothing of a full disk."""
+
+    def __init__(self, f):
+        self.f, self.name, self.error = f, f.name, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def link_atomic(src: Path, dst: Path) -> None:
@@ -214,14 +238,43 @@ def profile_changes(old: dict[str, dict], new: dict[str, dict]) -> list[tuple[st
     return changes
 
 
-def check_resume(path: Path, state: dict[str, Any], new: dict[str, dict]) -> list[str]:
-    """Refuse a profile the checkpoint cannot serve; return a warning per safe change."""
-    changes = profile_changes(state["profile"], new)
+def check_resume(
+    path: Path, state: dict[str, Any], new: dict[str, dict], world_size: int = 1
+) -> list[str]:
+    """Refuse a profile the checkpoint cannot serve; return a warning per safe change.
+
+    `data.batch_size` is per process: it may change with the number of processes
+    (torchrun), as long as the global batch, batch_size x processes, stays the same.
+    """
+    # A key the checkpoint's profile lacks (a section added since, e.g. [log]) had its default.
+    defaults = Profile().to_dict()
+    old = {s: {**defaults.get(s, {}), **t} for s, t in state["profile"].items()}
+    old = {**defaults, **old}
+    changes = profile_changes(old, new)
     refused = [c for c in changes if c[0] in REFUSED_CHANGES]
+    old_world = state.get("progress", {}).get("world_size", 1)
+    old_batch, new_batch = old["data"]["batch_size"], new["data"]["batch_size"]
+    if old_batch * old_world != new_batch * world_size:
+        if old_world == world_size:
+            refused.append(("data.batch_size", old_batch, new_batch))
+        else:
+            raise CheckpointError(
+                f"{path}: the global batch (data.batch_size x processes) was {old_batch} x "
+                f"{old_world} = {old_batch * old_world}, now {new_batch} x {world_size}; set "
+                f"data.batch_size so that the product stays {old_batch * old_world}, or start "
+                "a new run"
+            )
     if refused:
         what = "; ".join(f"{k} was {a!r}, the profile says {b!r}" for k, a, b in refused)
         raise CheckpointError(
             f"{path}: cannot resume with this profile ({what}); these keys must stay as they "
             "were, so start a new run instead"
         )
-    return [f"resume changes {k} from {a!r} to {b!r}" for k, a, b in changes]
+    warnings = [f"resume changes {k} from {a!r} to {b!r}" for k, a, b in changes]
+    if old_world != world_size:
+        warnings.append(
+            f"resume goes from {old_world} to {world_size} process(es) with the same global "
+            "batch: the same data order and mean gradient, equal within float tolerance "
+            "(not bit for bit); dropout and augmentation draws differ"
+        )
+    return warnings

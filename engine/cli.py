@@ -6,12 +6,14 @@ import os
 import queue
 import signal
 import sys
+import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from engine.errors import MptError
+from engine.errors import ExportFailed, MptError
 
 app = typer.Typer(
     name="mpt",
@@ -23,9 +25,12 @@ app = typer.Typer(
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
+# readable=False: an unreadable profile is the loader's one sentence, not click's box.
 ProfileArg = Annotated[
     Path,
-    typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.", show_default=False),
+    typer.Argument(
+        help="The TOML profile, e.g. profiles/quickstart.toml.", show_default=False, readable=False
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -69,10 +74,23 @@ ResumeOpt = Annotated[
 def run(
     profile: Annotated[
         Path | None,
-        typer.Argument(help="The TOML profile, e.g. profiles/quickstart.toml.", show_default=False),
+        typer.Argument(
+            help="The TOML profile, e.g. profiles/quickstart.toml.",
+            show_default=False,
+            readable=False,
+        ),
     ] = None,
     set_: SetOpt = None,
     resume: ResumeOpt = None,
+    profile_steps: Annotated[
+        int,
+        typer.Option(
+            "--profile-steps",
+            min=0,
+            help="Record N training steps with torch.profiler (after 1 skipped and 1 warm-up "
+            "step) into RUN_DIR/profiler/: open the trace in TensorBoard or ui.perfetto.dev.",
+        ),
+    ] = 0,
 ) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
     if profile is None and resume is None:
@@ -82,32 +100,67 @@ def run(
         raise typer.Exit(EXIT_USAGE)
     p = _load(profile, set_) if profile is not None else None
     from engine.console import Console
+    from engine.distributed import world_from_env
     from engine.run import Run
 
-    console = Console()
+    # Under torchrun every process runs this; rank 0 alone prints, the others only errors.
+    world = world_from_env()
+    console = Console(prefix="" if world.main else f"rank {world.rank}: ", quiet=not world.main)
     try:
-        handle = Run.start(p, resume=resume, overrides=set_ if p is None else None)
+        handle = Run.start(
+            p, resume=resume, overrides=set_ if p is None else None, profile_steps=profile_steps
+        )
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
+    if world.main:
+        console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
     _install_interrupt_handlers(handle, console)
     from engine import events as ev
+    from engine.remote import ControlChannel
 
-    while True:
-        try:
-            event = handle.events.get(timeout=0.2)
-        except queue.Empty:
-            if not handle.is_alive() and handle.events.empty():
+    # Commands from `mpt-tui --attach` (files in RUN_DIR/control/), taken every 0.2 s.
+    channel = ControlChannel(handle.run_dir) if handle.run_dir is not None else None
+    if channel is not None:
+        channel.listen()
+    next_poll = 0.0
+    try:
+        while True:
+            if channel is not None and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 0.2
+                _apply_commands(handle, channel.take(), console)
+            try:
+                event = handle.events.get(timeout=0.2)
+            except queue.Empty:
+                if not handle.is_alive() and handle.events.empty():
+                    break
+                continue
+            console.show(event)
+            if isinstance(event, ev.RunFinished | ev.RunFailed):
                 break
-            continue
-        console.show(event)
-        if isinstance(event, ev.RunFinished | ev.RunFailed):
-            break
+    finally:
+        if channel is not None:
+            channel.close()
     handle.join()
     if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
-        console.line(f"resume with: mpt run --resume {handle.run_dir}")
+        again = " under the same torchrun command" if world.distributed else ""
+        console.line(f"resume with: mpt run --resume {handle.run_dir}{again}")
     raise typer.Exit(_exit_code(handle))
+
+
+def _apply_commands(handle, commands: list[str], console) -> None:
+    actions = {
+        "pause": handle.pause,
+        "resume": handle.resume,
+        "checkpoint": handle.checkpoint,
+        "stop": handle.stop,
+    }
+    for command in commands:
+        if command in actions:
+            console.line(f"control: {command} requested (RUN_DIR/control)")
+            actions[command]()
+        else:
+            console.line(f"control: ignored an unknown command {command!r}", err=True)
 
 
 def _exit_code(handle) -> int:
@@ -133,6 +186,142 @@ def _install_interrupt_handlers(handle, console) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+
+
+# ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
+
+
+@app.command()
+def init(
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The new profile: a name (written to profiles/NAME.toml) or a path ending "
+            "in .toml.",
+        ),
+    ] = "starter",
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Start from this profile's values instead of the defaults.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the file if it exists.")
+    ] = False,
+) -> None:
+    """Write a commented starter profile: every key with its help, ready to edit."""
+    from engine.starter import init_profile
+
+    try:
+        print(init_profile(name, from_, force))
+    except MptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+RunsArg = Annotated[
+    Path,
+    typer.Argument(help="The runs folder (a profile's run.out_dir).", show_default=True),
+]
+
+
+@app.command("ls")
+def ls(runs: RunsArg = Path("runs")) -> None:
+    """List the runs in a runs folder, newest first: state, epochs, best val acc, checkpoint."""
+    from engine.report import runs_table
+
+    try:
+        print(runs_table(runs))
+    except MptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+@app.command()
+def show(
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory, or a run name under --runs (its newest run).",
+            show_default=False,
+        ),
+    ],
+    runs: Annotated[
+        Path, typer.Option("--runs", help="The runs folder that run names are looked up in.")
+    ] = Path("runs"),
+) -> None:
+    """Print a run's summary and its table of epochs."""
+    from engine.report import run_report
+
+    try:
+        print(run_report(run, runs))
+    except MptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+class ExportFormat(StrEnum):
+    state_dict = "state_dict"
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint file, or a run directory (its checkpoints/last.pt).",
+            show_default=False,
+        ),
+    ],
+    format_: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="state_dict (for model.load_state_dict), torchscript (torch.jit.load), or "
+            "onnx (needs pip install 'mpt[onnx]').",
+        ),
+    ] = ExportFormat.state_dict,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write it (default: <run dir>/exports/step-NNNNNN.<format>).",
+            show_default=False,
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option(
+            "--input-shape",
+            help="C,H,W of the input, when the run's events.jsonl is not beside the checkpoint.",
+            show_default=False,
+        ),
+    ] = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-classes",
+            help="Number of classes, when the run's events.jsonl is not beside the checkpoint.",
+            show_default=False,
+            min=1,
+        ),
+    ] = None,
+) -> None:
+    """Export a checkpoint's model for deployment: state_dict, TorchScript or ONNX."""
+    from engine.export import export_checkpoint  # imports torch
+
+    try:
+        print(export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes))
+    except MptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE) from None
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ def format_started(e: ev.RunStarted) -> str:
         f"{e.dataset}: {e.train_samples:,} train{val} samples, {e.num_classes} classes, "
         f"input {'x'.join(map(str, e.input_shape))}; {e.arch} ({e.parameters:,} parameters) "
         f"on {e.device}, {e.precision}; batch {e.batch_size}"
+        + (f" per process x {e.world_size} processes" if e.world_size > 1 else "")
         + (f" x {e.grad_accum} accumulated" if e.grad_accum > 1 else "")
+        + (f" = {e.global_batch} a step" if e.global_batch != e.batch_size else "")
         + f", {e.steps_per_epoch} steps/epoch, {e.total_steps} steps"
     )
 
@@ -58,17 +60,29 @@ def format_early_stop(e: ev.EarlyStop) -> str:
 
 
 class Console:
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr, tty: bool | None = None):
+    """`quiet` (torchrun's ranks other than 0) shows only errors; `prefix` starts each line."""
+
+    def __init__(
+        self,
+        out: TextIO = sys.stdout,
+        err: TextIO = sys.stderr,
+        tty: bool | None = None,
+        prefix: str = "",
+        quiet: bool = False,
+    ):
         self.out, self.err = out, err
-        self.tty = out.isatty() if tty is None else tty
+        self.tty = (out.isatty() if tty is None else tty) and not quiet
+        self.prefix, self.quiet = prefix, quiet
         self._bar = False
         self._epochs = 0
 
     def line(self, text: str, err: bool = False) -> None:
         self._clear_bar()
-        print(text, file=self.err if err else self.out, flush=True)
+        print(self.prefix + text, file=self.err if err else self.out, flush=True)
 
     def show(self, e: ev.Event) -> None:
+        if self.quiet and not isinstance(e, ev.RunFailed):
+            return
         if isinstance(e, ev.RunStarted):
             self._epochs = e.epochs
             self.line(format_started(e))
@@ -85,6 +99,11 @@ class Console:
         elif isinstance(e, ev.EarlyStop):
             if e.stopping:
                 self.line(format_early_stop(e))
+        elif isinstance(e, ev.TraceSaved):
+            self.line(
+                f"profiler trace ({e.steps} steps): {e.path}  (TensorBoard's profiler tab, "
+                "or ui.perfetto.dev)"
+            )
         elif isinstance(e, ev.Paused):
             self.line(f"paused at step {e.step}")
         elif isinstance(e, ev.Resumed):

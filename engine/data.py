@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import urllib.error
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
             f"{source}: images must be (N, H, W) or (N, H, W, C), got shape {tuple(x.shape)}"
         )
     if x.dtype != np.uint8:
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise DataError(f"{source}: pixel values must be numbers, got dtype {x.dtype}")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise DataError(f"{source}: pixel values must be finite, found NaN or infinity")
         if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0 and x.min() >= 0:
             x = np.rint(x * 255.0)  # images stored as floats in [0, 1]
         if x.size and (x.min() < 0 or x.max() > 255):
@@ -105,18 +110,38 @@ def load_npz(cfg: DataSection, seed: int) -> Raw:
                 f"{path}: needs arrays x_train and y_train (Keras layout), found "
                 f"{', '.join(sorted(keys)) or 'none'}"
             )
-        train_x = _as_images(arrays["x_train"], f"{path}: x_train")
-        train = Split(train_x, _as_labels(arrays["y_train"], len(train_x), f"{path}: y_train"))
+        train_x = _as_images(_npz_array(arrays, "x_train", path), f"{path}: x_train")
+        y_train = _npz_array(arrays, "y_train", path)
+        train = Split(train_x, _as_labels(y_train, len(train_x), f"{path}: y_train"))
         test = None
         if {"x_test", "y_test"} <= keys:
-            test_x = _as_images(arrays["x_test"], f"{path}: x_test")
+            test_x = _as_images(_npz_array(arrays, "x_test", path), f"{path}: x_test")
             if test_x.shape[1:] != train_x.shape[1:]:
                 raise DataError(
                     f"{path}: x_test images are {tuple(test_x.shape[1:])} but "
                     f"x_train images are {tuple(train_x.shape[1:])}"
                 )
-            test = Split(test_x, _as_labels(arrays["y_test"], len(test_x), f"{path}: y_test"))
+            y_test = _npz_array(arrays, "y_test", path)
+            test = Split(test_x, _as_labels(y_test, len(test_x), f"{path}: y_test"))
+            if len(test) == 0:
+                raise DataError(
+                    f"{path}: x_test holds no images; fill it, drop x_test/y_test, or set "
+                    "data.use_test_split = false"
+                )
     return Raw(train, test)
+
+
+def _npz_array(arrays, name: str, path: Path) -> np.ndarray:
+    """One array of an open .npz; arrays of Python objects are refused, never unpickled."""
+    try:
+        return arrays[name]
+    except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        raise DataError(
+            f"{path}: {name} is an array of Python objects (images of different shapes?); "
+            "store one numeric array of shape (N, H, W) or (N, H, W, C)"
+        ) from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:  # a damaged member of the archive
+        raise DataError(f"{path}: {name} cannot be read ({e})") from None
 
 
 _TORCHVISION = {
@@ -306,9 +331,7 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
         train = Split(train.x[perm[n_val:]], train.y[perm[n_val:]])
     if val is not None and len(val) == 0:
         val = None
-    num_classes = int(train.y.max()) + 1
-    if val is not None:
-        num_classes = max(num_classes, int(val.y.max()) + 1)
+    num_classes = _count_classes(cfg, train, val)
     if isinstance(train.x, ImageFiles) and cfg.cache != "stream":
         if cfg.cache == "auto" and not _fits_in_memory(train, val):
             pass  # too big to decode up front: the trainer streams it through a DataLoader
@@ -330,6 +353,47 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
             f"data.mean has {len(mean)} values but the images have {channels} channel(s)"
         )
     return DataBundle(train, val, num_classes, tuple(train.x.shape[1:]), list(mean), list(std))
+
+
+def require_validation(profile, data: DataBundle) -> None:
+    """Refuse a run whose settings act on validation when the data brought none (e.g. an
+    npz without x_test and val_fraction 0): early stopping or plateau would never act."""
+    if data.val is not None:
+        return
+    es, d = profile.early_stop, profile.data
+    needs = []
+    if es.enabled and es.monitor.startswith("val_"):
+        needs.append(f"early_stop.monitor {es.monitor!r}")
+    if profile.schedule.name == "plateau":
+        needs.append("schedule.name 'plateau'")
+    if needs:
+        where = d.path if d.dataset in ("npz", "image_folder") else f"data.dataset {d.dataset!r}"
+        raise DataError(
+            f"{' and '.join(needs)} need{'' if len(needs) > 1 else 's'} a validation set, but "
+            f"{where} has no test split and "
+            f"data.val_fraction is {d.val_fraction:g}; set data.val_fraction > 0 or monitor "
+            "train_loss"
+        )
+
+
+def _count_classes(cfg: DataSection, train: Split, val: Split | None) -> int:
+    """The classes are the labels 0..max; refuse labels that cannot be class indices."""
+    labels = train.y if val is None else torch.cat([train.y, val.y])
+    where = cfg.path if cfg.dataset in ("npz", "image_folder") else f"data.dataset {cfg.dataset!r}"
+    present = len(torch.unique(labels))
+    num_classes = int(labels.max()) + 1
+    if present < 2:
+        raise DataError(
+            f"{where}: every label is {int(labels[0])}; a classifier needs at least 2 classes"
+        )
+    # IDs (e.g. 1000, 2000, 3000) instead of indices would build a huge, mostly dead
+    # classifier layer, or exhaust memory: a model has one output per index up to the max.
+    if num_classes > 2 * present and cfg.dataset != "synthetic":  # synthetic draws indices
+        raise DataError(
+            f"{where}: labels must be class indices 0..K-1, but {present} distinct labels "
+            f"reach {num_classes - 1}; map them to 0..{present - 1}"
+        )
+    return num_classes
 
 
 def _fits_in_memory(train: Split, val: Split | None) -> bool:

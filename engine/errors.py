@@ -41,5 +41,9 @@ class ModelError(MptError):
     """A model that cannot be built or does not fit the data."""
 
 
+class ExportFailed(MptError):
+    """`mpt export` could not write the model in the asked format; exit 1."""
+
+
 class TrainingFailed(MptError):
     """Training cannot go on (e.g. the loss became non-finite); the run ends with exit 1."""

@@ -7,8 +7,10 @@ line) and puts them on the run's queue without ever blocking the Trainer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import queue
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +51,8 @@ class RunStarted(Event):
     global_batch: int = 0
     world_size: int = 1
     data_cache: str = ""
+    mean: list[float] = field(default_factory=list)  # the normalisation: (x/255 - mean) / std
+    std: list[float] = field(default_factory=list)
     resumed_from: str | None = None  # the checkpoint this run continues, if any
     pid: int = 0  # the training process and its host: tells a live run from a dead one
     host: str = ""
@@ -66,6 +70,9 @@ class Step(Event):
     gpu_mem_reserved: int | None = None
     gpu_mem_peak: int | None = None
     gpu_mem_total: int | None = None
+    gpu_util: int | None = None  # percent, from NVML where available (engine/gpu.py)
+    gpu_temp: int | None = None  # degrees C
+    gpu_power: float | None = None  # watts
 
 
 @dataclass
@@ -98,6 +105,13 @@ class CheckpointSaved(Event):
     kind: ClassVar[str] = "checkpoint_saved"
     path: str = ""
     reason: str = ""  # epoch, steps, best, requested, stop, interrupted, final
+
+
+@dataclass
+class TraceSaved(Event):
+    kind: ClassVar[str] = "trace_saved"
+    path: str = ""  # a torch.profiler trace (Chrome/Perfetto JSON) of `steps` steps
+    steps: int = 0
 
 
 @dataclass
@@ -142,6 +156,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EpochEnd,
         EarlyStop,
         CheckpointSaved,
+        TraceSaved,
         Paused,
         Resumed,
         Warning,
@@ -183,21 +198,85 @@ class EventLog:
         """`history`: lines of an earlier run's events.jsonl that this run continues."""
         self.queue = events
         self.path = path
-        self._file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        # Unbuffered: each line is one write the OS sees at once, so a failed write (a full
+        # disk) can be cut back to the last whole line (_write).
+        self._file = open(path, "ab", buffering=0) if path else None  # noqa: SIM115
+        self._size = os.fstat(self._file.fileno()).st_size if self._file else 0
+        self._failing = False  # the last write failed: warned once, not per event
         self.lines = 0  # lines written so far, history included
-        if self._file is not None and history:
-            self._file.writelines(line if line.endswith("\n") else line + "\n" for line in history)
-            self._file.flush()
+        text = "".join(line.rstrip("\n") + "\n" for line in history)
+        if self._file is not None and history and self._write(text, 0, 0):
             self.lines = len(history)
+        self.sinks: list = []  # engine.sinks: CSV, TensorBoard (the profile's [log])
+
+    def attach(self, sinks: list, history: list[str] = ()) -> None:
+        """Feed every later event to `sinks`, after replaying `history` (events.jsonl lines)."""
+        self.sinks = list(sinks)
+        for line in history if self.sinks else ():
+            try:
+                event = event_from_dict(json.loads(line))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # as read_events: a torn line is skipped
+            self._to_sinks(event)
+
+    def _to_sinks(self, event: Event) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.write(event)
+            except Exception as e:  # noqa: BLE001 - a logging sink never stops training
+                self.sinks.remove(sink)
+                _close_quietly(sink)
+                self.emit(
+                    Warning(
+                        step=event.step,
+                        epoch=event.epoch,
+                        message=f"{type(sink).__name__} stopped logging: {type(e).__name__}: {e}",
+                    )
+                )
 
     def emit(self, event: Event) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(_finite_or_null(event.to_dict()), allow_nan=False) + "\n")
-            self._file.flush()
-            self.lines += 1
+            line = json.dumps(_finite_or_null(event.to_dict()), allow_nan=False) + "\n"
+            if self._write(line, event.step, event.epoch):
+                self.lines += 1
+        if self.sinks:
+            self._to_sinks(event)
         self.queue.put_nowait(event)  # unbounded queue: a slow reader never stalls training
+
+    def _write(self, text: str, step: int, epoch: int) -> bool:
+        """Append whole lines to events.jsonl; on a failed write, cut the file back to its
+        last whole line and say so once on the queue: the run goes on, the file stays valid."""
+        data = text.encode("utf-8")
+        try:
+            done = 0
+            while done < len(data):  # the OS may take part of a write (a disk filling up)
+                done += self._file.write(data[done:])
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._file.fileno(), self._size)
+            if not self._failing:
+                self._failing = True
+                message = (
+                    f"could not write {self.path} ({e.strerror or e}); events go on to the "
+                    "console but are missing from the file until writing works again"
+                )
+                self.queue.put_nowait(Warning(step=step, epoch=epoch, message=message))
+            return False
+        self._size += len(data)
+        self._failing = False
+        return True
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a close that fails to flush loses nothing here
+                self._file.close()
             self._file = None
+        for sink in self.sinks:
+            _close_quietly(sink)
+        self.sinks = []
+
+
+def _close_quietly(sink) -> None:
+    # Closing a broken sink must not hide how the run ended.
+    with contextlib.suppress(Exception):
+        sink.close()

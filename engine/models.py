@@ -143,6 +143,8 @@ def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int)
     try:
         with torch.no_grad():
             out = model(sample)
+    except torch.OutOfMemoryError:
+        raise  # not the model's mistake: the run reports it with advice on memory
     except Exception as e:  # noqa: BLE001 - user model code
         raise ModelError(
             f"the model failed on a batch of shape {tuple(sample.shape)}: {type(e).__name__}: {e}"
@@ -155,3 +157,32 @@ def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int)
             f"the model's output has shape {tuple(out.shape)} but the data needs "
             f"{want} (batch, num_classes)"
         )
+
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_precision(model: nn.Module, sample: torch.Tensor, mode: str) -> None:
+    """Run the first small batch again under autocast, so that a device or a model that
+    cannot compute in fp16/bf16 fails before training, naming precision.mode."""
+    dtype = _AUTOCAST_DTYPES.get(mode)
+    if dtype is None:
+        return
+    device = sample.device.type
+    other = '"bf16" or "fp32"' if mode == "fp16" else '"fp16" or "fp32"'
+    if not torch.amp.is_autocast_available(device):
+        raise ModelError(f'precision.mode {mode!r}: {device} has no autocast; use "fp32"')
+    model.eval()
+    try:
+        with torch.no_grad(), torch.autocast(device, dtype=dtype):
+            model(sample)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a kernel missing for this dtype on this device
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ModelError(
+            f"precision.mode {mode!r}: the model cannot run in {mode} on {device} "
+            f"({type(e).__name__}: {first_line}); use {other}"
+        ) from None
+    finally:
+        model.train()

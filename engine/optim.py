@@ -61,7 +61,12 @@ def build_optimizer(
     """The optimizer; on CUDA and the CPU the fused kernel where there is one (one launch
     per step on CUDA; on the CPU one call instead of a dozen small ops)."""
     fused = device is not None and device.type in ("cuda", "cpu") and cfg.name in _FUSED
-    return OPTIMIZERS[cfg.name](model.parameters(), cfg, **({"fused": True} if fused else {}))
+    if fused:
+        try:
+            return OPTIMIZERS[cfg.name](model.parameters(), cfg, fused=True)
+        except (RuntimeError, ValueError):  # e.g. a user model's parameter dtype it lacks
+            pass
+    return OPTIMIZERS[cfg.name](model.parameters(), cfg)
 
 
 class LRFactor:
@@ -129,6 +134,11 @@ class Schedule:
     def after_step(self, step: int) -> None:
         if self.plateau is not None and step > self.warmup:
             return  # after warmup, plateau owns the lr: LambdaLR would overwrite its reductions
+        if self.cfg.name == "none" and step > self.warmup:
+            # The factor is 1 from here on: keep the position (checkpoints, a resume that
+            # adds a schedule) without LambdaLR's per-step Python work.
+            self.per_step.last_epoch = step
+            return
         if (
             self.cfg.name == "onecycle"
             and self.per_step.last_epoch + 1 >= self.per_step.total_steps

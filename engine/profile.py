@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import tomllib
@@ -97,7 +98,10 @@ class DataSection:
         False, "Download the torchvision dataset into root when it is missing.", "bool"
     )
     batch_size: int = key(
-        64, "Samples per micro-batch (per optimizer step: x grad_accum).", "int", ge=1
+        64,
+        "Samples per micro-batch, per process under torchrun (a step: x grad_accum).",
+        "int",
+        ge=1,
     )
     eval_batch_size: int = key(512, "Samples per batch when validating.", "int", ge=1)
     use_test_split: bool = key(
@@ -283,6 +287,26 @@ class CheckpointSection:
         True, "Keep best.pt: the checkpoint with the best monitored value.", "bool"
     )
     monitor: str = key("val_loss", "The metric that decides best.pt.", "choice", choices=MONITORS)
+    on_error: str = key(
+        "warn",
+        "A checkpoint that cannot be written (disk full, folder not writable): warn and "
+        "go on training, or stop the run (exit 1). The previous checkpoint stays either way.",
+        "choice",
+        choices=("warn", "stop"),
+    )
+
+
+@dataclass
+class LogSection:
+    csv: bool = key(
+        False, "Write metrics.csv in the run directory: one row of metrics per epoch.", "bool"
+    )
+    tensorboard: bool = key(
+        False,
+        "Write TensorBoard scalars (loss, accuracy, lr, GPU memory) in the run directory; "
+        "needs pip install 'mpt[tensorboard]'.",
+        "bool",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -295,6 +319,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "early_stop": EarlyStopSection,
     "checkpoint": CheckpointSection,
+    "log": LogSection,
 }
 
 
@@ -309,6 +334,7 @@ class Profile:
     train: TrainSection = field(default_factory=TrainSection)
     early_stop: EarlyStopSection = field(default_factory=EarlyStopSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, keys that are None left out (TOML has no null)."""
@@ -336,15 +362,26 @@ FIELDS: tuple[FieldSpec, ...] = _collect_fields()
 FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
 
 
-def _describe(value: Any) -> str:
-    """The value on one line, as in TOML: 0.1, true, [1, 2], {a = 1}; strings quoted."""
+def _describe(value: Any, limit: int = 80) -> str:
+    """The value on one line, as in TOML: 0.1, true, [1, 2], {a = 1}; strings quoted.
+
+    Cut to `limit` characters: an error message names a value, it does not reprint a file.
+    """
+    text = _toml_text(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _toml_text(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, list):  # tomli_w would spread a list over several lines
-        return "[" + ", ".join(_describe(v) for v in value) + "]"
+        return "[" + ", ".join(_toml_text(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_describe(v)}" for k, v in value.items()) + "}"
-    return tomli_w.dumps({"v": value})[4:].strip()
+        return "{" + ", ".join(f"{_key_text(k)} = {_toml_text(v)}" for k, v in value.items()) + "}"
+    try:
+        return tomli_w.dumps({"v": value})[4:].strip()
+    except TypeError:  # not a TOML value (a dict built in Python, not read from a file)
+        return repr(value)
 
 
 def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
@@ -367,9 +404,11 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
             return None, f"must be {'an integer' if kind == 'int' else 'a number'}"
         if kind == "int" and not isinstance(value, int):
             return None, "must be an integer"
+        if kind == "int" and not _INT64[0] <= value <= _INT64[1]:
+            return None, "must be a 64-bit integer (as TOML allows)"
         if kind == "float":
-            value = float(value)
-            if not math.isfinite(value):
+            value = _finite_float(value)
+            if value is None:
                 return None, "must be a finite number"
         return value, _range_problem(spec, value)
     if kind in ("int_list", "float_list"):
@@ -381,9 +420,25 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
             ok = isinstance(v, int) if item == "int" else isinstance(v, int | float)
             if isinstance(v, bool) or not ok:
                 return None, f"must be a list of {'integers' if item == 'int' else 'numbers'}"
-            items.append(float(v) if item == "float" else v)
+            if item == "int" and not _INT64[0] <= v <= _INT64[1]:
+                return None, "must be a list of 64-bit integers (as TOML allows)"
+            if item == "float" and (v := _finite_float(v)) is None:
+                return None, "must be a list of finite numbers"
+            items.append(v)
         return items, None
     raise AssertionError(f"unknown kind {kind}")
+
+
+_INT64 = (-(2**63), 2**63 - 1)  # TOML's integers; tomllib reads bigger ones without a word
+
+
+def _finite_float(value: int | float) -> float | None:
+    """`value` as a finite float, or None (NaN, infinity, or an integer too big for a float)."""
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _range_problem(spec: FieldSpec, value: float) -> str | None:
@@ -401,9 +456,23 @@ def _range_problem(spec: FieldSpec, value: float) -> str | None:
     return None
 
 
+def _key_text(path: str) -> str:
+    """A key path as a message shows it: quoted when it is empty or holds odd characters."""
+    plain = isinstance(path, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", path)
+    return path if plain else _describe(path, limit=40)
+
+
 def _unknown(name: str, known: list[str], what: str) -> str:
     hint = difflib.get_close_matches(name, known, n=1)
     return f"unknown {what}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+
+
+def _expand(path: str) -> Path | None:
+    """`path` with ~ expanded; None when it names the home of a user who does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return None
 
 
 def _cross_checks(p: Profile) -> list[Problem]:
@@ -417,6 +486,25 @@ def _cross_checks(p: Profile) -> list[Problem]:
         add("run.device", "must be auto, cpu, cuda, cuda:N or mps", p.run.device)
     if not p.run.name or "/" in p.run.name or p.run.name in (".", ".."):
         add("run.name", "must be a non-empty name without '/'", p.run.name)
+    elif not p.run.name.isprintable():
+        add("run.name", "must not hold control characters (it names a folder)", p.run.name)
+    bad_paths = set()  # a path no file can have: the existence checks below would raise
+    for path, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
+                       ("data.root", p.data.root)):  # fmt: skip
+        if "\x00" in text:
+            add(path, "must not hold a NUL character", text)
+            bad_paths.add(path)
+        elif _expand(text) is None:
+            add(path, "starts with ~user, but there is no such user", text)
+            bad_paths.add(path)
+        else:
+            try:
+                _expand(text).stat()
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # missing: the checks below say what each dataset needs
+            except OSError as e:  # a name too long, a loop of links, a parent not searchable
+                add(path, f"cannot be used as a path ({e.strerror or e})", text)
+                bad_paths.add(path)
     arch = p.model.arch
     if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
         hint = difflib.get_close_matches(arch, BUILTIN_ARCHS, n=1)
@@ -435,18 +523,21 @@ def _cross_checks(p: Profile) -> list[Problem]:
     if p.optim.nesterov and (p.optim.name != "sgd" or p.optim.momentum == 0):
         add("optim.nesterov", 'needs optim.name = "sgd" and momentum > 0', p.optim.nesterov)
     d = p.data
-    if d.dataset == "npz":
+    if d.dataset == "npz" and "data.path" not in bad_paths:
         if not d.path:
             add("data.path", "the npz dataset needs the path of a .npz file", d.path)
-        elif not Path(d.path).expanduser().is_file():
+        elif _expand(d.path).is_dir():
+            add("data.path", "is a folder; point it at a .npz file with x_train/y_train", d.path)
+        elif not _expand(d.path).is_file():
             add("data.path", "no such file; point it at a .npz with x_train/y_train", d.path)
-    if d.dataset == "image_folder":
+    if d.dataset == "image_folder" and "data.path" not in bad_paths:
         if not d.path:
             add("data.path", "the image_folder dataset needs a folder of class sub-folders", d.path)
-        elif not Path(d.path).expanduser().is_dir():
+        elif not _expand(d.path).is_dir():
             add("data.path", "no such folder; point it at a folder of class sub-folders", d.path)
     torchvision_data = d.dataset in ("mnist", "fashion_mnist", "cifar10")
-    if torchvision_data and not d.download and not Path(d.root).expanduser().is_dir():
+    root_missing = "data.root" not in bad_paths and not _expand(d.root).is_dir()
+    if torchvision_data and not d.download and root_missing:
         add(
             "data.root",
             "no such folder, and data.download is false; set "
@@ -491,6 +582,14 @@ def _cross_checks(p: Profile) -> list[Problem]:
             "onecycle warms up by itself (pct_start); set the warmup keys to 0",
             s.warmup_steps or s.warmup_epochs,
         )
+    # Found before any work (a module search, not an import): mpt run exits 2 at once.
+    if p.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        add(
+            "log.tensorboard",
+            "needs the tensorboard package, which is not installed; "
+            "pip install 'mpt[tensorboard]' or set log.tensorboard = false",
+            True,
+        )
     return problems
 
 
@@ -503,7 +602,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profil
     sections: dict[str, Any] = {}
     for sname, table in data.items():
         if sname not in SECTIONS:
-            problems.append(Problem(sname, _unknown(sname, list(SECTIONS), "section")))
+            problems.append(Problem(_key_text(sname), _unknown(sname, list(SECTIONS), "section")))
             continue
         if not isinstance(table, dict):
             problems.append(Problem(sname, f"must be a [{sname}] table (got {_describe(table)})"))
@@ -513,7 +612,8 @@ def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profil
         for kname, value in table.items():
             spec = FIELD_BY_PATH.get(f"{sname}.{kname}")
             if spec is None:
-                problems.append(Problem(f"{sname}.{kname}", _unknown(kname, known, "key")))
+                where = _key_text(f"{sname}.{kname}")
+                problems.append(Problem(where, _unknown(kname, known, "key")))
                 continue
             coerced, wrong = _check_value(spec, value)
             if wrong:
@@ -540,6 +640,10 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(source, [Problem("", f"not valid TOML: {e}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ProfileError(
+            source, [Problem("", "not valid TOML for a profile: arrays or tables nested too deep")]
+        ) from None
 
 
 def read_profile_file(path: str | Path) -> dict[str, Any]:
@@ -554,6 +658,8 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
         raise ProfileError(source, [Problem("", "is a folder, not a profile file")]) from None
     except PermissionError:
         raise ProfileError(source, [Problem("", "cannot be read (permission denied)")]) from None
+    except OSError as e:  # an unreadable disk, a name too long, a loop of links...
+        raise ProfileError(source, [Problem("", f"cannot be read ({e.strerror or e})")]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -566,12 +672,12 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
 def parse_override(item: str) -> tuple[str, Any]:
     """Parse one `--set section.key=value`; the value is TOML, or else a bare string."""
     if "=" not in item:
-        raise ProfileError("--set", [Problem(item, "must look like section.key=value")])
+        raise ProfileError("--set", [Problem(_key_text(item), "must look like section.key=value")])
     path, _, text = item.partition("=")
     path = path.strip()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         value = text.strip()  # so that --set data.dataset=mnist needs no quotes
     return path, value
 
@@ -583,8 +689,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         path, value = parse_override(item)
         section, dot, name = path.partition(".")
-        if not dot or not name or "." in name:
-            problems.append(Problem(path, "must be section.key, e.g. optim.lr"))
+        if not section or not dot or not name or "." in name:
+            problems.append(Problem(_key_text(path or item), "must be section.key, e.g. optim.lr"))
             continue
         table = merged.setdefault(section, {})
         if isinstance(table, dict):

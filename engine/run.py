@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.control import Control
+from engine.distributed import world_from_env
 from engine.errors import MptError
 from engine.profile import Profile
 
@@ -21,15 +22,21 @@ from engine.profile import Profile
 def make_run_dir(profile: Profile) -> Path:
     """Create `<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`; never reuse a folder another run made."""
     parent = Path(profile.run.out_dir).expanduser() / profile.run.name
-    parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        path = parent / (stamp if n == 1 else f"{stamp}-{n}")
-        try:
-            path.mkdir()  # atomic: of two runs started in the same second, each gets its own
-            return path
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = parent / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                path.mkdir()  # atomic: of two runs started in the same second, each gets its own
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:  # a file in the way, a read-only or full disk
+        raise MptError(
+            f"run.out_dir: cannot create a run directory in {parent} ({e.strerror or e}); "
+            "point run.out_dir at a writable folder"
+        ) from None
     raise MptError(f"{parent}: too many runs started in the same second")
 
 
@@ -44,7 +51,7 @@ def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[s
     if profile is None:
         data = apply_overrides(state["profile"], overrides)
         profile = profile_from_dict(data, source=f"{path} (its profile)")
-    warnings = ckpt.check_resume(path, state, profile.to_dict())
+    warnings = ckpt.check_resume(path, state, profile.to_dict(), world_from_env().size)
     events = path.resolve().parent.parent / "events.jsonl"
     history = []
     if events.is_file():
@@ -53,11 +60,65 @@ def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[s
     return profile, (path, state), history, warnings
 
 
+def _sentence(error: MptError) -> str:
+    """The error's sentence; a DataLoader worker's error arrives wrapped in its traceback."""
+    text = str(error)
+    if "Original Traceback" in text:  # torch's ExceptionWrapper: the sentence is the last line
+        last = text.rstrip().splitlines()[-1]
+        text = last.removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")
+    return text
+
+
+def _unexpected(trainer, error: Exception) -> str:
+    """run_failed's text for an exception that is not the project's own: out of memory gets
+    advice (the usual fixes), anything else its type and message."""
+    import torch  # the trainer has imported it already
+
+    if not isinstance(error, torch.OutOfMemoryError):
+        return f"{type(error).__name__}: {error}"
+    p = trainer.p
+    training = hasattr(trainer, "optimizer")  # set up: the model and optimizer are built
+    return (
+        f"out of memory on {getattr(trainer, 'device', p.run.device)} "
+        + (f"at step {trainer.step}" if training else "while setting up")
+        + f" (data.batch_size {p.data.batch_size}, train.grad_accum {p.train.grad_accum}, "
+        f"precision.mode {p.precision.mode!r}); lower data.batch_size and raise "
+        'train.grad_accum to keep the step the same, or use precision.mode = "bf16"'
+        + ("" if training else '; data.cache = "memory" keeps the dataset off the GPU')
+    )
+
+
+def _release(trainer) -> None:
+    """After a failure: stop DataLoader workers and give cached GPU memory back, so that a
+    console that stays open (mpt-tui) can start the next run."""
+    for loader in getattr(trainer, "loaders", {}).values():
+        # Persistent workers live in the loader's iterator, which the failure's traceback
+        # may keep alive: shut them down now (DataLoader's own, if private, method).
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+    if getattr(trainer, "loaders", None):
+        trainer.loaders = {}
+    optimizer = getattr(trainer, "optimizer", None)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)  # gradients of a step that never finished
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Run:
     """A training run in a background thread. Controls are thread-safe."""
 
     def __init__(
-        self, profile: Profile, run_dir: Path | None, resume=None, history=(), warnings=()
+        self,
+        profile: Profile,
+        run_dir: Path | None,
+        resume=None,
+        history=(),
+        warnings=(),
+        profile_steps: int = 0,
     ):
         self.profile = profile
         self.run_dir = run_dir
@@ -69,8 +130,10 @@ class Run:
         self.user_error = False
         self._resume = resume
         self._warnings = list(warnings)
+        self._profile_steps = profile_steps
         path = run_dir / "events.jsonl" if run_dir else None
         self._log = ev.EventLog(self.events, path, history)
+        self._history = history  # replayed into the [log] sinks when the thread opens them
         self._thread = threading.Thread(target=self._main, name="mpt-trainer", daemon=True)
 
     @classmethod
@@ -81,6 +144,7 @@ class Run:
         resume: str | Path | None = None,
         overrides: list[str] | None = None,
         write: bool = True,
+        profile_steps: int = 0,
     ) -> Run:
         """Create the run directory (unless `write` is false) and start training.
 
@@ -88,8 +152,9 @@ class Run:
         directory, or a checkpoint file. The run continues in a new run directory whose
         events.jsonl starts with the history up to the checkpoint. Without `profile` the
         checkpoint's own profile is used, with `overrides` (`section.key=value`) applied.
-        Raises MptError (CheckpointError) before any
-        work when the checkpoint cannot be used.
+        `profile_steps`: record that many steps with torch.profiler (after one skipped and
+        one warm-up step) into `<run dir>/profiler/`; a `trace_saved` event names the file.
+        Raises MptError (CheckpointError) before any work when the checkpoint cannot be used.
         """
         resume_pair, history, warnings = None, [], []
         if resume is not None:
@@ -99,10 +164,10 @@ class Run:
         if profile is None:
             raise MptError("Run.start needs a profile or a checkpoint to resume")
         run_dir = None
-        if write:
+        if write and world_from_env().main:  # under torchrun, rank 0 alone writes
             run_dir = make_run_dir(profile)
             (run_dir / "profile.toml").write_text(profile.to_toml())
-        run = cls(profile, run_dir, resume_pair, history, warnings)
+        run = cls(profile, run_dir, resume_pair, history, warnings, profile_steps)
         run._thread.start()
         return run
 
@@ -110,16 +175,28 @@ class Run:
         from engine.trainer import Trainer  # torch is imported here, off the caller's thread
 
         trainer = Trainer(
-            self.profile, self._log, self.control, self.run_dir, self._resume, self._warnings
+            self.profile,
+            self._log,
+            self.control,
+            self.run_dir,
+            self._resume,
+            self._warnings,
+            self._profile_steps,
         )
         self.trainer = trainer
         try:
+            # The [log] sinks (CSV, TensorBoard) open here, off the caller's thread:
+            # TensorBoard's import is slow. A resumed run replays its history into them.
+            from engine.sinks import open_sinks
+
+            self._log.attach(open_sinks(self.profile.log, self.run_dir), self._history)
+            self._history = []
             trainer.setup()
         except MptError as e:
-            self._fail(trainer, str(e), "", user_error=True)
+            self._fail(trainer, _sentence(e), "", user_error=True)
             return
         except Exception as e:  # noqa: BLE001 - reported as run_failed, never lost
-            self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
+            self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
             return
         if self.control.stop_requested:  # stopped while loading data: nothing to save
             self.reason = self.control.stop_reason
@@ -129,16 +206,19 @@ class Run:
         try:
             self.reason = trainer.fit()
         except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
-            self._fail(trainer, str(e), "")
+            self._fail(trainer, _sentence(e), "")
             return
         except Exception as e:  # noqa: BLE001
-            self._fail(trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
+            self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
             return
         finally:
             self._log.close()
+            if getattr(trainer, "dist", None) is not None:
+                trainer.dist.close()  # leaves torchrun's process group, if it joined one
 
     def _fail(self, trainer, error: str, tb: str, user_error: bool = False) -> None:
         self.reason, self.error, self.user_error = "failed", error, user_error
+        _release(trainer)
         self._log.emit(
             ev.RunFailed(
                 step=trainer.step,

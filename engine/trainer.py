@@ -33,9 +33,12 @@ from engine.data import (
     Split,
     SplitDataset,
     load_data,
+    require_validation,
 )
+from engine.distributed import Collectives, World, world_from_env
 from engine.errors import MptError, TrainingFailed
-from engine.models import build_model, check_output_shape
+from engine.gpu import GpuStats
+from engine.models import build_model, check_output_shape, check_precision
 from engine.monitor import BestTracker
 from engine.optim import Schedule, build_optimizer
 from engine.profile import Profile
@@ -46,8 +49,14 @@ _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
 _HOPELESS_SKIPS = 50
 
 
-def resolve_device(name: str) -> torch.device:
-    """Turn run.device into a torch.device, refusing what this machine cannot do."""
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """Turn run.device into a torch.device, refusing what this machine cannot do.
+
+    Under torchrun, "auto" and "cuda" mean this process's GPU: cuda:LOCAL_RANK.
+    """
+    local = world.local_rank if world is not None and world.distributed else None
+    if name in ("auto", "cuda") and local is not None and torch.cuda.is_available():
+        name = f"cuda:{local}"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -86,9 +95,12 @@ class Trainer:
         run_dir: Path | None = None,
         resume: tuple[Path, dict[str, Any]] | None = None,
         warnings: list[str] | None = None,
+        profile_steps: int = 0,
     ):
         self.p = profile
         self.log = log
+        self.profile_steps = profile_steps  # torch.profiler over this many steps (0: off)
+        self.profiler = None
         self.control = control
         self.run_dir = run_dir
         self.resume = resume  # (checkpoint path, its state), or None
@@ -99,7 +111,8 @@ class Trainer:
     # ---- setup: everything that can fail on the user's input happens here ----
     def setup(self) -> None:
         p = self.p
-        self.device = resolve_device(p.run.device)
+        self.world = world_from_env()
+        self.device = resolve_device(p.run.device, self.world)
         if (
             p.precision.mode == "bf16"
             and self.device.type == "cuda"
@@ -110,11 +123,15 @@ class Trainer:
                 'use "fp16" or "fp32"'
             )
         # Process-wide switches: set them on every run, so one run's choice does not linger.
-        torch.use_deterministic_algorithms(p.run.deterministic)
+        # Only when it changes: the call imports torch._inductor, ~1 s of every start.
+        if torch.are_deterministic_algorithms_enabled() != p.run.deterministic:
+            torch.use_deterministic_algorithms(p.run.deterministic)
         # Fixed input shapes: let cuDNN pick the fastest kernels, unless determinism is asked.
         torch.backends.cudnn.benchmark = self.device.type == "cuda" and not p.run.deterministic
         seed_everything(p.run.seed)
+        self.dist = Collectives(self.world, self.device)  # joins torchrun's group, if any
         data: DataBundle = load_data(p.data, p.run.seed)
+        require_validation(p, data)  # e.g. early stopping on val_loss, and no val split
         self.data = data
         self.transform = BatchTransform(
             data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
@@ -125,6 +142,7 @@ class Trainer:
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(self.device))
         check_output_shape(self.model, sample, data.num_classes)
+        check_precision(self.model, sample, p.precision.mode)  # fp16/bf16 on this device
         # channels_last lets cuDNN use tensor cores for convolutions under autocast.
         self.channels_last = self.device.type == "cuda" and any(
             isinstance(m, torch.nn.Conv2d) for m in self.model.modules()
@@ -132,9 +150,25 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, p.optim, self.device)
-        # The compiled module shares the parameters; checkpoints save self.model's plain keys.
-        self.forward = torch.compile(self.model) if p.train.compile else self.model
-        n_batches = math.ceil(len(data.train) / p.data.batch_size)
+        # The DDP and compiled wrappers share the parameters; checkpoints save self.model's
+        # plain keys, which load into a plain model.
+        self.forward = self.model
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+            # Dropout draws differ per process (as each sees other samples); rank 0 keeps
+            # the single-process stream.
+            if self.world.rank:
+                torch.manual_seed(p.run.seed + 1_000_003 * self.world.rank)
+        self.ddp = self.forward if self.world.distributed else None
+        if p.train.compile:
+            self.forward = torch.compile(self.forward)
+        # data.batch_size is per process: one micro-batch of the whole world takes
+        # batch_size x world samples, split between the processes in rank order.
+        self.global_batch = p.data.batch_size * self.world.size
+        n_batches = math.ceil(len(data.train) / self.global_batch)
         self.steps_per_epoch = math.ceil(n_batches / p.train.grad_accum)
         self.total_steps = self.steps_per_epoch * p.run.epochs
         if p.run.max_steps:
@@ -143,6 +177,7 @@ class Trainer:
             self.optimizer, p.schedule, p.optim.lr, self.steps_per_epoch, self.total_steps
         )
         self.autocast_dtype = _AUTOCAST.get(p.precision.mode)
+        self.gpu_stats = GpuStats(self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if p.precision.mode == "fp16" else None
         es = p.early_stop
         self.early = BestTracker(es.monitor, es.mode, es.min_delta)
@@ -244,6 +279,7 @@ class Trainer:
         for message in self.warnings:
             self.log.emit(ev.Warning(step=self.step, epoch=self.epochs_done + 1, message=message))
         self._carry_best_over()
+        self._start_profiler()
         self.started = time.monotonic()
         self.paused_seconds = 0.0
         reason = "completed"
@@ -256,6 +292,7 @@ class Trainer:
             reason = self._end_epoch(time.monotonic() - epoch_start)
             if reason != "completed":
                 break
+        self._stop_profiler()  # a run shorter than the profiled steps: what it recorded
         if reason in ("completed", "early_stopped", "max_time"):
             self._check_finite()
             self.save("final")
@@ -283,10 +320,16 @@ class Trainer:
         order = torch.randperm(len(train), generator=self._epoch_generator("cpu"))
         if self.cache == "device":
             order = order.to(self.device)
-        batches = order.split(p.data.batch_size)
+        batches = order.split(self.global_batch)
         accum = p.train.grad_accum
         groups = [batches[i : i + accum] for i in range(0, len(batches), accum)]
+        world = self.world
+        if world.distributed:  # this process's share of each micro-batch, in rank order
+            batches = [b.tensor_split(world.size)[world.rank] for b in batches]
         fetch = self._batches(train, batches[self.group * accum :])
+        # DDP averages gradients over the processes: dividing each one's loss sum by the
+        # step's samples / world makes that average the single-process gradient.
+        per_process = world.size if world.distributed else 1
         self.aug = None
         if p.data.random_crop or p.data.hflip:
             self.aug = self._epoch_generator(self.device)
@@ -296,16 +339,25 @@ class Trainer:
         window_start = time.monotonic()
         while self.group < len(groups):
             group = groups[self.group]
-            step_samples = sum(len(b) for b in group)
-            step_loss = step_correct = None  # sums over the step's micro-batches
-            for _ in group:
+            step_samples = sum(len(b) for b in group)  # of the whole world
+            denominator = step_samples / per_process if world.distributed else step_samples
+            # One micro-batch in one process (the usual case): the mean loss is the step's
+            # loss as it is, one op fewer than sum / samples; the metric sums weigh it back.
+            mean = len(group) == 1 and not world.distributed
+            weight = step_samples if mean else 1
+            step_loss = step_correct = None  # over the step's micro-batches
+            local_samples = 0
+            for i in range(len(group)):
                 xb, yb = next(fetch)
+                local_samples += len(yb)
                 xb = self._to_input(self.transform(xb, self.aug))
-                with self._autocast():
-                    out = self.forward(xb)
-                    loss = F.cross_entropy(out, yb, reduction="sum")
-                scaled = loss / step_samples
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                # Under DDP, gradients are averaged once per step, after the last micro-batch.
+                with self._no_sync(i < len(group) - 1):
+                    with self._autocast():
+                        out = self.forward(xb)
+                        loss = F.cross_entropy(out, yb, reduction="mean" if mean else "sum")
+                    scaled = loss if mean else loss / denominator
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 # Each torch call costs microseconds of dispatch on a small model: no
                 # zero tensors to add into, one add per extra micro-batch.
                 loss, correct = loss.detach().float(), (out.argmax(1) == yb).sum()
@@ -314,31 +366,34 @@ class Trainer:
             if (
                 p.train.nonfinite == "skip"
                 and self.scaler is None
-                and not bool(
-                    torch.isfinite(step_loss)  # the one per-step sync, only when asked for
-                )
+                # the one per-step sync, only when asked for; every process skips together
+                and self.dist.any([not bool(torch.isfinite(step_loss))])[0]
             ):
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped += 1
             else:
                 self._optimizer_step()
-                self.epoch_loss += step_loss
+                self.epoch_loss.add_(step_loss, alpha=weight)
                 self.epoch_correct += step_correct
-                self.epoch_samples += step_samples
-                self.window_loss += step_loss
-                self.window_samples += step_samples
+                self.epoch_samples += local_samples
+                self.window_loss.add_(step_loss, alpha=weight)
+                self.window_samples += local_samples
             self.step += 1
             self.group += 1
             self.schedule.after_step(self.step)
+            if self.profiler is not None:
+                self._profiler_step()
             if self.step % p.train.log_every == 0:
                 self._emit_step(window_start, self.group / len(groups))
                 window_start = time.monotonic()
             every = p.checkpoint.every_steps
             if every and self.step % every == 0:
                 self.save("steps")
-            reason = self._between_steps()
-            if reason != "completed":
-                return reason
+            # Several processes agree on controls where they sync anyway: every log_every steps.
+            if not world.distributed or self.step % p.train.log_every == 0:
+                reason = self._between_steps()
+                if reason != "completed":
+                    return reason
             if self.step >= self.total_steps:
                 break
         self.aug = None  # the epoch's augmentation stream ends with it (not in later checkpoints)
@@ -365,9 +420,16 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> str:
         """Validate, report, watch the monitors, save; returns why the run should stop."""
         p = self.p
-        train_loss = self.epoch_loss.item() / max(self.epoch_samples, 1)
-        train_acc = self.epoch_correct.item() / max(self.epoch_samples, 1)
-        samples = self.epoch_samples
+        if self.world.distributed:  # the sums of every process
+            loss, correct, samples = self.dist.sum(
+                self.epoch_loss, self.epoch_correct, self.epoch_samples
+            )
+            loss, correct, samples = float(loss), float(correct), int(samples)
+        else:
+            loss, correct = self.epoch_loss.item(), self.epoch_correct.item()
+            samples = self.epoch_samples
+        train_loss = loss / max(samples, 1)
+        train_acc = correct / max(samples, 1)
         val_loss, val_acc = self.evaluate()
         self.metrics = dict(
             train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc
@@ -448,6 +510,8 @@ class Trainer:
 
     def _between_steps(self) -> str:
         """Apply checkpoint/pause/stop requests and the time limit; return why to stop."""
+        if self.world.distributed:
+            return self._between_steps_together()
         c = self.control
         if c.take_checkpoint_request():
             self.save("requested")
@@ -471,6 +535,46 @@ class Trainer:
             return "max_time"
         return "completed"
 
+    def _between_steps_together(self) -> str:
+        """_between_steps for several processes: a request on any one of them (a signal
+        reaches each) acts on all, at the same step, so their collectives stay in step."""
+        c, max_time = self.control, self.p.run.max_time
+        over = bool(max_time) and time.monotonic() - self.started - self.paused_seconds >= max_time
+        stop, interrupted, save, pause, over = self.dist.any(
+            [
+                c.stop_requested,
+                c.stop_requested and c.stop_reason == "interrupted",
+                c.take_checkpoint_request(),
+                c.pause_requested,
+                over,
+            ]
+        )
+        if save:
+            self.save("requested")
+        if pause and not stop:
+            self.log.emit(ev.Paused(step=self.step, epoch=self.epoch))
+            pause_start = time.monotonic()
+            while pause and not stop:  # until no process is paused any more
+                c.wait_while_paused(timeout=0.1)
+                pause, save, stop, interrupted = self.dist.any(
+                    [
+                        c.pause_requested and not c.stop_requested,
+                        c.take_checkpoint_request(),
+                        c.stop_requested,
+                        c.stop_requested and c.stop_reason == "interrupted",
+                    ]
+                )
+                if save:
+                    self.save("requested")
+            self.paused_seconds += time.monotonic() - pause_start
+            if not stop:
+                self.log.emit(ev.Resumed(step=self.step, epoch=self.epoch))
+        if stop:
+            self._check_finite()
+            self.save("interrupted" if interrupted else "stop")
+            return "interrupted" if interrupted else "stopped"
+        return "max_time" if over else "completed"
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float | None, float | None]:
         val = self.data.val
@@ -480,13 +584,21 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.int64)
         order = torch.arange(len(val), device=val.y.device if self.cache == "device" else "cpu")
+        # Several processes: each validates its share with the plain module (DDP's forward
+        # would sync buffers, a collective the others might not be in), then the sums meet.
+        forward = self.forward
+        if self.world.distributed:
+            order, forward = order.tensor_split(self.world.size)[self.world.rank], self.model
         for xb, yb in self._batches(val, order.split(self.p.data.eval_batch_size), "val"):
             xb = self._to_input(self.transform(xb))
             with self._autocast():
-                out = self.forward(xb)
+                out = forward(xb)
             loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
             correct += (out.argmax(1) == yb).sum()
         self.model.train()
+        if self.world.distributed:
+            loss, right = self.dist.sum(loss_sum, correct)
+            return float(loss) / len(val), float(right) / len(val)
         return loss_sum.item() / len(val), correct.item() / len(val)
 
     # ---- checkpoints ----
@@ -519,9 +631,46 @@ class Trainer:
                 "skip_streak": self.skip_streak,
                 "best_val_acc": self.best_val_acc,
                 "events": self.log.lines,  # events.jsonl lines up to here: the history
+                "world_size": self.world.size,
             },
             "rng": {**ckpt.rng_state(), "augment": aug.get_state() if aug else None},
+            # Under torchrun: every process's own sums and random streams (rank order).
+            "ranks": getattr(self, "_ranks_state", None),
         }
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between processes: their metric sums and random streams."""
+        return {
+            "epoch_loss": self.epoch_loss.cpu(),
+            "epoch_correct": self.epoch_correct.cpu(),
+            "epoch_samples": self.epoch_samples,
+            "window_loss": self.window_loss.cpu(),
+            "window_samples": self.window_samples,
+            "rng": ckpt.rng_state(),
+        }
+
+    def _load_rank_state(self, state: dict[str, Any]) -> None:
+        """Take this process's sums and streams. One process, or another world size than
+        the checkpoint's: rank 0 carries every old process's sums (the epoch's metrics
+        stay right) and the random streams of the old rank 0; the rest start at zero."""
+        ranks, world = state.get("ranks"), self.world
+        if ranks and len(ranks) == world.size:
+            self._set_sums(ranks[world.rank])
+            ckpt.set_rng_state(ranks[world.rank]["rng"])
+        elif world.rank == 0:
+            totals = state["progress"]
+            if ranks:
+                totals = {k: sum(r[k] for r in ranks) for k in ranks[0] if k != "rng"}
+            self._set_sums(totals)
+            ckpt.set_rng_state(state["rng"])
+
+    def _set_sums(self, sums: dict[str, Any]) -> None:
+        """The epoch's and the log window's metric sums, as a checkpoint holds them."""
+        self.epoch_loss = sums["epoch_loss"].to(self.device)
+        self.epoch_correct = sums["epoch_correct"].to(self.device)
+        self.epoch_samples = sums["epoch_samples"]
+        self.window_loss = sums["window_loss"].to(self.device)
+        self.window_samples = sums["window_samples"]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -541,34 +690,54 @@ class Trainer:
         pr = state["progress"]
         self.step, self.epochs_done, self.group = pr["step"], pr["epochs_done"], pr["group"]
         self.epoch = self.epochs_done + 1
-        self.epoch_loss = pr["epoch_loss"].to(self.device)
-        self.epoch_correct = pr["epoch_correct"].to(self.device)
-        self.epoch_samples = pr["epoch_samples"]
-        self.window_loss = pr["window_loss"].to(self.device)
-        self.window_samples = pr["window_samples"]
         self.skipped = pr["skipped"].to(self.device)
         self.skip_streak = pr["skip_streak"].to(self.device)
         self.best_val_acc = pr["best_val_acc"]
         self.last_saved = (self.step, self.epochs_done)
-        ckpt.set_rng_state(state["rng"])
+        self._load_rank_state(state)
         self.aug_state = state["rng"]["augment"]
 
     def save(self, reason: str) -> Path | None:
-        """Write step-NNNNNN.pt atomically, point last.pt at it, drop old periodic ones."""
+        """Write step-NNNNNN.pt atomically, point last.pt at it, drop old periodic ones.
+
+        Under torchrun every process calls this at the same step (it gathers each one's
+        sums and random streams); rank 0 alone writes.
+        """
+        if self.world.distributed:
+            self._ranks_state = self.dist.gather(self._rank_state())
         if self.ckpt_dir is None:
             return None
         path = self.ckpt_dir / f"step-{self.step:06d}.pt"
         if self.last_saved != (self.step, self.epochs_done) or not path.exists():
             self._check_finite()
-            self.ckpt_dir.mkdir(exist_ok=True)
-            ckpt.save_atomic(self.state_dict(), path)
-            self.last_saved = (self.step, self.epochs_done)
-            ckpt.link_atomic(path, self.ckpt_dir / "last.pt")
-            self._prune()
+            try:
+                self.ckpt_dir.mkdir(exist_ok=True)
+                ckpt.save_atomic(self.state_dict(), path)
+                ckpt.link_atomic(path, self.ckpt_dir / "last.pt")
+                self.last_saved = (self.step, self.epochs_done)
+                self._prune()
+            except OSError as e:  # disk full, folder not writable: checkpoint.on_error says
+                self._checkpoint_failed(path, e)
+                return None
         self.log.emit(
             ev.CheckpointSaved(step=self.step, epoch=self.epoch, path=str(path), reason=reason)
         )
         return path
+
+    def _checkpoint_failed(self, path: Path, error: OSError) -> None:
+        """A checkpoint the disk refused: the previous files stay; warn and go on, or stop."""
+        last = self.ckpt_dir / "last.pt"
+        kept = (
+            f"last.pt still holds step {self.last_saved[0]}"
+            if self.last_saved and last.exists()
+            else "no earlier checkpoint of this run exists"
+        )
+        message = f"could not write checkpoint {path} ({error.strerror or error}); {kept}"
+        if self.p.checkpoint.on_error == "stop":
+            raise TrainingFailed(f'{message}; the run stops (checkpoint.on_error = "stop")')
+        self.log.emit(
+            ev.Warning(step=self.step, epoch=self.epoch, message=f"{message}; training goes on")
+        )
 
     def _carry_best_over(self) -> None:
         """A resumed run's folder starts with the best.pt it resumed knowing about."""
@@ -580,14 +749,23 @@ class Trainer:
                 return  # that best.pt came later than the checkpoint resumed from
         except (ckpt.CheckpointError, KeyError):
             return
-        self.ckpt_dir.mkdir(exist_ok=True)
-        ckpt.link_atomic(source, self.ckpt_dir / "best.pt")
+        try:
+            self.ckpt_dir.mkdir(exist_ok=True)
+            ckpt.link_atomic(source, self.ckpt_dir / "best.pt")
+        except OSError as e:
+            self._checkpoint_failed(self.ckpt_dir / "best.pt", e)
 
     def _link(self, name: str, reason: str) -> None:
         if self.ckpt_dir is None:
             return
         path = self.ckpt_dir / f"step-{self.step:06d}.pt"
-        ckpt.link_atomic(path, self.ckpt_dir / name)
+        if not path.exists():
+            return  # that checkpoint could not be written: reported already
+        try:
+            ckpt.link_atomic(path, self.ckpt_dir / name)
+        except OSError as e:
+            self._checkpoint_failed(self.ckpt_dir / name, e)
+            return
         self.log.emit(
             ev.CheckpointSaved(
                 step=self.step, epoch=self.epoch, path=str(self.ckpt_dir / name), reason=reason
@@ -600,6 +778,46 @@ class Trainer:
             return
         for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep]:
             old.unlink(missing_ok=True)  # best.pt and last.pt are links of their own
+
+    # ---- the profiler (mpt run --profile-steps N) ----
+    def _start_profiler(self) -> None:
+        """torch.profiler over `profile_steps` steps, after one to skip and one to warm up."""
+        if not self.profile_steps or self.run_dir is None or not self.world.main:
+            return
+        # Kineto logs an ERROR line on a CUDA build with no GPU: keep the console for people.
+        os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        activities = [ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        self.trace_dir = self.run_dir / "profiler"
+        self.profiler = profile(
+            activities=activities,
+            schedule=schedule(wait=1, warmup=1, active=self.profile_steps, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(self.trace_dir)),
+            record_shapes=True,
+        )
+        self.profiler.start()
+        self.profiled = 0
+
+    def _profiler_step(self) -> None:
+        self.profiler.step()
+        self.profiled += 1
+        if self.profiled >= 2 + self.profile_steps:  # the trace is written at this step
+            self._stop_profiler()
+
+    def _stop_profiler(self) -> None:
+        if self.profiler is None:
+            return
+        self.profiler.stop()
+        self.profiler = None
+        traces = sorted(self.trace_dir.glob("*.pt.trace.json"), key=lambda f: f.stat().st_mtime)
+        if traces:
+            steps = max(0, min(self.profile_steps, self.profiled - 2))
+            self.log.emit(
+                ev.TraceSaved(step=self.step, epoch=self.epoch, path=str(traces[-1]), steps=steps)
+            )
 
     # ---- helpers ----
     def _zero_epoch_sums(self) -> None:
@@ -640,6 +858,10 @@ class Trainer:
         g.manual_seed(self.p.run.seed * 1_000_003 + self.epoch)
         return g
 
+    def _no_sync(self, skip: bool):
+        """DDP's no_sync for the micro-batches before a step's last one; else nothing."""
+        return self.ddp.no_sync() if skip and self.ddp is not None else contextlib.nullcontext()
+
     def _autocast(self):
         """autocast for fp16/bf16; for fp32 no context at all (entering a disabled one
         costs more per step than the tutorial MLP's small ops)."""
@@ -654,9 +876,13 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def _emit_step(self, window_start: float, progress: float) -> None:
-        loss_sum = self.window_loss.item()  # the host sync
+        if self.world.distributed:  # the window of every process
+            loss_sum, samples = self.dist.sum(self.window_loss, self.window_samples)
+            loss_sum, samples = float(loss_sum), int(samples)
+        else:
+            loss_sum, samples = self.window_loss.item(), self.window_samples  # the host sync
         # None: every step since the last report was skipped (no loss to show, not a zero).
-        loss = loss_sum / self.window_samples if self.window_samples else None
+        loss = loss_sum / samples if samples else None
         if self.scaler is not None:
             self._check_skip_streak()
         if not math.isfinite(loss_sum) and self.p.train.nonfinite == "fail" and self.scaler is None:
@@ -669,6 +895,7 @@ class Trainer:
                 gpu_mem_reserved=torch.cuda.memory_reserved(self.device),
                 gpu_mem_peak=torch.cuda.max_memory_allocated(self.device),
                 gpu_mem_total=torch.cuda.get_device_properties(self.device).total_memory,
+                **self.gpu_stats.read(),
             )
         self.log.emit(
             ev.Step(
@@ -676,7 +903,7 @@ class Trainer:
                 epoch=self.epoch,
                 loss=loss,
                 lr=self._lr(),
-                samples_per_s=self.window_samples / seconds,
+                samples_per_s=samples / seconds,
                 epoch_progress=progress,
                 skipped_steps=int(self.skipped),
                 **mem,
@@ -706,8 +933,11 @@ class Trainer:
             total_steps=self.total_steps,
             batch_size=p.data.batch_size,
             grad_accum=p.train.grad_accum,
-            global_batch=p.data.batch_size * p.train.grad_accum,
+            global_batch=self.global_batch * p.train.grad_accum,
+            world_size=self.world.size,
             data_cache=self.cache,
+            mean=list(d.mean),
+            std=list(d.std),
             resumed_from=str(self.resume[0]) if self.resume else None,
             pid=os.getpid(),
             host=socket.gethostname(),

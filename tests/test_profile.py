@@ -136,7 +136,14 @@ def _value(spec):
 _SPECIAL = {
     "run.name": st.text(
         st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20
-    ).filter(lambda s: "/" not in s and s not in (".", "..")),
+    ).filter(lambda s: "/" not in s and s not in (".", "..") and s.isprintable()),
+    # A path may be any text but a NUL, or a ~user that does not exist.
+    **{
+        path: st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).filter(
+            lambda s: "\x00" not in s and not s.startswith("~")
+        )
+        for path in ("run.out_dir", "data.path", "data.root")
+    },
     "run.device": st.sampled_from(["auto", "cpu", "cuda", "cuda:3", "mps"]),
     "data.dataset": st.sampled_from(["digits", "synthetic", "mnist", "cifar10"]),
     "data.synthetic_shape": st.lists(st.integers(1, 64), min_size=3, max_size=3),

@@ -47,6 +47,7 @@ class MptApp(App):
         open_profile: str | Path | None = None,
         run_profile: Profile | None = None,
         resume: str | Path | None = None,
+        attach: str | Path | None = None,
     ):
         super().__init__()
         self.profiles_dir = Path(profiles_dir)
@@ -55,6 +56,7 @@ class MptApp(App):
         self._open_profile = open_profile
         self._run_profile = run_profile
         self._resume = resume
+        self._attach = attach
         self._quitting = False
 
     def on_mount(self) -> None:
@@ -77,6 +79,10 @@ class MptApp(App):
             from tui.screens.resume import ResumeScreen
 
             self.push_screen(ResumeScreen(Path(self._resume)))
+        elif self._attach is not None:
+            from tui.screens.dashboard import DashboardScreen
+
+            self.push_screen(DashboardScreen.replay(Path(self._attach)))
 
     # ---- the one live run ----
     def start_run(self, profile: Profile, *, resume: str | Path | None = None) -> bool:
@@ -209,6 +215,15 @@ def _cli(
             show_default=False,
         ),
     ] = None,
+    attach: Annotated[
+        Path | None,
+        typer.Option(
+            "--attach",
+            help="Watch a run another process trains (mpt run in tmux or nohup): its "
+            "dashboard, with p/c/s sent to that process. Quitting leaves it running.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
     profiles_dir, open_profile = Path("profiles"), None
@@ -229,7 +244,17 @@ def _cli(
     elif set_:
         typer.echo("--set needs --run PROFILE", err=True)
         raise typer.Exit(2)
-    app = MptApp(profiles_dir, runs, open_profile=open_profile, run_profile=profile, resume=resume)
+    if attach is not None and not (attach / "events.jsonl").is_file():
+        typer.echo(f"{attach}: no events.jsonl here; give a run directory (mpt ls)", err=True)
+        raise typer.Exit(2)
+    app = MptApp(
+        profiles_dir,
+        runs,
+        open_profile=open_profile,
+        run_profile=profile,
+        resume=resume,
+        attach=attach,
+    )
     try:
         app.run()
     finally:

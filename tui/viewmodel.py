@@ -76,6 +76,9 @@ class GpuMemory:
     reserved: int
     peak: int
     total: int | None
+    util: int | None = None  # percent, temperature in C, power in W: from NVML, if any
+    temp: int | None = None
+    power: float | None = None
 
 
 @dataclass
@@ -175,7 +178,13 @@ class RunView:
         self.lr_curve.add(x, e.lr)
         if e.gpu_mem_allocated is not None:
             self.gpu = GpuMemory(
-                e.gpu_mem_allocated, e.gpu_mem_reserved or 0, e.gpu_mem_peak or 0, e.gpu_mem_total
+                e.gpu_mem_allocated,
+                e.gpu_mem_reserved or 0,
+                e.gpu_mem_peak or 0,
+                e.gpu_mem_total,
+                getattr(e, "gpu_util", None),
+                getattr(e, "gpu_temp", None),
+                getattr(e, "gpu_power", None),
             )
         if self.state in ("starting", "paused"):
             self.state = "running"
@@ -375,9 +384,12 @@ def memory_lines(v: RunView) -> list[str]:
         return [f"memory  {where}", ""]
     g = v.gpu
     total = f"  total {format_bytes(g.total)}" if g.total else ""
+    nvml = ""
+    if g.util is not None:
+        nvml = f"  {g.util}% {g.temp}°C {g.power:.0f} W"
     return [
         f"GPU mem alloc {format_bytes(g.allocated)}  reserved {format_bytes(g.reserved)}",
-        f"        peak {format_bytes(g.peak)}{total}",
+        f"        peak {format_bytes(g.peak)}{total}{nvml}",
     ]
 
 

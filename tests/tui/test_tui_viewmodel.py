@@ -141,6 +141,25 @@ def test_memory_says_cpu_without_a_gpu_and_shows_the_four_figures_with_one():
     ]
 
 
+def test_nvml_utilisation_temperature_and_power_join_the_memory_figures_when_reported():
+    gib = 1024**3
+    v = build_view([started()])
+    v.apply(
+        step(
+            10,
+            1.0,
+            gpu_mem_allocated=gib,
+            gpu_mem_reserved=gib,
+            gpu_mem_peak=gib,
+            gpu_mem_total=80 * gib,
+            gpu_util=87,
+            gpu_temp=64,
+            gpu_power=251.4,
+        )
+    )
+    assert memory_lines(v)[1] == "        peak 1.0 GiB  total 80.0 GiB  87% 64°C 251 W"
+
+
 def test_early_stopping_state_comes_from_early_stop_events():
     v = build_view([started()])
     assert early_stop_lines(v)[0] == "early stop  -"

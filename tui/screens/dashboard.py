@@ -2,8 +2,10 @@
 
 Redraws the text from the session's view when the app's `run_version` moves (at
 most 10x/s) and the curves less often (plotext is slow, and shares the GIL with the
-trainer). A run from the runs list opens here too (`DashboardScreen.replay`): drawn
-from its events.jsonl, and followed while another process still writes it.
+trainer). A run from the runs list opens here too (`DashboardScreen.replay`, and
+`mpt-tui --attach RUN_DIR`): drawn from its events.jsonl, and followed while another
+process still writes it; when that process is `mpt run`, the keys reach it through its
+control channel (engine/remote.py) and their effect comes back as events.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.errors import MptError
+from engine.remote import ControlChannel
 from engine.runs import summarize_run
 from tui.session import EventsFile, RunSession
 from tui.viewmodel import (
@@ -71,6 +75,7 @@ class DashboardScreen(Screen):
         self._texts: dict[str, str] = {}  # what each panel shows now
         self._was_live: bool | None = None
         self._events_file: EventsFile | None = None  # a replayed run, followed as it grows
+        self.remote: ControlChannel | None = None  # a headless run's commands, if it takes them
 
     @classmethod
     def replay(cls, run_dir: Path) -> DashboardScreen:
@@ -90,6 +95,9 @@ class DashboardScreen(Screen):
             if summary is not None and summary.state == "crashed":
                 view.state = "crashed"
                 view.messages.append("the run stopped writing events without finishing")
+            elif ControlChannel(run_dir).open:
+                screen.remote = ControlChannel(run_dir)
+                view.messages.append(f"attached to {run_dir}: p, c and s reach that process")
         return screen
 
     def _follow(self) -> None:
@@ -99,6 +107,9 @@ class DashboardScreen(Screen):
         if events:
             build_view(events, self._view)
             self.redraw()
+        if self.live != self._was_live:  # the followed run ended: no more controls
+            self._was_live = self.live
+            self.refresh_bindings()
 
     @property
     def view(self) -> RunView:
@@ -106,7 +117,10 @@ class DashboardScreen(Screen):
 
     @property
     def live(self) -> bool:
-        return self.session is not None and self.session.live
+        """Whether the keys p, c and s act: a run of this app, or an attached headless one."""
+        if self.session is not None:
+            return self.session.live
+        return self.remote is not None and self._view.live and self.remote.open
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -208,8 +222,22 @@ class DashboardScreen(Screen):
         self.view.version += 1
         self.redraw()
 
+    def _send(self, command: str) -> bool:
+        """Send a command to the attached headless run; False (said on screen) if it fails."""
+        try:
+            self.remote.send(command)
+        except (MptError, OSError) as e:
+            self._say(f"cannot send {command}: {e}")
+            return False
+        return True
+
     def action_pause(self) -> None:
         if not self.live:
+            return
+        if self.session is None:  # attached: the events say whether it is paused
+            command = "resume" if self._view.state == "paused" else "pause"
+            if self._send(command):
+                self._say(f"{command} sent to the run's process")
             return
         if self.session.toggle_pause():
             self._say("pause requested: takes effect after the current step")
@@ -218,6 +246,10 @@ class DashboardScreen(Screen):
 
     def action_checkpoint(self) -> None:
         if not self.live:
+            return
+        if self.session is None:
+            if self._send("checkpoint"):
+                self._say("checkpoint sent to the run's process: saved after its current step")
             return
         self.session.checkpoint()
         self._say("checkpoint requested: saved after the current step")
@@ -228,9 +260,14 @@ class DashboardScreen(Screen):
         from tui.screens.confirm import ConfirmScreen
 
         def answer(yes: bool | None) -> None:
-            if yes and self.live:
-                self.session.stop()
-                self._say("stopping: a checkpoint is saved first")
+            if not (yes and self.live):
+                return
+            if self.session is None:
+                if self._send("stop"):
+                    self._say("stop sent to the run's process: a checkpoint is saved first")
+                return
+            self.session.stop()
+            self._say("stopping: a checkpoint is saved first")
 
         self.app.push_screen(ConfirmScreen("Stop the run? A checkpoint is saved first."), answer)
 

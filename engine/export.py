@@ -1,0 +1,270 @@
+"""`mpt export`: a checkpoint's model as a plain state_dict, TorchScript or ONNX.
+
+The model is rebuilt from the checkpoint's own profile (`[model]`), so it needs the
+input shape and the number of classes the run trained with. They come from, in order:
+the `--input-shape`/`--num-classes` options, the `run_started` event in the run's
+events.jsonl (the checkpoint's `<run dir>/checkpoints/../events.jsonl`), and, for a
+checkpoint without its run directory, the dataset's fixed shape (digits, mnist,
+fashion_mnist, cifar10, synthetic, image_folder) and the classifier's size in the
+weights. The dataset is never loaded.
+
+Every exported model takes float32 input of shape (batch, C, H, W), normalised as in
+training, and returns logits of shape (batch, num_classes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine import checkpoint as ckpt
+from engine.errors import ExportFailed, ModelError, MptError
+from engine.models import build_model
+from engine.profile import ModelSection
+
+FORMATS = ("state_dict", "torchscript", "onnx")
+SUFFIX = {"state_dict": ".state_dict.pt", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+ONNX_MISSING = (
+    "--format onnx needs the onnx and onnxscript packages, which are not installed; "
+    "pip install 'mpt[onnx]'"
+)
+
+
+# Above this, ONNX's 2 GiB protobuf limit needs the weights in a .data file beside the model.
+_ONNX_SINGLE_FILE_BYTES = 1_800_000_000
+
+# Shapes fixed by the dataset itself (the npz dataset's depend on its file).
+_DATASET_SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+
+
+@dataclass
+class ModelSpec:
+    in_shape: tuple[int, int, int]
+    num_classes: int
+    source: str  # where they came from, for the message
+
+
+def _run_started(events: Path) -> dict[str, Any] | None:
+    """The last run_started event of an events.jsonl, or None."""
+    found = None
+    try:
+        with open(events, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if '"run_started"' not in line[:64]:
+                    continue  # the file is mostly step events: parse only what is needed
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("kind") == "run_started":
+                    found = event
+    except OSError:
+        return None
+    return found
+
+
+def _events_files(path: Path) -> list[Path]:
+    """events.jsonl of the run the checkpoint is in (as named, then the file it links to)."""
+    out = []
+    for p in (path, path.resolve()):
+        if p.parent.name == "checkpoints":
+            events = p.parent.parent / "events.jsonl"
+            if events not in out and events.is_file():
+                out.append(events)
+    return out
+
+
+def _classifier_size(weights: dict[str, Any]) -> int | None:
+    """Output size of the last 2-D weight: the classifier of mlp, cnn and resnet18."""
+    last = None
+    for name, tensor in weights.items():
+        if name.endswith("weight") and getattr(tensor, "ndim", 0) == 2:
+            last = tensor
+    return int(last.shape[0]) if last is not None else None
+
+
+def model_spec(
+    path: Path,
+    state: dict[str, Any],
+    input_shape: list[int] | None = None,
+    num_classes: int | None = None,
+) -> ModelSpec:
+    """Find the input shape and class count the checkpoint's model was built for."""
+    shape = tuple(input_shape) if input_shape else None
+    sources = []
+    if shape is not None:
+        sources.append("--input-shape")
+    if num_classes is not None:
+        sources.append("--num-classes")
+    if shape is None or num_classes is None:
+        for events in _events_files(path):
+            started = _run_started(events)
+            if started and started.get("input_shape") and started.get("num_classes"):
+                shape = shape or tuple(started["input_shape"])
+                num_classes = num_classes or int(started["num_classes"])
+                sources.append(f"{events} (run_started)")
+                break
+    if shape is None or num_classes is None:
+        data = state.get("profile", {}).get("data", {})
+        dataset = data.get("dataset")
+        fixed = _DATASET_SHAPES.get(dataset)
+        if dataset == "synthetic":
+            fixed = tuple(data.get("synthetic_shape", ()))
+        elif dataset == "image_folder":
+            fixed = (3, data.get("image_size", 32), data.get("image_size", 32))  # read as RGB
+        if shape is None and fixed:
+            shape = fixed
+            sources.append(f"data.dataset = {dataset!r}")
+        if num_classes is None:
+            num_classes = _classifier_size(state.get("model", {}))
+            sources.append("the classifier's weights")
+    if not shape or num_classes is None:
+        raise MptError(
+            f"{path}: cannot tell the model's input shape or number of classes (its run's "
+            "events.jsonl is not beside it); pass --input-shape C,H,W and --num-classes N"
+        )
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise MptError(f"--input-shape must be three sizes C,H,W, each >= 1 (got {list(shape)})")
+    source = " and ".join(sources)
+    return ModelSpec(tuple(int(s) for s in shape), int(num_classes), source)
+
+
+def load_model(
+    spec_path: str | Path,
+    input_shape: list[int] | None = None,
+    num_classes: int | None = None,
+) -> tuple[torch.nn.Module, ModelSpec, Path, dict[str, Any]]:
+    """Rebuild the checkpoint's model, weights loaded, in eval mode on the CPU.
+
+    `spec_path`: a checkpoint file or a run directory (its checkpoints/last.pt).
+    """
+    path = ckpt.resolve(spec_path)
+    state = ckpt.load(path)
+    spec = model_spec(path, state, input_shape, num_classes)
+    known = {f.name for f in fields(ModelSection)}
+    cfg = ModelSection(**{k: v for k, v in state["profile"].get("model", {}).items() if k in known})
+    try:
+        model = build_model(cfg, spec.in_shape, spec.num_classes)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a shape the architecture cannot take
+        raise MptError(
+            f"{path}: cannot build model.arch {cfg.arch!r} for input {list(spec.in_shape)} "
+            f"and {spec.num_classes} classes ({type(e).__name__}: {e})"
+        ) from None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise MptError(
+            f"{path}: the weights do not fit model.arch {cfg.arch!r} built for input "
+            f"{list(spec.in_shape)} and {spec.num_classes} classes (from {spec.source}); "
+            "pass the run's --input-shape C,H,W and --num-classes N"
+        ) from None
+    model.eval()
+    return model, spec, path, state
+
+
+def default_out(path: Path, state: dict[str, Any], fmt: str) -> Path:
+    """`<run dir>/exports/step-NNNNNN<suffix>`, or beside a checkpoint outside a run."""
+    step = state.get("progress", {}).get("step")
+    if path.parent.name == "checkpoints":
+        stem = f"step-{step:06d}" if isinstance(step, int) else path.stem
+        return path.parent.parent / "exports" / (stem + SUFFIX[fmt])
+    return path.with_name(path.stem + SUFFIX[fmt])
+
+
+def example_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
+    # A batch of 2: a batch of 1 would let the exporters fix the batch size at 1.
+    return torch.randn(batch, *spec.in_shape, generator=torch.Generator().manual_seed(0))
+
+
+def export(model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path) -> Path:
+    """Write `model` to `out` in format `fmt`; returns `out`. Raises MptError."""
+    if fmt not in FORMATS:
+        raise MptError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript")):
+        raise MptError(ONNX_MISSING)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    x = example_input(spec)
+    if fmt == "state_dict":
+        # Plain tensors only: model.load_state_dict(torch.load(out, weights_only=True)).
+        torch.save(model.state_dict(), out)
+    elif fmt == "torchscript":
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, but still works
+            try:
+                traced = torch.jit.trace(model, x)
+            except Exception as e:  # noqa: BLE001 - user models
+                raise ExportFailed(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
+            torch.jit.save(traced, str(out))
+    else:
+        nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model,
+                    (x,),
+                    str(out),
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    external_data=nbytes > _ONNX_SINGLE_FILE_BYTES,
+                    dynamo=True,
+                    verbose=False,
+                )
+            except Exception as e:  # noqa: BLE001 - operators ONNX cannot express, and such
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise ExportFailed(f"ONNX export failed: {type(e).__name__}: {first}") from None
+    return out
+
+
+def _parse_shape(text: str) -> list[int]:
+    try:
+        shape = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise MptError(f"--input-shape must be three sizes C,H,W, e.g. 1,28,28 (got {text!r})")
+    return shape
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str,
+    out: Path | None = None,
+    input_shape: str | None = None,
+    num_classes: int | None = None,
+) -> str:
+    """`mpt export`: write the checkpoint's model; returns what to print."""
+    shape = _parse_shape(input_shape) if input_shape else None
+    model, spec, path, state = load_model(checkpoint, shape, num_classes)
+    target = Path(out).expanduser() if out else default_out(path, state, fmt)
+    if target.is_dir():
+        raise MptError(f"--out {target}: is a folder; give a file name")
+    export(model, spec, fmt, target)
+    c, h, w = spec.in_shape
+    how = "normalised as in training"
+    for events in _events_files(path):
+        started = _run_started(events)
+        if started and started.get("mean") and started.get("std"):
+            mean = ", ".join(f"{m:.4g}" for m in started["mean"])
+            std = ", ".join(f"{s:.4g}" for s in started["std"])
+            how = f"(pixels/255 - mean) / std, mean [{mean}], std [{std}]"
+            break
+    return (
+        f"wrote {target} ({fmt}, from {path})\n"
+        f"input: float32 [batch, {c}, {h}, {w}], {how}; "
+        f"output: logits [batch, {spec.num_classes}]"
+    )

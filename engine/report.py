@@ -1,0 +1,151 @@
+"""`mpt ls` and `mpt show`: runs as text, from their events.jsonl (no torch).
+
+`mpt ls` is one line per run, from engine.runs (the same summaries as the TUI's run
+list); `mpt show` is one run's summary and its table of epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from engine import events as ev
+from engine.errors import MptError
+from engine.runs import RunSummary, list_runs, summarize_run
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _num(x: float | None, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _checkpoint(s: RunSummary) -> str:
+    if s.last_checkpoint is None:
+        return "-"
+    try:
+        return str(s.last_checkpoint.relative_to(s.run_dir))
+    except ValueError:
+        return str(s.last_checkpoint)
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        out = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join(line(r) for r in [header, *rows])
+
+
+def runs_table(runs_dir: str | Path) -> str:
+    """Every run under `runs_dir`, newest first: run, state, epochs, best val acc, checkpoint."""
+    root = Path(runs_dir).expanduser()
+    if not root.is_dir():
+        raise MptError(
+            f"{runs_dir}: no such folder; give the runs folder (a profile's run.out_dir, "
+            "by default runs)"
+        )
+    runs = list_runs(root)
+    if not runs:
+        return f"no runs in {runs_dir}"
+    rows = [
+        [
+            f"{s.name}/{s.stamp}",
+            s.state,
+            f"{s.epoch}/{s.epochs}" if s.epochs else "-",  # no run_started: unknown
+            _pct(s.best_val_acc),
+            _checkpoint(s),
+        ]
+        for s in runs
+    ]
+    return _table(["RUN", "STATE", "EPOCH", "BEST VAL ACC", "LAST CHECKPOINT"], rows, {2, 3})
+
+
+def find_run(run: str, runs_dir: str | Path = "runs") -> Path:
+    """A run directory, or a run name under `runs_dir` (its newest run)."""
+    path = Path(run).expanduser()
+    if (path / "events.jsonl").is_file():
+        return path
+    named = Path(runs_dir).expanduser() / run
+    if "/" not in run and named.is_dir():
+        found = list_runs(named.parent)
+        newest = [s for s in found if s.run_dir.parent.name == run]
+        if newest:
+            return newest[0].run_dir
+    if path.is_dir():
+        raise MptError(f"{run}: not a run directory (it has no events.jsonl)")
+    raise MptError(
+        f"{run}: no such run directory, and no run of that name in {runs_dir}; "
+        "mpt ls lists the runs"
+    )
+
+
+def run_report(run: str, runs_dir: str | Path = "runs") -> str:
+    """A run's summary (from engine.runs and its run_started) and its table of epochs."""
+    run_dir = find_run(run, runs_dir)
+    summary = summarize_run(run_dir)
+    if summary is None:
+        raise MptError(f"{run_dir}: cannot read its events.jsonl")
+    events = ev.read_events(run_dir / "events.jsonl")
+    started = [e for e in events if isinstance(e, ev.RunStarted)]
+    epochs: dict[int, ev.EpochEnd] = {}
+    for e in events:
+        if isinstance(e, ev.EpochEnd):
+            epochs[e.epoch] = e  # a resumed history holds each epoch once; keep the last
+    s = summary
+    info = [("run", str(run_dir)), ("name", s.name), ("state", s.state)]
+    if s.started:
+        info.append(("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started))))
+    if started:
+        r = started[-1]
+        val = f" / {r.val_samples:,} val" if r.val_samples else ", no validation"
+        shape = "x".join(map(str, r.input_shape))
+        info.append(
+            ("data", f"{r.dataset}: {r.train_samples:,} train{val}; input {shape}, "
+             f"{r.num_classes} classes")
+        )  # fmt: skip
+        info.append(("model", f"{r.arch}, {r.parameters:,} parameters; {r.device}, {r.precision}"))
+        if r.resumed_from:
+            info.append(("resumed from", r.resumed_from))
+    info.append(("progress", f"epoch {s.epoch}/{s.epochs}, step {s.step}/{s.total_steps}"))
+    info.append(("best val acc", _pct(s.best_val_acc)))
+    info.append(("checkpoint", str(s.last_checkpoint) if s.last_checkpoint else "-"))
+    if s.error:
+        info.append(("error", s.error))
+    width = max(len(k) for k, _ in info)
+    lines = [f"{k.ljust(width)}  {v}" for k, v in info]
+    if epochs:
+        rows = [
+            [
+                str(e.epoch),
+                str(e.step),
+                _num(e.train_loss),
+                _pct(e.train_acc),
+                _num(e.val_loss),
+                _pct(e.val_acc),
+                _num(e.lr, ".2e"),
+                _num(e.seconds, ".2f"),
+            ]
+            for e in sorted(epochs.values(), key=lambda e: e.epoch)
+        ]
+        header = [
+            "EPOCH",
+            "STEP",
+            "TRAIN LOSS",
+            "TRAIN ACC",
+            "VAL LOSS",
+            "VAL ACC",
+            "LR",
+            "SECONDS",
+        ]
+        lines += ["", _table(header, rows, set(range(8)))]
+    else:
+        lines += ["", "no epoch finished yet"]
+    return "\n".join(lines)

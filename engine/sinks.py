@@ -1,0 +1,137 @@
+"""Logging sinks chosen in the profile's `[log]`: a CSV of epoch metrics and TensorBoard.
+
+Sinks are fed from events (DESIGN.md: profile -> Trainer -> events -> sinks), by the
+EventLog that writes events.jsonl, so the training loop knows nothing of them. Each
+sink is a function of the events it is given: a resumed run replays its history (the
+events.jsonl lines it starts with) into fresh sinks, so every run directory holds the
+whole curve, as its events.jsonl does. Non-finite values are left out (an empty CSV
+cell, no TensorBoard point), as events.jsonl writes them as null, so that a replayed
+history and a live one give the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine import events as ev
+from engine.errors import MptError
+
+CSV_NAME = "metrics.csv"
+# One row per epoch_end event; lr is the rate at the end of the epoch, time its Unix time.
+CSV_COLUMNS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "seconds",
+    "samples_per_s",
+    "time",
+)
+
+
+class Sink(Protocol):
+    def write(self, event: ev.Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _finite(value: Any) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+class CsvSink:
+    """`metrics.csv`: one row per epoch, flushed per row (readable while the run goes on)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(CSV_COLUMNS)
+        self._file.flush()
+
+    def write(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.EpochEnd):
+            return
+        row = []
+        for name in CSV_COLUMNS:
+            value = getattr(event, name)
+            if isinstance(value, float):
+                value = _finite(value)
+            row.append("" if value is None else value)  # str(float) reads back exactly
+        self._csv.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+_MIB = 1024 * 1024
+
+
+class TensorBoardSink:
+    """TensorBoard scalars in the run directory, x = the optimizer step.
+
+    From `step` events: train/loss, train/lr, train/samples_per_s and, on CUDA,
+    gpu/mem_allocated_mib, gpu/mem_reserved_mib, gpu/mem_peak_mib. From `epoch_end`:
+    epoch/train_loss, epoch/train_acc, epoch/val_loss, epoch/val_acc, epoch/lr,
+    epoch/seconds. Each point keeps its event's wall time.
+    """
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError
+            raise MptError(
+                f"log.tensorboard = true: torch.utils.tensorboard cannot be imported "
+                f"({type(e).__name__}: {e}); pip install 'mpt[tensorboard]' or set "
+                "log.tensorboard = false"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def _scalar(self, tag: str, value: Any, event: ev.Event) -> None:
+        value = _finite(value)
+        if value is not None:
+            self.writer.add_scalar(tag, value, global_step=event.step, walltime=event.time)
+
+    def write(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            self._scalar("train/loss", event.loss, event)
+            self._scalar("train/lr", event.lr, event)
+            self._scalar("train/samples_per_s", event.samples_per_s, event)
+            for name in ("allocated", "reserved", "peak"):
+                nbytes = getattr(event, f"gpu_mem_{name}")
+                if nbytes is not None:
+                    self._scalar(f"gpu/mem_{name}_mib", nbytes / _MIB, event)
+        elif isinstance(event, ev.EpochEnd):
+            for name in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
+                self._scalar(f"epoch/{name}", getattr(event, name), event)
+        elif isinstance(event, ev.RunFinished | ev.RunFailed):
+            self.writer.flush()  # the run is over: make the last points readable now
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def open_sinks(log: Any, run_dir: Path | None) -> list[Sink]:
+    """The sinks `log` (the profile's LogSection) asks for, writing into `run_dir`.
+
+    None without a run directory. Raises MptError when tensorboard is asked for but
+    cannot be imported.
+    """
+    if run_dir is None:
+        return []
+    sinks: list[Sink] = []
+    if log.tensorboard:
+        sinks.append(TensorBoardSink(run_dir))
+    if log.csv:
+        sinks.append(CsvSink(run_dir / CSV_NAME))
+    return sinks
