@@ -396,14 +396,19 @@ def _count_classes(cfg: DataSection, train: Split, val: Split | None) -> int:
     return num_classes
 
 
-def _fits_in_memory(train: Split, val: Split | None) -> bool:
-    """Decoded size below a quarter of the memory available now."""
-    nbytes = train.x.nbytes + (val.x.nbytes if val is not None else 0)
+def host_memory_free() -> int | None:
+    """Bytes of memory available now, or None where the system does not say."""
     try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return True
-    return nbytes < available // 4
+        return None
+
+
+def _fits_in_memory(train: Split, val: Split | None) -> bool:
+    """Decoded size below a quarter of the memory available now (unknown: assume it fits)."""
+    nbytes = train.x.nbytes + (val.x.nbytes if val is not None else 0)
+    free = host_memory_free()
+    return free is None or nbytes < free // 4
 
 
 class SplitDataset(torch.utils.data.Dataset):

@@ -32,6 +32,7 @@ from engine.data import (
     ImageFiles,
     Split,
     SplitDataset,
+    host_memory_free,
     load_data,
     require_validation,
 )
@@ -153,16 +154,16 @@ class Trainer:
         # The DDP and compiled wrappers share the parameters; checkpoints save self.model's
         # plain keys, which load into a plain model.
         self.forward = self.model
+        self.ddp = None
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+            self.forward = self.ddp = DistributedDataParallel(self.model, device_ids=ids)
             # Dropout draws differ per process (as each sees other samples); rank 0 keeps
             # the single-process stream.
             if self.world.rank:
                 torch.manual_seed(p.run.seed + 1_000_003 * self.world.rank)
-        self.ddp = self.forward if self.world.distributed else None
         if p.train.compile:
             self.forward = torch.compile(self.forward)
         # data.batch_size is per process: one micro-batch of the whole world takes
@@ -208,8 +209,7 @@ class Trainer:
                 mode = "device"  # host memory is the device
             elif self.device.type == "cuda":
                 nbytes = data.train.x.nbytes + (data.val.x.nbytes if data.val else 0)
-                free, _ = torch.cuda.mem_get_info(self.device)
-                mode = "device" if nbytes < 0.25 * free else "memory"
+                mode = "device" if self._room_for(nbytes) else "memory"
             else:
                 mode = "memory"
         if mode == "device":
@@ -238,16 +238,12 @@ class Trainer:
 
     def _room_for(self, nbytes: int) -> bool:
         """Whether `nbytes` more fit on the training device: under a quarter of what is free."""
+        free = None  # mps and others: no cheap way to ask
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
         elif self.device.type == "cpu":
-            try:
-                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            except (ValueError, OSError, AttributeError):
-                return False
-        else:
-            return False  # mps and others: no cheap way to ask; keep uint8
-        return nbytes < free // 4
+            free = host_memory_free()
+        return free is not None and nbytes < free // 4
 
     def _batches(self, split: Split, batches, name: str = "train"):
         """Yield (uint8 images, labels) on the device for each index batch, in order."""
@@ -509,35 +505,12 @@ class Trainer:
             self._link("best.pt", reason="best")
 
     def _between_steps(self) -> str:
-        """Apply checkpoint/pause/stop requests and the time limit; return why to stop."""
-        if self.world.distributed:
-            return self._between_steps_together()
-        c = self.control
-        if c.take_checkpoint_request():
-            self.save("requested")
-        if c.pause_requested and not c.stop_requested:
-            self.log.emit(ev.Paused(step=self.step, epoch=self.epoch))
-            pause_start = time.monotonic()
-            while not c.wait_while_paused(timeout=0.1):
-                if c.take_checkpoint_request():  # a checkpoint may be asked for while paused
-                    self.save("requested")
-            self.paused_seconds += time.monotonic() - pause_start
-            if c.take_checkpoint_request():
-                self.save("requested")
-            if not c.stop_requested:
-                self.log.emit(ev.Resumed(step=self.step, epoch=self.epoch))
-        if c.stop_requested:
-            self._check_finite()
-            self.save("interrupted" if c.stop_reason == "interrupted" else "stop")
-            return c.stop_reason
-        max_time = self.p.run.max_time
-        if max_time and time.monotonic() - self.started - self.paused_seconds >= max_time:
-            return "max_time"
-        return "completed"
+        """Apply checkpoint/pause/stop requests and the time limit; return why to stop.
 
-    def _between_steps_together(self) -> str:
-        """_between_steps for several processes: a request on any one of them (a signal
-        reaches each) acts on all, at the same step, so their collectives stay in step."""
+        Under torchrun every process calls this at the same steps, and a request on any
+        one of them (a signal reaches each) acts on all (`dist.any`; for one process the
+        flags as they are), so their collectives stay in step.
+        """
         c, max_time = self.control, self.p.run.max_time
         over = bool(max_time) and time.monotonic() - self.started - self.paused_seconds >= max_time
         stop, interrupted, save, pause, over = self.dist.any(
@@ -555,7 +528,7 @@ class Trainer:
             self.log.emit(ev.Paused(step=self.step, epoch=self.epoch))
             pause_start = time.monotonic()
             while pause and not stop:  # until no process is paused any more
-                c.wait_while_paused(timeout=0.1)
+                c.wait_while_paused(timeout=0.1)  # a checkpoint may be asked for meanwhile
                 pause, save, stop, interrupted = self.dist.any(
                     [
                         c.pause_requested and not c.stop_requested,
