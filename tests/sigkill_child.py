@@ -19,8 +19,12 @@ def mpt(folder: str, args: list[str]) -> None:
     os.dup2(null, 2)
     from engine.cli import app
 
+    code = 0
     try:
         app(args, prog_name="mpt")
     except SystemExit as e:
-        os._exit(e.code if isinstance(e.code, int) else 1)
-    os._exit(0)
+        code = e.code if isinstance(e.code, int) else 1
+    # The exit code as mpt chose it, for when the forkserver loses the process's status.
+    with open(os.path.join(folder, f".exit-{os.getpid()}"), "w") as f:
+        f.write(str(code))
+    os._exit(code)

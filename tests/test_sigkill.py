@@ -96,7 +96,14 @@ class Processes:
 
         def wait():
             proc.join(120)
-            return proc.exitcode
+            code = proc.exitcode
+            record = folder / f".exit-{proc.pid}"
+            if code == 255 and record.exists():
+                # multiprocessing's forkserver sometimes loses a child's status and reports
+                # 255 (its sentinel pipe reads EOF; seen in about 1 run of this module in 5,
+                # already before mpt's own exit code could matter): the child wrote it.
+                code = int(record.read_text())
+            return code
 
         return proc.pid, proc.is_alive, wait
 
