@@ -273,12 +273,10 @@ async def test_a_missing_data_file_is_refused_in_the_form_before_any_run(workdir
         form = app.screen
         form.row("data.dataset").control.value = "npz"
         form.row("data.path").control.value = "nowhere.npz"
-        await pilot.pause(0.1)
-        assert form.row("data.path").error.startswith("no such file")
+        await wait_for(pilot, lambda: (form.row("data.path").error or "").startswith("no such"))
         await press(pilot, "ctrl+r")
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: "cannot run" in text_of(form, "#status"), timeout=10)
         assert app.screen is form and app.session is None
-        assert "cannot run" in text_of(form, "#status")
 
 
 @run_async
