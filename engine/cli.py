@@ -120,7 +120,8 @@ def run(
     from engine.remote import ControlChannel
 
     # Commands from `mpt-tui --attach` (files in RUN_DIR/control/), taken every 0.2 s.
-    channel = ControlChannel(handle.run_dir) if handle.run_dir is not None else None
+    warn = lambda message: console.line(f"warning: {message}", err=True)  # noqa: E731
+    channel = ControlChannel(handle.run_dir, warn) if handle.run_dir is not None else None
     if channel is not None:
         channel.listen()
     next_poll = 0.0

@@ -20,15 +20,28 @@ from engine.profile import Profile
 
 
 def make_run_dir(profile: Profile) -> Path:
-    """Create `<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`; never reuse a folder another run made."""
+    """Create `<out_dir>/<name>/<YYYYmmdd-HHMMSS>/`; never reuse a folder another run made.
+
+    Only in a folder no other user can redirect (engine/safefs.py): `<out_dir>/<name>/`
+    must be the user's own (or root's), writable by no one else, on a path where nobody
+    else can rename or replace it; otherwise MptError (run.out_dir) before anything is
+    written. Folders mpt makes are 0755 at most: others may read the results, never write.
+    """
+    from engine import safefs
+
     parent = Path(profile.run.out_dir).expanduser() / profile.run.name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        problem = safefs.unsafe_folder(parent)  # before making anything in a shared folder
+        if problem is None:
+            safefs.make_dirs(parent)
+            problem = safefs.unsafe_folder(parent)  # `<name>/` may be another user's, made first
+        if problem:
+            raise MptError(f"run.out_dir: {problem}")
         for n in range(1, 1000):
             path = parent / (stamp if n == 1 else f"{stamp}-{n}")
             try:
-                path.mkdir()  # atomic: of two runs started in the same second, each gets its own
+                path.mkdir(mode=0o755)  # atomic: of two runs in the same second, each gets its own
                 return path
             except FileExistsError:
                 continue

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
 from engine import events as ev
+from engine import safefs
 from engine.control import Control
 from engine.data import (
     BatchTransform,
@@ -684,7 +685,7 @@ class Trainer:
         if self.last_saved != (self.step, self.epochs_done) or not path.exists():
             self._check_finite()
             try:
-                self.ckpt_dir.mkdir(exist_ok=True)
+                safefs.make_dir(self.ckpt_dir)  # never through a symbolic link
                 ckpt.save_atomic(self.state_dict(), path)
                 ckpt.link_atomic(path, self.ckpt_dir / "last.pt")
                 self.last_saved = (self.step, self.epochs_done)
@@ -723,7 +724,7 @@ class Trainer:
         except (ckpt.CheckpointError, KeyError):
             return
         try:
-            self.ckpt_dir.mkdir(exist_ok=True)
+            safefs.make_dir(self.ckpt_dir)  # never through a symbolic link
             ckpt.link_atomic(source, self.ckpt_dir / "best.pt")
         except OSError as e:
             self._checkpoint_failed(self.ckpt_dir / "best.pt", e)
