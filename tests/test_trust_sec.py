@@ -71,11 +71,13 @@ def mpt_run(out_dir: Path, *sets: str, umask: int = 0o022) -> subprocess.Popen:
 
 def swap_once_started(proc: subprocess.Popen, shared: Path, plant: str) -> tuple[str, str]:
     """As `nobody`, who made `shared/quickstart/` first: once the run says where it writes,
-    rename its run folder away and put one of nobody's own in its place, with `plant` (a
-    shell script run inside it); then interrupt the run. Returns (stdout, stderr)."""
+    and the run has begun training, rename its run folder away and put one of nobody's own
+    in its place, with `plant` (a shell script run inside it); then interrupt the run (which
+    saves a checkpoint and ends). Returns (stdout, stderr)."""
     line = proc.stdout.readline()
     if line.startswith("run directory: "):
         run_dir = Path(line.split()[2])
+        line += proc.stdout.readline()  # the run's first line once set up: it trains now
         as_nobody(
             f"cd {shared}/quickstart && mv {run_dir.name} stolen && mkdir {run_dir.name} "
             f"&& cd {run_dir.name} && {plant}"
