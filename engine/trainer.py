@@ -724,15 +724,7 @@ class Trainer:
         saved = self.last_saved is not None and last.exists()
         cause = error.strerror or error
         if reason in ("final", "stop", "interrupted"):
-            what = "interrupt" if reason == "interrupted" else reason
-            kept = (
-                f"the newest checkpoint on disk is {last} (step {self.last_saved[0]}); free "
-                "space on that disk and resume from it"
-                if saved
-                else f"no checkpoint of this run was kept{self._resumed_from()}; free space on "
-                "that disk and run again"
-            )
-            raise TrainingFailed(f"could not write the {what} checkpoint {path} ({cause}); {kept}")
+            raise TrainingFailed(self._result_lost(path, error, reason, saved))
         kept = (
             f"last.pt still holds step {self.last_saved[0]}"
             if saved
@@ -744,6 +736,22 @@ class Trainer:
         self.log.emit(
             ev.Warning(step=self.step, epoch=self.epoch, message=f"{message}; training goes on")
         )
+
+    def _result_lost(self, path: Path, error: OSError, reason: str, saved: bool) -> str:
+        """The sentence of a run whose last checkpoint (final, stop, interrupt) failed."""
+        what = "interrupt" if reason == "interrupted" else reason
+        if saved:
+            kept, then = (
+                f"the newest checkpoint on disk is {self.ckpt_dir / 'last.pt'} "
+                f"(step {self.last_saved[0]})",
+                "resume from it",
+            )
+        else:
+            kept, then = f"no checkpoint of this run was kept{self._resumed_from()}", "run again"
+        text = f"could not write the {what} checkpoint {path} ({error.strerror or error}); {kept}"
+        if error.errno in ckpt.DISK_FULL:
+            text += f"; free space on that disk and {then}"
+        return text
 
     def _resumed_from(self) -> str:
         return f" (it resumed from {self.resume[0]})" if self.resume else ""
