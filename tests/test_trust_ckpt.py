@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_mpt
-from durable_helpers import Done, drain, finish, load, profile_dict, start, write_toml
+from durable_helpers import Done, drain, finish, load, profile_dict, start, train, write_toml
 
 # ---- group 3: keep_last never prunes a checkpoint a person asked for ----
 
@@ -74,6 +74,24 @@ def test_keep_last_keeps_every_requested_checkpoint_and_only_the_newest_periodic
     # 23 steps: periodic files at 2, 4, ... 22; the newest of them, and the final one, stay.
     assert done.step_files() == sorted(f"step-{s:06d}.pt" for s in {first, second, 22, 23})
     assert load(done.ckpt_dir / f"step-{first:06d}.pt")["progress"]["step"] == first
+
+
+def test_keep_last_never_prunes_the_file_best_pt_holds(tmp_path):
+    # Adam at lr 0.03 on digits: val_loss is best at an early epoch, then rises (as in
+    # tests/test_checkpoint.py's best_run); keep_last 1 with a checkpoint every epoch.
+    done = train(
+        profile_dict(
+            tmp_path,
+            {"run": {"epochs": 8}, "train": {"log_every": 100}},
+            {"optim": {"name": "adam", "lr": 0.03}},
+            {"checkpoint": {"save_best": True, "monitor": "val_loss", "keep_last": 1}},
+        )
+    )
+    best = load(done.ckpt_dir / "best.pt")["progress"]["step"]
+    assert best < done.of("run_finished")[0].step, "pick a setup whose best epoch is not the last"
+    kept = done.ckpt_dir / f"step-{best:06d}.pt"
+    assert kept.is_file() and os.path.samefile(kept, done.ckpt_dir / "best.pt")
+    assert done.step_files() == sorted({kept.name, f"step-{8 * 23:06d}.pt"})
 
 
 # ---- group 4: a real small disk ----
