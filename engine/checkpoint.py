@@ -100,7 +100,10 @@ class CheckpointWriter:
                 victim = self._oldest_prunable(besides=path.name)
                 if e.errno not in DISK_FULL or victim is None:
                     raise
-                victim.unlink(missing_ok=True)
+                try:
+                    victim.unlink(missing_ok=True)
+                except OSError:
+                    raise e from None  # the full disk is the news, not this
                 self.reasons.pop(victim.name, None)
                 freed.append(victim)
         self.note(path, reason)
@@ -117,7 +120,10 @@ class CheckpointWriter:
         for name in sorted(self.reasons):
             prunable = name in periodic[: -self.keep_last] or not self.reasons[name] & PERIODIC
             if prunable and self._removable(name):
-                (self.folder / name).unlink(missing_ok=True)
+                try:
+                    (self.folder / name).unlink(missing_ok=True)
+                except OSError:
+                    continue  # it stays; the next prune tries again (the checkpoint is saved)
                 del self.reasons[name]
 
     def _oldest_prunable(self, besides: str) -> Path | None:
@@ -190,10 +196,14 @@ def link_atomic(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a copy cut short by a full disk must not stay behind
+        raise
     _fsync_dir(dst.parent)
 
 
