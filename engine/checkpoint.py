@@ -7,6 +7,7 @@ A checkpoint is one dict of tensors and plain values (loadable with
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import safefs
 from engine.errors import MptError
 from engine.profile import Profile
 
@@ -57,6 +59,98 @@ class CheckpointInfo:
     step: int
     metric: float | None  # val_acc at the time, when known
     time: float
+
+
+# Why a checkpoint was saved. keep_last prunes the periodic files only; the ones a person
+# or the end of the run asked for are the result, and stay. A "best" file stays while
+# best.pt holds it (an earlier best, superseded, is pruned like a periodic one).
+PERIODIC = frozenset({"epoch", "steps"})
+KEPT = frozenset({"requested", "stop", "interrupted", "final"})
+# The disk (or the user's quota) is full: freeing other files makes room. EFBIG is a limit
+# on one file's size, which freeing other files never lifts.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class CheckpointWriter:
+    """One run's checkpoints/ folder: writes step files atomically, points last.pt at the
+    newest, remembers why this run saved each file, and prunes by keep_last from that
+    alone (a file this run did not write is never touched)."""
+
+    def __init__(self, folder: Path, keep_last: int):
+        self.folder, self.keep_last = folder, keep_last
+        self.reasons: dict[str, set[str]] = {}  # step file name -> why this run saved it
+
+    def note(self, path: Path, reason: str) -> None:
+        """`path` (already on disk) also serves `reason`: e.g. a request at a periodic step."""
+        self.reasons.setdefault(path.name, set()).add(reason)
+
+    def write(self, state: dict[str, Any], path: Path, reason: str) -> list[Path]:
+        """Write `state` to `path`, relink last.pt, prune; return the files removed early.
+
+        On a full disk the oldest prunable periodic file is removed and the write tried
+        again, until it fits or nothing prunable is left (then the OSError propagates and
+        last.pt still holds the newest checkpoint, which is never prunable).
+        """
+        safefs.make_dir(self.folder)  # never through a symbolic link
+        freed: list[Path] = []
+        while True:
+            try:
+                save_atomic(state, path)
+                break
+            except OSError as e:
+                victim = self._oldest_prunable(besides=path.name)
+                if e.errno not in DISK_FULL or victim is None:
+                    raise
+                try:
+                    victim.unlink(missing_ok=True)
+                except OSError:
+                    raise e from None  # the full disk is the news, not this
+                self.reasons.pop(victim.name, None)
+                freed.append(victim)
+        self.note(path, reason)
+        link_atomic(path, self.folder / "last.pt")
+        self.prune()
+        return freed
+
+    def prune(self) -> None:
+        """Keep the newest `keep_last` periodic files; remove older ones and superseded
+        best files, unless kept for another reason or held by last.pt/best.pt."""
+        if not self.keep_last:
+            return
+        periodic = [n for n in sorted(self.reasons) if self.reasons[n] & PERIODIC]
+        for name in sorted(self.reasons):
+            prunable = name in periodic[: -self.keep_last] or not self.reasons[name] & PERIODIC
+            if prunable and self._removable(name):
+                try:
+                    (self.folder / name).unlink(missing_ok=True)
+                except OSError:
+                    continue  # it stays; the next prune tries again (the checkpoint is saved)
+                del self.reasons[name]
+
+    def _oldest_prunable(self, besides: str) -> Path | None:
+        """Under a full disk: the oldest file keep_last would let go of, sooner or later."""
+        if not self.keep_last:
+            return None  # keep_last = 0: the user keeps every file
+        for name in sorted(self.reasons):
+            if name != besides and self._removable(name):
+                return self.folder / name
+        return None
+
+    def _removable(self, name: str) -> bool:
+        """Saved for no lasting reason, and not the file last.pt or best.pt holds."""
+        if self.reasons[name] & KEPT:
+            return False
+        try:
+            inode = (self.folder / name).stat().st_ino
+        except OSError:
+            return False
+        for link in ("last.pt", "best.pt"):
+            try:
+                if (self.folder / link).stat().st_ino == inode:
+                    return False
+            except OSError:
+                continue
+        return True
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -103,10 +197,14 @@ def link_atomic(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a copy cut short by a full disk must not stay behind
+        raise
     _fsync_dir(dst.parent)
 
 

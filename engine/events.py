@@ -271,9 +271,18 @@ class EventLog:
             with contextlib.suppress(OSError):  # a close that fails to flush loses nothing here
                 self._file.close()
             self._file = None
+            if self._failing:
+                self._mark_ended()
         for sink in self.sinks:
             _close_quietly(sink)
         self.sinks = []
+
+    def _mark_ended(self) -> None:
+        """The run's last events never reached the file (a full disk): date the file back
+        to 1970, a change that needs no free space, so that a reader that finds no end and
+        no process to ask (engine.runs) takes the run for dead, never for running."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path, (0, 0))
 
 
 def _close_quietly(sink) -> None:

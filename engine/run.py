@@ -6,6 +6,7 @@ Both faces (the CLI and the TUI) use only this: `Run.start(profile)`, `run.event
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -51,6 +52,22 @@ def make_run_dir(profile: Profile) -> Path:
             "point run.out_dir at a writable folder"
         ) from None
     raise MptError(f"{parent}: too many runs started in the same second")
+
+
+def _write_profile(run_dir: Path, profile: Profile) -> None:
+    """profile.toml, the first file of a run; a disk that refuses it refuses the run (the
+    folder, just made and holding nothing else, is removed)."""
+    path = run_dir / "profile.toml"
+    try:
+        path.write_text(profile.to_toml())
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        raise MptError(
+            f"run.out_dir: cannot write {path} ({e.strerror or e}); free space on that disk "
+            "or point run.out_dir at another one"
+        ) from None
 
 
 def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[str]):
@@ -179,7 +196,7 @@ class Run:
         run_dir = None
         if write and world_from_env().main:  # under torchrun, rank 0 alone writes
             run_dir = make_run_dir(profile)
-            (run_dir / "profile.toml").write_text(profile.to_toml())
+            _write_profile(run_dir, profile)
         run = cls(profile, run_dir, resume_pair, history, warnings, profile_steps)
         run._thread.start()
         return run

@@ -109,6 +109,7 @@ class Trainer:
         self.warnings = warnings or []
         self.step = 0
         self.epoch = 0
+        self._writer: ckpt.CheckpointWriter | None = None  # checkpoints/, made at the first save
 
     # ---- setup: everything that can fail on the user's input happens here ----
     def setup(self) -> None:
@@ -682,36 +683,79 @@ class Trainer:
         if self.ckpt_dir is None:
             return None
         path = self.ckpt_dir / f"step-{self.step:06d}.pt"
+        files = self._checkpoint_files()
         if self.last_saved != (self.step, self.epochs_done) or not path.exists():
             self._check_finite()
             try:
-                safefs.make_dir(self.ckpt_dir)  # never through a symbolic link
-                ckpt.save_atomic(self.state_dict(), path)
-                ckpt.link_atomic(path, self.ckpt_dir / "last.pt")
-                self.last_saved = (self.step, self.epochs_done)
-                self._prune()
-            except OSError as e:  # disk full, folder not writable: checkpoint.on_error says
-                self._checkpoint_failed(path, e)
+                freed = files.write(self.state_dict(), path, reason)
+            except OSError as e:  # disk full, folder not writable: see _checkpoint_failed
+                self._checkpoint_failed(path, e, reason)
                 return None
+            self.last_saved = (self.step, self.epochs_done)
+            if freed:
+                self._warn_freed(freed, path)
+        else:
+            files.note(path, reason)  # e.g. a request at the step a periodic file was saved
         self.log.emit(
             ev.CheckpointSaved(step=self.step, epoch=self.epoch, path=str(path), reason=reason)
         )
         return path
 
-    def _checkpoint_failed(self, path: Path, error: OSError) -> None:
-        """A checkpoint the disk refused: the previous files stay; warn and go on, or stop."""
+    def _checkpoint_files(self) -> ckpt.CheckpointWriter:
+        if self._writer is None:
+            self._writer = ckpt.CheckpointWriter(self.ckpt_dir, self.p.checkpoint.keep_last)
+        return self._writer
+
+    def _warn_freed(self, freed: list[Path], path: Path) -> None:
+        names = ", ".join(f.name for f in freed)
+        self.log.emit(
+            ev.Warning(
+                step=self.step,
+                epoch=self.epoch,
+                message=f"the disk holding {self.ckpt_dir} is full: removed the older periodic "
+                f"checkpoint(s) {names} early to make room for {path.name}",
+            )
+        )
+
+    def _checkpoint_failed(self, path: Path, error: OSError, reason: str = "") -> None:
+        """A checkpoint the disk refused: the previous files stay. A periodic or requested
+        one warns and training goes on (or stops, by checkpoint.on_error); the one that
+        ends the run (final, stop, interrupt) is the run's result: losing it fails the run."""
         last = self.ckpt_dir / "last.pt"
+        saved = self.last_saved is not None and last.exists()
+        cause = error.strerror or error
+        if reason in ("final", "stop", "interrupted"):
+            raise TrainingFailed(self._result_lost(path, error, reason, saved))
         kept = (
             f"last.pt still holds step {self.last_saved[0]}"
-            if self.last_saved and last.exists()
+            if saved
             else "no earlier checkpoint of this run exists"
         )
-        message = f"could not write checkpoint {path} ({error.strerror or error}); {kept}"
+        message = f"could not write checkpoint {path} ({cause}); {kept}"
         if self.p.checkpoint.on_error == "stop":
             raise TrainingFailed(f'{message}; the run stops (checkpoint.on_error = "stop")')
         self.log.emit(
             ev.Warning(step=self.step, epoch=self.epoch, message=f"{message}; training goes on")
         )
+
+    def _result_lost(self, path: Path, error: OSError, reason: str, saved: bool) -> str:
+        """The sentence of a run whose last checkpoint (final, stop, interrupt) failed."""
+        what = "interrupt" if reason == "interrupted" else reason
+        if saved:
+            kept, then = (
+                f"the newest checkpoint on disk is {self.ckpt_dir / 'last.pt'} "
+                f"(step {self.last_saved[0]})",
+                "resume from it",
+            )
+        else:
+            kept, then = f"no checkpoint of this run was kept{self._resumed_from()}", "run again"
+        text = f"could not write the {what} checkpoint {path} ({error.strerror or error}); {kept}"
+        if error.errno in ckpt.DISK_FULL:
+            text += f"; free space on that disk and {then}"
+        return text
+
+    def _resumed_from(self) -> str:
+        return f" (it resumed from {self.resume[0]})" if self.resume else ""
 
     def _carry_best_over(self) -> None:
         """A resumed run's folder starts with the best.pt it resumed knowing about."""
@@ -740,18 +784,12 @@ class Trainer:
         except OSError as e:
             self._checkpoint_failed(self.ckpt_dir / name, e)
             return
+        self._checkpoint_files().prune()  # the best file best.pt held until now may go
         self.log.emit(
             ev.CheckpointSaved(
                 step=self.step, epoch=self.epoch, path=str(self.ckpt_dir / name), reason=reason
             )
         )
-
-    def _prune(self) -> None:
-        keep = self.p.checkpoint.keep_last
-        if not keep:
-            return
-        for old in sorted(self.ckpt_dir.glob("step-*.pt"))[:-keep]:
-            old.unlink(missing_ok=True)  # best.pt and last.pt are links of their own
 
     # ---- the profiler (mpt run --profile-steps N) ----
     def _start_profiler(self) -> None:

@@ -92,7 +92,10 @@ def test_keep_last_leaves_only_the_newest_periodic_checkpoints(tmp_path):
         )
     )
     assert len(saved(done)) > 2
-    assert done.step_files() == ["step-000045.pt", f"step-{2 * SPE:06d}.pt"]
+    # The file best.pt holds stays too (issue 13: keep_last never prunes the best one).
+    best = load(done.ckpt_dir / "best.pt")["progress"]["step"]
+    expected = {"step-000045.pt", f"step-{2 * SPE:06d}.pt", f"step-{best:06d}.pt"}
+    assert done.step_files() == sorted(expected)
 
 
 BEST = (

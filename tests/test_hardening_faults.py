@@ -84,9 +84,8 @@ def test_a_full_disk_warns_keeps_the_previous_checkpoint_and_training_goes_on(
     tmp_path, disk_full_from_step
 ):
     disk_full_from_step(8)
-    done = train(profile_dict(tmp_path, *DISK_RUN))
+    done = train(profile_dict(tmp_path, *DISK_RUN), check=False)
 
-    assert done.reason == "completed" and done.of("run_finished")[0].step == 12
     folder = done.ckpt_dir
     assert _checkpoint_files(folder) == ["last.pt", "step-000004.pt"]  # no temporary left
     assert load(folder / "last.pt")["progress"]["step"] == 4
@@ -94,10 +93,19 @@ def test_a_full_disk_warns_keeps_the_previous_checkpoint_and_training_goes_on(
     assert warnings == [
         f"could not write checkpoint {folder / f'step-{s:06d}.pt'} (No space left on device); "
         "last.pt still holds step 4; training goes on"
-        for s in (8, 12, 12, 12)  # every 4 steps; then at the end: best, and final
+        for s in (8, 12, 12)  # every 4 steps; then at the end of the epoch
     ]
     assert [e.step for e in done.of("checkpoint_saved")] == [4]
-    assert [r["kind"] for r in _valid_jsonl(done.run_dir / "events.jsonl")].count("warning") == 4
+    # Issue 13: the final checkpoint is the run's result; losing it fails the run (exit 1).
+    assert done.reason == "failed" and not done.run.user_error
+    assert done.run.error == (
+        f"could not write the final checkpoint {folder / 'step-000012.pt'} (No space left on "
+        f"device); the newest checkpoint on disk is {folder / 'last.pt'} (step 4); free space "
+        "on that disk and resume from it"
+    )
+    records = _valid_jsonl(done.run_dir / "events.jsonl")
+    assert [r["kind"] for r in records].count("warning") == 3
+    assert records[-1]["kind"] == "run_failed" and records[-1]["step"] == 12
 
 
 def test_a_full_disk_with_on_error_stop_ends_the_run_cleanly_keeping_the_last_checkpoint(
@@ -157,13 +165,19 @@ def test_mpt_run_on_a_disk_that_refuses_checkpoints_warns_or_stops_by_profile(tm
     path = run_dir / "checkpoints" / "step-000003.pt"
     first = f"could not write checkpoint {path} (File too large)"
     if on_error == "warn":
-        assert r.returncode == 0, r.stderr
+        # Issue 13: training goes on, but a final checkpoint that cannot be written fails
+        # the run (exit 1), never "finished (completed)".
+        assert r.returncode == 1, r.stderr
         lines = r.stderr.splitlines()
         assert lines[0] == (
             f"warning: {first}; no earlier checkpoint of this run exists; training goes on"
         )
-        assert all(line.startswith("warning: could not write checkpoint") for line in lines)
-        assert "finished (completed) after 6 steps" in r.stdout
+        assert all(line.startswith("warning: could not write checkpoint") for line in lines[:-1])
+        assert lines[-1] == (
+            f"error: could not write the final checkpoint {path.with_name('step-000006.pt')} "
+            "(File too large); no checkpoint of this run was kept"
+        )
+        assert "finished" not in r.stdout
     else:
         assert r.returncode == 1, r.stderr
         assert r.stderr.splitlines() == [
@@ -173,14 +187,16 @@ def test_mpt_run_on_a_disk_that_refuses_checkpoints_warns_or_stops_by_profile(tm
     assert "Traceback" not in r.stderr
     assert list((tmp_path / run_dir / "checkpoints").iterdir()) == []  # no torn file, no temp
     records = _valid_jsonl(tmp_path / run_dir / "events.jsonl")
-    assert records[-1]["kind"] == ("run_finished" if on_error == "warn" else "run_failed")
+    assert records[-1]["kind"] == "run_failed"
 
 
 def test_events_jsonl_on_a_full_disk_stays_whole_lines_and_the_run_goes_on(tmp_path):
     write_toml(tmp_path / "p.toml", {**BIG, "train": {"log_every": 1}})
     r = _mpt_limited(tmp_path, 2_500)  # profile.toml and a few events fit, then no more
 
-    assert r.returncode == 0, r.stderr
+    # No checkpoint fits either: the lost final checkpoint fails the run (issue 13).
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.splitlines()[-1].startswith("error: could not write the final checkpoint")
     run_dir = printed_run_dir(r.stdout)
     events = run_dir / "events.jsonl"
     assert (
@@ -191,7 +207,7 @@ def test_events_jsonl_on_a_full_disk_stays_whole_lines_and_the_run_goes_on(tmp_p
     assert text.endswith("\n") and 0 < len(text) <= 2_500
     records = [json.loads(line) for line in text.splitlines()]  # every line whole
     assert records[0]["kind"] == "run_started"
-    assert "finished (completed) after 6 steps" in r.stdout
+    assert "finished" not in r.stdout
 
 
 # ---- out of memory ----
