@@ -179,7 +179,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 MAX_LINE_BYTES = 8 * 2**20  # a longer line is skipped unread; mpt's longest (a traceback) is KBs
 MAX_PROBLEMS = 20  # problems kept with their line numbers; the counts go on past it
 _CHUNK = 2**20
-_BASE_FIELDS = ("step", "epoch", "time")  # every event has had them: missing means damaged
+_BASE_FIELDS = ("step", "epoch", "time")  # every event has had them: without, it is no event
 _MISSING = object()
 
 
@@ -220,14 +220,15 @@ _FIELDS = {kind: tuple(map(_field_spec, fields(cls))) for kind, cls in EVENT_TYP
 
 def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
     """An event from a decoded JSON object, and what was wrong with it: skipped (None)
-    when it is not an event this mpt knows, else each bad field at its default."""
+    when it is not an event this mpt knows or does not say when (step, epoch and time,
+    which every event has had), else each bad field at its default."""
     kind = data.get("kind")
     if type(kind) is not str:
         return None, ["no kind"]
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         return None, [f"unknown kind {_cut(kind)}"]
-    values: dict[str, Any] = {"time": 0.0}  # not now: an unknown time must not look recent
+    values: dict[str, Any] = {}
     problems = []
     for name, want, item, optional, wants in _FIELDS[kind]:
         value = data.get(name, _MISSING)
@@ -237,6 +238,8 @@ def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
             problems.append(f"{kind}.{name} is not {wants} (got {_cut(value)})")
         elif name in _BASE_FIELDS:
             problems.append(f"{kind}.{name} is missing")
+    if any(name not in values for name in _BASE_FIELDS):
+        return None, problems  # an epoch row at epoch 0, a step at time 0: not shown at all
     return cls(**values), problems
 
 

@@ -8,8 +8,10 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +151,8 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
 def _follow(path: Path) -> tuple[_Followed, float]:
     """The file's events so far, reading only what was added since the last call."""
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     followed = _FOLLOWED.get(path)
     if followed is not None and (
         followed.identity != (st.st_dev, st.st_ino)
@@ -173,7 +177,7 @@ def _head(path: Path, n: int) -> bytes:
 
 def _state(last: ev.Event | None, started: ev.RunStarted | None, mtime: float, now: float) -> str:
     if isinstance(last, ev.RunFinished):
-        return "finished" if last.reason == "completed" else last.reason
+        return "finished" if last.reason in ("completed", "") else last.reason
     if isinstance(last, ev.RunFailed):
         return "failed"
     # No terminal event: alive, or killed before it could write one.

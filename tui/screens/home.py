@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.text import Text
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -36,11 +36,12 @@ STATE_LABELS = {
 }
 
 
-def _plain(text: str, limit: int = 80) -> Text:
+def _plain(text: str, limit: int = 80) -> str:
     """A cell from a file (a name, a state from events.jsonl): shown as written, never read
-    as markup (`[/x]` would stop the table), one line, cut at `limit`."""
+    as markup (DataTable reads a string as markup: `[/x]` would stop the table), one line,
+    cut at `limit`."""
     text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return Text(text if len(text) <= limit else text[: limit - 3] + "...", no_wrap=True)
+    return escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 @dataclass
