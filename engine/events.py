@@ -181,8 +181,6 @@ MAX_PROBLEMS = 20  # problems kept with their line numbers; the counts go on pas
 _CHUNK = 2**20
 _BASE_FIELDS = ("step", "epoch", "time")  # every event has had them: without, it is no event
 _MISSING = object()
-
-
 _LIMIT = 2**63  # an integer beyond 64 bits is of no use to any consumer (and JSON allows it)
 _WANTS = {int: "an integer", float: "a finite number", str: "text", bool: "true or false"}
 
