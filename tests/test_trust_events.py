@@ -254,7 +254,8 @@ def test_resuming_a_run_whose_history_has_bad_lines_copies_them_and_trains_on(go
         # message holding U+2028, which Python's splitlines() takes for a line end
         lines[2] = b'{"kind": "warning", "message": "caf\xe9 \xff"'
         lines[3] = DEEP
-        separator = json.dumps({"kind": "warning", "message": "a\u2028b"}, ensure_ascii=False)
+        warning = {"kind": "warning", "step": 1, "epoch": 1, "time": 1.0, "message": "a\u2028b"}
+        separator = json.dumps(warning, ensure_ascii=False)
         lines[4] = separator.encode()
         (run_dir / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
 
