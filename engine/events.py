@@ -8,12 +8,14 @@ line) and puts them on the run's queue without ever blocking the Trainer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import queue
+import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,7 +81,7 @@ class Step(Event):
 class EpochEnd(Event):
     kind: ClassVar[str] = "epoch_end"
     epochs: int = 0
-    train_loss: float = 0.0
+    train_loss: float | None = 0.0  # None: not finite (events.jsonl writes NaN as null)
     train_acc: float = 0.0
     val_loss: float | None = None
     val_acc: float | None = None
@@ -166,22 +168,262 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+# ---- reading events.jsonl: one reader for every consumer ----
+#
+# mpt ls and show, the TUI's runs list, dashboard and attach, export and a resumed run's
+# history all read events through EventsReader (or event_from_line). Nothing in the file can
+# make it raise: a line that is not an event is skipped and counted, a field whose value is
+# not of its type reads as the field's default and is counted, so a consumer can say
+# "events.jsonl: 2 lines could not be read" and show the rest.
+
+MAX_LINE_BYTES = 8 * 2**20  # a longer line is skipped unread; mpt's longest (a traceback) is KBs
+MAX_PROBLEMS = 20  # problems kept with their line numbers; the counts go on past it
+_CHUNK = 2**20
+_BASE_FIELDS = ("step", "epoch", "time")  # every event has had them: without, it is no event
+_MISSING = object()
+_LIMIT = 2**63  # an integer beyond 64 bits is of no use to any consumer (and JSON allows it)
+_WANTS = {int: "an integer", float: "a finite number", str: "text", bool: "true or false"}
+
+
+def _fits(value: Any, want: type, item: type | None) -> bool:
+    """Whether a JSON value fits a field of type `want` (`list[item]` when item is set)."""
+    t = type(value)  # exact types: bool is an int to Python, not to JSON
+    if want is float:
+        # events.jsonl writes NaN and infinity as null: x - x is 0 only for finite x
+        return (t is float and value - value == 0.0) or (t is int and -_LIMIT <= value < _LIMIT)
+    if want is int:
+        return t is int and -_LIMIT <= value < _LIMIT
+    if want is list:
+        return t is list and all(_fits(x, item, None) for x in value)
+    return t is want
+
+
+def _field_spec(f) -> tuple[str, type, type | None, bool, str]:
+    """(name, type, item type of a list, None allowed, what it wants) from the annotation."""
+    annotation = f.type  # a string: `from __future__ import annotations`
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    names = {"int": int, "float": float, "str": str, "bool": bool}
+    if base.startswith("list["):
+        want, item = list, names[base[5:-1]]
+        wants = f"a list of {_WANTS[item].removeprefix('a ').removeprefix('an ')}s"
+    else:
+        want, item = names[base], None  # a field of a new type must be taught here
+        wants = _WANTS[want]
+    return f.name, want, item, optional, wants + (" or null" if optional else "")
+
+
+_FIELDS = {kind: tuple(map(_field_spec, fields(cls))) for kind, cls in EVENT_TYPES.items()}
+
+
+def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
+    """An event from a decoded JSON object, and what was wrong with it: skipped (None)
+    when it is not an event this mpt knows or does not say when (step, epoch and time,
+    which every event has had), else each bad field at its default."""
+    kind = data.get("kind")
+    if type(kind) is not str:
+        return None, ["no kind"]
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        return None, [f"unknown kind {_cut(kind)}"]
+    values: dict[str, Any] = {}
+    problems = []
+    for name, want, item, optional, wants in _FIELDS[kind]:
+        value = data.get(name, _MISSING)
+        if (value is None and optional) or (value is not _MISSING and _fits(value, want, item)):
+            values[name] = value
+        elif value is not _MISSING:
+            problems.append(f"{kind}.{name} is not {wants} (got {_cut(value)})")
+        elif name in _BASE_FIELDS:
+            problems.append(f"{kind}.{name} is missing")
+    if any(name not in values for name in _BASE_FIELDS):
+        return None, problems  # an epoch row at epoch 0, a step at time 0: not shown at all
+    return cls(**values), problems
+
+
+def _cut(value: Any, limit: int = 40) -> str:
+    """A value as it is quoted in a problem: its repr, cut short."""
+    text = repr(value) if not isinstance(value, list | dict) else type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event from its JSON form (e.g. a line of events.jsonl)."""
-    data = dict(data)
-    cls = EVENT_TYPES[data.pop("kind")]
-    return cls(**data)
+    """Rebuild an event from its JSON form; a field of the wrong type reads as its default.
+
+    Raises KeyError when it is not an event this mpt knows (no kind, or another kind)."""
+    event, problems = _event(data) if isinstance(data, dict) else (None, ["not an object"])
+    if event is None:
+        raise KeyError(problems[0])
+    return event
+
+
+def _parse_line(raw: bytes | str) -> tuple[Event | None, list[str]]:
+    """One line of events.jsonl: the event (None: skipped) and what was wrong with it."""
+    problems = []
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = raw.decode("utf-8", errors="replace")
+            problems.append("not UTF-8 (the bad bytes read as U+FFFD)")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        return None, ["nested too deep to read"]
+    except ValueError:  # JSONDecodeError, or an integer of thousands of digits
+        return None, [*problems, "not JSON"]
+    if not isinstance(data, dict):
+        return None, [f"not an event (a JSON {_json_type(data)})"]
+    event, more = _event(data)
+    return event, problems + more
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def event_from_line(line: bytes | str) -> Event | None:
+    """The event on one line of events.jsonl, or None when it holds none; never raises."""
+    return _parse_line(line)[0]
+
+
+@dataclass
+class LineProblem:
+    line: int  # 1-based line number in events.jsonl
+    what: str  # e.g. "not JSON", "step.loss is not a finite number or null (got 'abc')"
+    skipped: bool  # the whole line was skipped; else the event was read, that field defaulted
+
+
+class EventsReader:
+    """Reads an events.jsonl whole, or as it grows: `read_new()` returns the events of the
+    whole lines written since the last call (a line still being written waits).
+
+    Nothing in the file makes it raise (OSError when the file cannot be opened or read):
+    a line that is not an event is skipped (`skipped`), an event with a field of the wrong
+    type is kept with that field at its default (`damaged`); `problems` holds the first
+    MAX_PROBLEMS of both with their line numbers, `describe()` says it in a sentence.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lines = 0  # whole lines read
+        self.skipped = 0
+        self.damaged = 0
+        self.problems: list[LineProblem] = []
+        self.torn = False  # the file ends inside a line (its writer was killed mid-line)
+        self._pos = 0  # bytes of the file consumed, the pending line's included
+        self._pending = b""  # the bytes after the last newline
+        self._too_long = False  # the pending line outgrew MAX_LINE_BYTES: skipped to its end
+
+    @property
+    def unreadable(self) -> int:
+        """Lines with a problem: skipped ones and damaged ones."""
+        return self.skipped + self.damaged
+
+    @property
+    def bytes_read(self) -> int:
+        return self._pos
+
+    def read_new(self) -> list[Event]:
+        events: list[Event] = []
+        # non-blocking: a FIFO named events.jsonl must not hang `mpt ls` or the TUI
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", str(self.path))
+            f.seek(self._pos)
+            while chunk := f.read(_CHUNK):
+                self._pos += len(chunk)
+                self._feed(chunk, events)
+        return events
+
+    def read_all(self) -> list[Event]:
+        """Every event left in the file, its last line too when it lacks only its newline."""
+        events = self.read_new()
+        if self._pending or self._too_long:
+            event, _ = (None, []) if self._too_long else _parse_line(self._pending)
+            if event is not None:
+                events.append(event)
+            else:
+                self.torn = True  # the writer was cut off: readers skip it, as ever
+            self._pending, self._too_long = b"", False
+        return events
+
+    def _feed(self, chunk: bytes, events: list[Event]) -> None:
+        *lines, rest = chunk.split(b"\n")
+        if not lines:  # still inside one line
+            self._grow(rest)
+            return
+        first = lines[0]
+        if self._too_long:
+            self._line(None, events, "longer than 8 MiB")
+        else:
+            self._line(self._pending + first, events)
+        for line in lines[1:]:
+            self._line(line, events)
+        self._pending, self._too_long = b"", False
+        self._grow(rest)
+
+    def _grow(self, data: bytes) -> None:
+        if self._too_long:
+            return
+        self._pending += data
+        if len(self._pending) > MAX_LINE_BYTES:
+            self._pending, self._too_long = b"", True  # not kept in memory: skipped whole
+
+    def _line(self, raw: bytes | None, events: list[Event], why: str = "") -> None:
+        self.lines += 1
+        if raw is not None and len(raw) > MAX_LINE_BYTES:
+            raw, why = None, "longer than 8 MiB"
+        if raw is not None and not raw.strip():
+            return  # a blank line holds nothing to lose
+        event, problems = (None, [why]) if raw is None else _parse_line(raw)
+        if event is not None:
+            events.append(event)
+        if not problems:
+            return
+        if event is None:
+            self.skipped += 1
+        else:
+            self.damaged += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(LineProblem(self.lines, "; ".join(problems), event is None))
+
+    def describe(self) -> str | None:
+        """What could not be read, naming the lines (`2 lines could not be read (line 14:
+        not JSON; line 15: ...)`); None when every line was read."""
+        if not self.unreadable:
+            return None
+        parts = []
+        for skipped, count, verb in (
+            (True, self.skipped, "could not be read"),
+            (False, self.damaged, "could be read only in part"),
+        ):
+            if not count:
+                continue
+            shown = [p for p in self.problems if p.skipped is skipped][:3]
+            where = "; ".join(f"line {p.line}: {p.what}" for p in shown)
+            more = ", ..." if count > len(shown) else ""
+            plural = "line" if count == 1 else "lines"
+            parts.append(f"{count} {plural} {verb} ({where}{more})")
+        return "; ".join(parts)
 
 
 def read_events(path: str | Path) -> list[Event]:
-    """Read an events.jsonl file; a torn last line (a killed writer) is skipped."""
-    events = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            events.append(event_from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return events
+    """Every event of an events.jsonl; lines that are not events are skipped (EventsReader)."""
+    return EventsReader(path).read_all()
+
+
+def history_lines(path: str | Path, count: int) -> list[str]:
+    """The first `count` lines of an events.jsonl as text, for a resumed run to copy: split
+    at newlines as EventLog counts them (not at every character Python calls a line end),
+    bytes that are not UTF-8 read as U+FFFD so that the copy is text; copied as they are,
+    a bad line included (every reader skips it)."""
+    lines = Path(path).read_bytes().split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # what follows the last newline: nothing
+    return [line.decode("utf-8", errors="replace") for line in lines[:count]]
 
 
 def _finite_or_null(data: dict[str, Any]) -> dict[str, Any]:
@@ -213,11 +455,9 @@ class EventLog:
         """Feed every later event to `sinks`, after replaying `history` (events.jsonl lines)."""
         self.sinks = list(sinks)
         for line in history if self.sinks else ():
-            try:
-                event = event_from_dict(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # as read_events: a torn line is skipped
-            self._to_sinks(event)
+            event = event_from_line(line)  # as read_events: a line that is no event is skipped
+            if event is not None:
+                self._to_sinks(event)
 
     def _to_sinks(self, event: Event) -> None:
         for sink in list(self.sinks):

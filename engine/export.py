@@ -15,7 +15,6 @@ training, and returns logits of shape (batch, num_classes).
 from __future__ import annotations
 
 import importlib.util
-import json
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from engine import checkpoint as ckpt
+from engine import events as ev
 from engine.errors import ExportFailed, ModelError, MptError
 from engine.models import build_model
 from engine.profile import ModelSection
@@ -56,22 +56,13 @@ class ModelSpec:
 
 
 def _run_started(events: Path) -> dict[str, Any] | None:
-    """The last run_started event of an events.jsonl, or None."""
-    found = None
+    """The last run_started event of an events.jsonl, or None (engine.events' tolerant
+    reader: a damaged line or field never stops an export, it is left out)."""
     try:
-        with open(events, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if '"run_started"' not in line[:64]:
-                    continue  # the file is mostly step events: parse only what is needed
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if event.get("kind") == "run_started":
-                    found = event
+        found = [e for e in ev.read_events(events) if isinstance(e, ev.RunStarted)]
     except OSError:
         return None
-    return found
+    return found[-1].to_dict() if found else None
 
 
 def _events_files(path: Path) -> list[Path]:

@@ -6,12 +6,18 @@ list); `mpt show` is one run's summary and its table of epochs.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 
 from engine import events as ev
 from engine.errors import MptError
-from engine.runs import RunSummary, list_runs, summarize_run
+from engine.runs import RunHistory, RunSummary, list_runs
+
+# What events.jsonl says is printed to a terminal: its control characters (an escape
+# sequence, a newline in a table cell) are shown escaped, never sent as they are.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _pct(x: float | None) -> str:
@@ -20,6 +26,20 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
     return "-" if x is None else format(x, fmt)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Text from events.jsonl as it is printed: control characters escaped, cut at `limit`."""
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _when(t: float | None) -> str | None:
+    """A time of day, or None for one the platform cannot show (a damaged field)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _checkpoint(s: RunSummary) -> str:
@@ -57,11 +77,11 @@ def runs_table(runs_dir: str | Path) -> str:
         return f"no runs in {runs_dir}"
     rows = [
         [
-            f"{s.name}/{s.stamp}",
-            s.state,
+            _printable(f"{s.name}/{s.stamp}", 80),
+            _printable(s.state_text, 60),
             f"{s.epoch}/{s.epochs}" if s.epochs else "-",  # no run_started: unknown
             _pct(s.best_val_acc),
-            _checkpoint(s),
+            _printable(_checkpoint(s)),
         ]
         for s in runs
     ]
@@ -88,23 +108,28 @@ def find_run(run: str, runs_dir: str | Path = "runs") -> Path:
 
 
 def run_report(run: str, runs_dir: str | Path = "runs") -> str:
-    """A run's summary (from engine.runs and its run_started) and its table of epochs."""
+    """A run's summary (from engine.runs and its run_started) and its table of epochs.
+
+    Lines of events.jsonl that could not be read are named after the summary; the rest
+    is shown."""
     run_dir = find_run(run, runs_dir)
-    summary = summarize_run(run_dir)
-    if summary is None:
-        raise MptError(f"{run_dir}: cannot read its events.jsonl")
-    events = ev.read_events(run_dir / "events.jsonl")
-    started = [e for e in events if isinstance(e, ev.RunStarted)]
-    epochs: dict[int, ev.EpochEnd] = {}
-    for e in events:
-        if isinstance(e, ev.EpochEnd):
-            epochs[e.epoch] = e  # a resumed history holds each epoch once; keep the last
-    s = summary
+    path = run_dir / "events.jsonl"
+    reader = ev.EventsReader(path)
+    try:
+        events = reader.read_all()
+        mtime = os.stat(path).st_mtime
+    except OSError as e:
+        raise MptError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not events and reader.unreadable:
+        raise MptError(f"{path}: no line of it could be read as an event ({reader.describe()})")
+    history = RunHistory()
+    history.add(events)
+    s = history.summary(run_dir, reader, mtime)
     info = [("run", str(run_dir)), ("name", s.name), ("state", s.state)]
-    if s.started:
-        info.append(("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.started))))
-    if started:
-        r = started[-1]
+    if _when(s.started):
+        info.append(("started", _when(s.started)))
+    if history.started is not None:
+        r = history.started
         val = f" / {r.val_samples:,} val" if r.val_samples else ", no validation"
         shape = "x".join(map(str, r.input_shape))
         info.append(
@@ -119,6 +144,13 @@ def run_report(run: str, runs_dir: str | Path = "runs") -> str:
     info.append(("checkpoint", str(s.last_checkpoint) if s.last_checkpoint else "-"))
     if s.error:
         info.append(("error", s.error))
+    notes = [s.problems] if s.problems else []
+    if reader.torn:  # as a SIGKILL leaves it: not counted as unreadable
+        notes.append("its last line is cut short (its writer was stopped mid-line) and skipped")
+    if notes:
+        info.append(("events.jsonl", "; ".join(notes)))
+    info = [(k, _printable(v, 2000)) for k, v in info]
+    epochs = history.epoch_ends
     width = max(len(k) for k, _ in info)
     lines = [f"{k.ljust(width)}  {v}" for k, v in info]
     if epochs:

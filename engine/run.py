@@ -86,7 +86,7 @@ def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[s
     history = []
     if events.is_file():
         # The lines written before the checkpoint; the new run_started (resumed_from) follows.
-        history = events.read_text().splitlines()[: state["progress"]["events"]]
+        history = ev.history_lines(events, state["progress"]["events"])
     return profile, (path, state), history, warnings
 
 

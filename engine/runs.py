@@ -8,21 +8,21 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 
 from __future__ import annotations
 
-import json
+import errno
 import os
-import re
 import socket
+import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from engine import events as ev
 
 # A run that logs nothing for this long, and ended with no run_finished/run_failed,
 # is taken for dead. Generous: a big model may spend minutes between two step events.
 STALE_AFTER_S = 300.0
 
-_KIND_RE = re.compile(r'"kind"\s*:\s*"(\w+)"')
-_TERMINAL = ("run_finished", "run_failed")
+_PID_MAX = 2**22  # Linux's largest pid_max; anything else in a run_started is no process
 
 
 @dataclass
@@ -33,7 +33,7 @@ class RunSummary:
     name: str
     stamp: str  # the directory's own name, YYYYmmdd-HHMMSS[-n]
     state: str  # running, paused, finished, early_stopped, stopped, max_time, interrupted,
-    # failed, crashed
+    # failed, crashed, unreadable (events.jsonl cannot be opened)
     started: float | None = None  # run_started's time (seconds since the epoch)
     updated: float | None = None  # time of the last event
     epoch: int = 0
@@ -44,15 +44,76 @@ class RunSummary:
     last_val_acc: float | None = None
     last_checkpoint: Path | None = None
     error: str | None = None  # run_failed's error text
+    unreadable: int = 0  # events.jsonl lines that could not be read, or only in part
+    problems: str | None = None  # which, in a sentence (EventsReader.describe)
 
     @property
     def live(self) -> bool:
         return self.state in ("running", "paused")
 
+    @property
+    def state_text(self) -> str:
+        """The state as a list shows it, marked when some of the history was unreadable."""
+        if not self.unreadable:
+            return self.state
+        return f"{self.state}, {self.unreadable} bad line{'s' if self.unreadable > 1 else ''}"
 
-def _kind(line: str) -> str | None:
-    m = _KIND_RE.search(line, 0, 64)
-    return m.group(1) if m else None
+
+@dataclass
+class RunHistory:
+    """A run's events folded into what its summary needs, as they are read."""
+
+    started: ev.RunStarted | None = None  # the last run_started (a resumed run has two)
+    last: ev.Event | None = None
+    best_val_acc: float | None = None
+    last_val_acc: float | None = None
+    epoch_ends: dict[int, ev.EpochEnd] = field(default_factory=dict)  # the last of each epoch
+    checkpoints: list[str] = field(default_factory=list)  # checkpoint_saved paths, in order
+
+    def add(self, events: list[ev.Event]) -> None:
+        for event in events:
+            self.last = event
+            if isinstance(event, ev.RunStarted):
+                self.started = event
+            elif isinstance(event, ev.EpochEnd):
+                self.epoch_ends[event.epoch] = event  # a resumed history holds each epoch once
+                acc = event.val_acc
+                self.last_val_acc = acc
+                if acc is not None and (self.best_val_acc is None or acc > self.best_val_acc):
+                    self.best_val_acc = acc
+            elif isinstance(event, ev.CheckpointSaved) and event.path:
+                self.checkpoints.append(event.path)
+
+    def summary(
+        self, run_dir: Path, reader: ev.EventsReader, mtime: float, now: float | None = None
+    ) -> RunSummary:
+        now = time.time() if now is None else now
+        s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
+        s.best_val_acc, s.last_val_acc = self.best_val_acc, self.last_val_acc
+        if self.started is not None:
+            s.started, s.epochs = self.started.time, self.started.epochs
+            s.total_steps, s.name = self.started.total_steps, self.started.name or s.name
+        if self.last is not None:
+            s.updated, s.step, s.epoch = self.last.time, self.last.step, self.last.epoch
+        s.state = _state(self.last, self.started, mtime, now)
+        if isinstance(self.last, ev.RunFailed):
+            s.error = self.last.error or "failed"
+        s.last_checkpoint = _last_checkpoint(run_dir, self.checkpoints)
+        s.unreadable, s.problems = reader.unreadable, reader.describe()
+        return s
+
+
+@dataclass
+class _Followed:
+    """A run's events.jsonl as last read: a growing file is read from where it was left."""
+
+    identity: tuple[int, int]  # st_dev, st_ino: a file put in its place is read afresh
+    head: bytes  # its first bytes: a file rewritten in place is read afresh
+    reader: ev.EventsReader
+    history: RunHistory
+
+
+_FOLLOWED: dict[Path, _Followed] = {}  # the TUI re-summarises every 2 s: only new lines are read
 
 
 def _pid_alive(pid: int) -> bool:
@@ -66,85 +127,70 @@ def _pid_alive(pid: int) -> bool:
 
 
 def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary | None:
-    """Summarize one run directory; None when it has no events.jsonl."""
+    """Summarize one run directory; None when it has no events.jsonl.
+
+    Lines that are not events are skipped and counted (`unreadable`, `problems`); a line
+    still being written is left for the next call. An events.jsonl that cannot be read at
+    all (no permission, not a file) makes the state `unreadable`.
+    """
     run_dir = Path(run_dir)
-    path = run_dir / "events.jsonl"
+    path = (run_dir / "events.jsonl").absolute()
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        mtime = path.stat().st_mtime
-    except OSError:
+        followed, mtime = _follow(path)
+    except FileNotFoundError:
+        _FOLLOWED.pop(path, None)
         return None
-    now = time.time() if now is None else now
-    summary = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
-    started: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
-    last_step_line: str | None = None
-    step_is_last = False  # the file ends with step events (after the last other one)
-    checkpoints: list[str] = []
-    for line in text.splitlines():
-        kind = _kind(line)
-        if kind is None:
-            continue
-        if kind == "step":  # the bulk of the file: parse only the last one
-            last_step_line, step_is_last = line, True
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed writer
-        last, step_is_last = event, False
-        if kind == "run_started":
-            started = event
-        elif kind == "epoch_end":
-            acc = event.get("val_acc")
-            summary.last_val_acc = acc
-            if acc is not None and (summary.best_val_acc is None or acc > summary.best_val_acc):
-                summary.best_val_acc = acc
-        elif kind == "checkpoint_saved" and event.get("path"):
-            checkpoints.append(event["path"])
-    if last_step_line is not None:
-        try:
-            step = json.loads(last_step_line)
-        except json.JSONDecodeError:
-            step = None
-        if step is not None and step_is_last:
-            last = step
-    if started is not None:
-        summary.started = started.get("time")
-        summary.epochs = started.get("epochs", 0)
-        summary.total_steps = started.get("total_steps", 0)
-        summary.name = started.get("name") or summary.name
-    if last is not None:
-        summary.updated = last.get("time")
-        summary.step = last.get("step", 0)
-        summary.epoch = last.get("epoch", 0)
-    summary.state = _state(last, started, mtime, now)
-    if last is not None and last.get("kind") == "run_failed":
-        summary.error = last.get("error") or "failed"
-    summary.last_checkpoint = _last_checkpoint(run_dir, checkpoints)
-    return summary
+    except OSError as e:
+        _FOLLOWED.pop(path, None)
+        s = RunSummary(run_dir, run_dir.parent.name, run_dir.name, state="unreadable")
+        s.problems = f"cannot be read ({e.strerror or e})"
+        return s
+    return followed.history.summary(run_dir, followed.reader, mtime, now)
 
 
-def _state(
-    last: dict[str, Any] | None, started: dict[str, Any] | None, mtime: float, now: float
-) -> str:
-    kind = last.get("kind") if last else None
-    if kind == "run_finished":
-        reason = last.get("reason", "completed")
-        return "finished" if reason == "completed" else reason
-    if kind == "run_failed":
+def _follow(path: Path) -> tuple[_Followed, float]:
+    """The file's events so far, reading only what was added since the last call."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    followed = _FOLLOWED.get(path)
+    if followed is not None and (
+        followed.identity != (st.st_dev, st.st_ino)
+        or st.st_size < followed.reader.bytes_read
+        or _head(path, len(followed.head)) != followed.head
+    ):
+        followed = None
+    if followed is None:
+        followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
+        _FOLLOWED[path] = followed
+    if st.st_size > followed.reader.bytes_read:
+        followed.history.add(followed.reader.read_new())
+        if len(followed.head) < 256:
+            followed.head = _head(path, 256)
+    return followed, st.st_mtime
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _state(last: ev.Event | None, started: ev.RunStarted | None, mtime: float, now: float) -> str:
+    if isinstance(last, ev.RunFinished):
+        return "finished" if last.reason in ("completed", "") else last.reason
+    if isinstance(last, ev.RunFailed):
         return "failed"
     # No terminal event: alive, or killed before it could write one.
-    pid, host = (started or {}).get("pid"), (started or {}).get("host")
-    if pid and host == socket.gethostname():
-        alive = _pid_alive(int(pid))
-    elif kind == "paused":
+    pid, host = (started.pid, started.host) if started else (0, "")
+    if 0 < pid < _PID_MAX and host == socket.gethostname():
+        alive = _pid_alive(pid)
+    elif isinstance(last, ev.Paused):
         alive = True  # a paused run writes nothing; it may wait for hours
     else:
         alive = now - mtime < STALE_AFTER_S
     if not alive:
         return "crashed"
-    return "paused" if kind == "paused" else "running"
+    return "paused" if isinstance(last, ev.Paused) else "running"
 
 
 def _last_checkpoint(run_dir: Path, announced: list[str]) -> Path | None:
@@ -162,8 +208,17 @@ def _last_checkpoint(run_dir: Path, announced: list[str]) -> Path | None:
     folder = run_dir / "checkpoints"
     if (folder / "last.pt").is_file():
         return folder / "last.pt"
-    found = sorted(folder.glob("*.pt"), key=lambda q: q.stat().st_mtime) if folder.is_dir() else []
-    return found[-1] if found else None
+    found = [(_mtime(q), q) for q in folder.glob("*.pt")] if folder.is_dir() else []
+    found = [(t, q) for t, q in found if t is not None]
+    return max(found)[1] if found else None
+
+
+def _mtime(path: Path) -> float | None:
+    """None for a link whose file is gone, or a file pruned while the list was read."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
 def list_runs(runs_dir: str | Path, now: float | None = None) -> list[RunSummary]:

@@ -6,7 +6,6 @@ The TUI reaches the run only through the handle's controls and its events.
 
 from __future__ import annotations
 
-import json
 import queue
 import time
 import weakref
@@ -123,29 +122,28 @@ class RunSession:
 
 
 class EventsFile:
-    """Follows a run's events.jsonl as another process writes it (`mpt run` in tmux)."""
+    """Follows a run's events.jsonl as another process writes it (`mpt run` in tmux).
+
+    Read by the engine's one tolerant reader: a line that is not an event is skipped and
+    counted, never stops the dashboard (`new_problems` says which).
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._offset = 0
-        self._partial = b""
+        self._reader = ev.EventsReader(path)
+        self._told = 0  # problems already reported by new_problems
 
     def read_new(self) -> list[ev.Event]:
         """The events written since the last call; a line still being written waits."""
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
+            return self._reader.read_new()
         except OSError:
             return []
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # b"" after a complete last line
-        events = []
-        for line in lines:
-            try:
-                events.append(ev.event_from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                continue
-        return events
+
+    def new_problems(self) -> str | None:
+        """What could not be read (`events.jsonl: 2 lines could not be read (...)`), when
+        more lines went unread since the last call; else None."""
+        if self._reader.unreadable == self._told:
+            return None
+        self._told = self._reader.unreadable
+        return f"{self.path.name}: {self._reader.describe()}"

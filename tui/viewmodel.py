@@ -262,6 +262,16 @@ class RunView:
     def _say(self, e: ev.Event, text: str) -> None:
         self.messages.append(f"step {e.step}: {text}")
 
+    def unreadable(self, problems: str | None) -> bool:
+        """Note lines of events.jsonl that could not be read (EventsFile.new_problems) as a
+        warning; returns whether there was anything to note."""
+        if not problems:
+            return False
+        self.version += 1
+        self.warnings.append(problems)
+        self.messages.append(f"warning: {problems}")
+        return True
+
     # ---- derived values ----
     @property
     def live(self) -> bool:
@@ -322,7 +332,7 @@ def format_bytes(n: int | None) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     s = int(round(seconds))
     h, rem = divmod(s, 3600)
@@ -335,7 +345,7 @@ def format_lr(lr: float | None) -> str:
 
 
 def bar(fraction: float, width: int) -> str:
-    fraction = min(max(fraction, 0.0), 1.0)
+    fraction = min(max(fraction, 0.0), 1.0) if math.isfinite(fraction) else 0.0
     filled = int(round(fraction * width))
     return "█" * filled + "░" * (width - filled)
 
@@ -385,8 +395,10 @@ def memory_lines(v: RunView) -> list[str]:
     g = v.gpu
     total = f"  total {format_bytes(g.total)}" if g.total else ""
     nvml = ""
-    if g.util is not None:
-        nvml = f"  {g.util}% {g.temp}°C {g.power:.0f} W"
+    if g.util is not None:  # NVML may answer one query and not another: "-" for those
+        temp = "-" if g.temp is None else g.temp
+        power = "-" if g.power is None else f"{g.power:.0f}"
+        nvml = f"  {g.util}% {temp}°C {power} W"
     return [
         f"GPU mem alloc {format_bytes(g.allocated)}  reserved {format_bytes(g.reserved)}",
         f"        peak {format_bytes(g.peak)}{total}{nvml}",

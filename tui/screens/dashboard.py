@@ -88,6 +88,7 @@ class DashboardScreen(Screen):
         screen = cls(view=RunView())
         screen._events_file = EventsFile(run_dir / "events.jsonl")
         view = build_view(screen._events_file.read_new(), screen._view)
+        view.unreadable(screen._events_file.new_problems())
         view.run_dir = view.run_dir or str(run_dir)
         view.name = view.name or run_dir.parent.name
         if view.live:
@@ -106,6 +107,7 @@ class DashboardScreen(Screen):
         events = self._events_file.read_new()
         if events:
             build_view(events, self._view)
+        if self._view.unreadable(self._events_file.new_problems()) or events:
             self.redraw()
         if self.live != self._was_live:  # the followed run ended: no more controls
             self._was_live = self.live

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -33,6 +34,14 @@ STATE_LABELS = {
     "failed": "failed",
     "crashed": "crashed",
 }
+
+
+def _plain(text: str, limit: int = 80) -> str:
+    """A cell from a file (a name, a state from events.jsonl): shown as written, never read
+    as markup (DataTable reads a string as markup: `[/x]` would stop the table), one line,
+    cut at `limit`."""
+    text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
+    return escape(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 @dataclass
@@ -136,15 +145,14 @@ class HomeScreen(Screen):
             check = (
                 "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
             )
-            table.add_row(
+            cells = (
                 e.path.stem,
                 e.get("run", "name"),
                 e.get("data", "dataset"),
                 e.get("model", "arch"),
                 e.get("run", "epochs"),
-                check,
-                key=str(e.path),
             )
+            table.add_row(*map(_plain, cells), check, key=str(e.path))
         self._restore_cursor(table, key)
         self._refresh_runs()
         if not self.profiles:
@@ -168,14 +176,16 @@ class HomeScreen(Screen):
             state = STATE_LABELS.get(r.state, r.state)
             if here is not None and r.run_dir.resolve() == here:
                 state = "paused here" if session.view.state == "paused" else "running here"
+            if r.unreadable:  # some of its events.jsonl could not be read: say so
+                state += f", {r.unreadable} bad line{'s' if r.unreadable > 1 else ''}"
             epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
             checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
             table.add_row(
-                f"{r.name}/{r.stamp}",
-                state,
+                _plain(f"{r.name}/{r.stamp}"),
+                _plain(state),
                 epoch,
                 _pct(r.best_val_acc),
-                checkpoint,
+                _plain(checkpoint),
                 key=str(r.run_dir),
             )
         self._restore_cursor(table, key)
