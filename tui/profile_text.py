@@ -1,19 +1,22 @@
-"""Between the form and the TOML file: field text <-> values, and a readable save.
+"""Between the form and the TOML file: field text <-> values, and a save that keeps the file.
 
 The form shows each key as text (or a switch, or a choice); `parse_field` turns the
 text back into the value the engine validates, leaving anything unparsable as the raw
 text so that the engine's own message ("must be an integer (got 'abc')") is what the
-user sees. `render_profile` writes what the person wrote, not a dump of every default:
-the keys of the original file plus those that differ from the defaults, in the file's
-own order, with its comments, one value a line.
+user sees. `render_profile` edits the file's own text in place (see "the in-place
+editor" below): only the text of the values that changed changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import secrets
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -51,7 +54,7 @@ def parse_field(spec: FieldSpec, text: str) -> Any:
         stripped = f"[{stripped}]"  # "128, 64" is fine too
     try:
         return tomllib.loads(f"v = {stripped}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # ValueError: 4300+ digits
         return text  # let the engine say what is wrong with it
 
 
@@ -148,7 +151,7 @@ def _key_name(text: str) -> str:
 def _parses(value: str) -> bool:
     try:
         tomllib.loads(f"v = {value}")
-    except (tomllib.TOMLDecodeError, RecursionError):
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
         return False
     return True
 
@@ -241,7 +244,7 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
     eol = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
     try:
         old = tomllib.loads(body)
-    except (tomllib.TOMLDecodeError, RecursionError) as e:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as e:
         raise EditError(f"the file is not valid TOML ({e})") from None
     sections = _scan(lines)
     edits: list[tuple[int, int, list[str]]] = []  # (start, end, new lines), end exclusive
@@ -263,6 +266,8 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
             continue
         seen.add(section.name)
         table = wanted or {}
+        if section.name is None:
+            _refuse_dotted_sections(section, data)
         for name, span in section.keys.items():
             if name not in table:
                 edits.append((span.start, span.end, _comment_out(lines, span.start, span.end)))
@@ -304,6 +309,14 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
     return text
 
 
+def _refuse_dotted_sections(top: _Section, data: dict[str, Any]) -> None:
+    """Keys above the first header that set a section (`optim.lr = 0.1`, `run = {...}`):
+    editing them in place is beyond this editor; moving them would rewrite the file."""
+    for name in top.keys:
+        if name.partition(".")[0] in data:
+            raise EditError(f"it sets {name} above the first [section]")
+
+
 def _differs(table: Any, name: str, value: Any) -> bool:
     # 1 == 1.0: a float key written as an integer keeps its text when unchanged
     return not isinstance(table, dict) or table.get(name) != value
@@ -337,3 +350,40 @@ def _bare_key(name: str) -> str:
     return (
         name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else tomli_w.dumps({name: 0}).split(" =")[0]
     )
+
+
+def write_atomic(path: Path, text: str, *, new: bool = False) -> None:
+    """Replace the file at `path` with `text` at once: a crash leaves the old file or the
+    new one, never half of one. The mode (and owner, where allowed) of the old file is
+    kept; through a symlink, the target is written and the link stays. `new`: refuse to
+    replace a file that exists. Raises OSError.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    if new and old is not None:
+        raise FileExistsError(17, "the file exists", str(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".mpt-save-{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        if old is not None:
+            os.chmod(tmp, old.st_mode & 0o7777)
+            with contextlib.suppress(OSError):  # not allowed: the saver owns it now
+                os.chown(tmp, old.st_uid, old.st_gid)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename survives a power cut once synced
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
