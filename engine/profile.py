@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CACHE_MODES = ("auto", "device", "memory", "stream")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BOM = "\ufeff"  # a UTF-8 byte order mark, as some Windows editors write at the start
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ def _unknown(name: str, known: list[str], what: str) -> str:
 NAME_MAX = 255  # bytes in one file name, on Linux, macOS and Windows file systems alike
 
 
-def _name_bytes(name: str) -> int:
+def name_bytes(name: str) -> int:
     """How many bytes `name` takes as a file name (as os.fsencode writes it)."""
     try:
         return len(os.fsencode(name))
@@ -531,10 +532,10 @@ def _cross_checks(p: Profile) -> list[Problem]:
         add("run.name", "must be a non-empty name without '/'", p.run.name)
     elif not p.run.name.isprintable():
         add("run.name", "must not hold control characters (it names a folder)", p.run.name)
-    elif _name_bytes(p.run.name) > NAME_MAX:
+    elif name_bytes(p.run.name) > NAME_MAX:
         add(
             "run.name",
-            f"is too long for a folder name ({_name_bytes(p.run.name)} bytes, at most "
+            f"is too long for a folder name ({name_bytes(p.run.name)} bytes, at most "
             f"{NAME_MAX}); choose a shorter name",
             p.run.name,
         )
@@ -728,9 +729,6 @@ def decode_profile(raw: bytes, source: str) -> str:
             source, [Problem("", "is not a text file (not UTF-8); a profile is TOML text")]
         ) from None
     return text.removeprefix(BOM)
-
-
-BOM = "\ufeff"
 
 
 def read_profile_file(path: str | Path) -> dict[str, Any]:

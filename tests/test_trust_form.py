@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import run_mpt
 
 from engine.errors import ProfileError
 from engine.profile import (
@@ -253,3 +254,14 @@ def test_an_integer_of_thousands_of_digits_is_a_sentence_not_a_traceback(tmp_pat
     with pytest.raises(ProfileError) as e:
         load_profile(REPO / "profiles/quickstart.toml", ["run.epochs=" + "1" * 5000])
     assert [p.key for p in e.value.problems] == ["run.epochs"] and len(str(e.value)) < 300
+
+
+def test_mpt_init_and_validate_refuse_a_name_too_long_in_one_short_sentence(tmp_path: Path):
+    result = run_mpt("init", "d" * 1000, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "too long for a file (1005 bytes, at most 255)" in result.stderr
+    assert len(result.stderr) < 300 and not list(tmp_path.iterdir())
+    profile = tmp_path / "p.toml"
+    profile.write_text('[run]\nname = "' + "n" * 300 + '"\n')
+    result = run_mpt("validate", str(profile), cwd=tmp_path)
+    assert result.returncode == 2 and "run.name: is too long for a folder name" in result.stderr
