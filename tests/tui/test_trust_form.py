@@ -10,8 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from textual.widgets import Input
 from tui_helpers import run_async, wait_for
 
+from engine.profile import load_profile
 from engine.starter import init_profile
 from tui.app import MptApp
 from tui.screens.profile_form import ProfileFormScreen
@@ -71,6 +73,14 @@ async def test_ctrl_s_keeps_a_file_the_form_could_not_read_and_says_why(workdir:
         shown = status(app)
         assert f"not saved: {path} could not be read" in shown and "kept as it is" in shown
         assert "F2 saves the form as a new file" in shown
+        await pilot.press("f2")  # a new file is still fine
+        await wait_for(pilot, lambda: app.screen is not form)
+        app.screen.query_one("#name", Input).value = "rescued.toml"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is form)
+        assert "saved profiles/rescued.toml" in status(app)
+    assert snapshot(path) == before
+    assert load_profile("profiles/rescued.toml").run.epochs == 4
 
 
 @run_async
