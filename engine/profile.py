@@ -392,12 +392,12 @@ def _toml_text(value: Any, limit: int) -> str:
     if isinstance(value, dict):
         items = (f"{_key_text(k)} = {_toml_text(v, limit)}" for k, v in value.items())
         return _joined("{", items, "}", limit)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**limit:
-        return f"an integer of {len(str(abs(value)))} digits"  # str() of it would be slow
     try:
         return tomli_w.dumps({"v": value})[4:].strip()
     except TypeError:  # not a TOML value (a dict built in Python, not read from a file)
         return repr(value)
+    except ValueError:  # an integer past Python's 4,300 digits for str()
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
 
 
 def _joined(opening: str, parts: Any, closing: str, limit: int) -> str:
