@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -706,7 +707,7 @@ def read_profile_bytes(path: str | Path) -> bytes:
     """A profile file's bytes, every file problem turned into a ProfileError."""
     source = str(path)
     try:
-        return Path(path).read_bytes()
+        return _read_without_blocking_on_open(Path(path), source)
     except FileNotFoundError:
         raise ProfileError(source, [Problem("", "no such file")]) from None
     except IsADirectoryError:
@@ -715,6 +716,21 @@ def read_profile_bytes(path: str | Path) -> bytes:
         raise ProfileError(source, [Problem("", "cannot be read (permission denied)")]) from None
     except OSError as e:  # an unreadable disk, a name too long, a loop of links...
         raise ProfileError(source, [Problem("", f"cannot be read ({e.strerror or e})")]) from None
+
+
+def _read_without_blocking_on_open(path: Path, source: str) -> bytes:
+    """The bytes of a file or a pipe (`mpt run <(...)`), refusing a device.
+
+    A named FIFO is opened without waiting for a writer: with none, it reads as empty
+    instead of hanging `mpt validate` or the TUI's list of profiles.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero would never end
+            raise ProfileError(source, [Problem("", "is a device, not a profile file")])
+        os.set_blocking(fd, True)  # a pipe with a writer: wait for what it writes
+        return f.read()
 
 
 def decode_profile(raw: bytes, source: str) -> str:

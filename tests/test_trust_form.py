@@ -7,6 +7,7 @@ The save is the form's: `render_profile(save_dict(profile, file keys), original 
 from __future__ import annotations
 
 import difflib
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -265,3 +266,12 @@ def test_mpt_init_and_validate_refuse_a_name_too_long_in_one_short_sentence(tmp_
     profile.write_text('[run]\nname = "' + "n" * 300 + '"\n')
     result = run_mpt("validate", str(profile), cwd=tmp_path)
     assert result.returncode == 2 and "run.name: is too long for a folder name" in result.stderr
+
+
+def test_a_fifo_or_a_device_as_the_profile_is_refused_without_hanging(tmp_path: Path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    result = run_mpt("validate", str(fifo), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "fifo.toml: the file is empty" in result.stderr
+    result = run_mpt("validate", "/dev/zero", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "/dev/zero: is a device, not a profile file" in result.stderr

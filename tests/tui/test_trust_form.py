@@ -22,6 +22,7 @@ BAD_FILES = {
     "syntax.toml": b'[run]\nname = "mine"\nepochs = 3\n[optim\nlr = 0.1\n',
     "latin1.toml": '[run]\nname = "caf\xe9"\n'.encode("latin-1"),
     "folder.toml": None,  # a folder named like a profile
+    "fifo.toml": "fifo",  # reading it would block the app
 }
 
 
@@ -42,8 +43,10 @@ async def set_text(pilot, form: ProfileFormScreen, path: str, text: str) -> None
     await wait_for(pilot, lambda: form.row(path).value == int(text))  # each is an int here
 
 
-def make_bad(path: Path, content: bytes | None) -> None:
-    if content is None:
+def make_bad(path: Path, content: bytes | str | None) -> None:
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content is None:
         path.mkdir()
         (path / "inside.txt").write_text("mine\n")
     else:
@@ -51,10 +54,13 @@ def make_bad(path: Path, content: bytes | None) -> None:
 
 
 def snapshot(path: Path) -> object:
+    if path.is_fifo():
+        return "fifo"
     return sorted(p.name for p in path.iterdir()) if path.is_dir() else path.read_bytes()
 
 
 @pytest.mark.parametrize("name", list(BAD_FILES))
+@pytest.mark.timeout(60)
 @run_async
 async def test_ctrl_s_keeps_a_file_the_form_could_not_read_and_says_why(workdir: Path, name):
     path = Path("profiles") / name
