@@ -11,7 +11,9 @@ import dataclasses
 import difflib
 import importlib.util
 import math
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CACHE_MODES = ("auto", "device", "memory", "stream")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BOM = "\ufeff"  # a UTF-8 byte order mark, as some Windows editors write at the start
 
 
 @dataclass(frozen=True)
@@ -362,26 +365,49 @@ FIELDS: tuple[FieldSpec, ...] = _collect_fields()
 FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
 
 
-def _describe(value: Any, limit: int = 80) -> str:
-    """The value on one line, as in TOML: 0.1, true, [1, 2], {a = 1}; strings quoted.
+ECHO_LIMIT = 80  # characters of a user's value or key that an error message repeats
 
-    Cut to `limit` characters: an error message names a value, it does not reprint a file.
-    """
-    text = _toml_text(value)
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters: a message names a value, it does not reprint a file."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _toml_text(value: Any) -> str:
+def describe_value(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """The value on one line, as in TOML: 0.1, true, [1, 2], {a = 1}; strings quoted; cut.
+
+    Every echo of a user's value or key in a profile error goes through here.
+    """
+    return cut(_toml_text(value, limit), limit)
+
+
+_describe = describe_value
+
+
+def _toml_text(value: Any, limit: int) -> str:
+    """TOML-like text of `value`, built only as far as `limit` needs (a list may be huge)."""
     if isinstance(value, str):
-        return repr(value)
+        return repr(value[: limit + 1])[: limit + 2]  # repr of a 5 MB string is 5 MB
     if isinstance(value, list):  # tomli_w would spread a list over several lines
-        return "[" + ", ".join(_toml_text(v) for v in value) + "]"
+        return _joined("[", (_toml_text(v, limit) for v in value), "]", limit)
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_key_text(k)} = {_toml_text(v)}" for k, v in value.items()) + "}"
+        items = (f"{_key_text(k)} = {_toml_text(v, limit)}" for k, v in value.items())
+        return _joined("{", items, "}", limit)
     try:
         return tomli_w.dumps({"v": value})[4:].strip()
     except TypeError:  # not a TOML value (a dict built in Python, not read from a file)
         return repr(value)
+    except ValueError:  # an integer past Python's 4,300 digits for str()
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+
+
+def _joined(opening: str, parts: Any, closing: str, limit: int) -> str:
+    text = opening
+    for n, part in enumerate(parts):
+        text += (", " if n else "") + part
+        if len(text) > limit:
+            return text  # cut later; the rest is never built
+    return text + closing
 
 
 def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
@@ -395,9 +421,9 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return None, "must be a string"
         if kind == "choice" and value not in spec.choices:
-            hint = difflib.get_close_matches(value, spec.choices, n=1)
+            hint = _close_match(value, spec.choices)
             msg = "must be one of " + ", ".join(spec.choices)
-            return None, msg + (f"; did you mean {hint[0]!r}?" if hint else "")
+            return None, msg + (f"; did you mean {hint!r}?" if hint else "")
         return value, None
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -459,12 +485,31 @@ def _range_problem(spec: FieldSpec, value: float) -> str | None:
 def _key_text(path: str) -> str:
     """A key path as a message shows it: quoted when it is empty or holds odd characters."""
     plain = isinstance(path, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", path)
-    return path if plain else _describe(path, limit=40)
+    return cut(path) if plain else describe_value(path, limit=40)
+
+
+def _close_match(name: str, known: Any) -> str | None:
+    """The known name `name` was probably meant to be (none for a name far too long)."""
+    if len(name) > 2 * max(len(k) for k in known):
+        return None  # no near miss, and difflib on a 5 MB name takes seconds
+    hint = difflib.get_close_matches(name, known, n=1)
+    return hint[0] if hint else None
 
 
 def _unknown(name: str, known: list[str], what: str) -> str:
-    hint = difflib.get_close_matches(name, known, n=1)
-    return f"unknown {what}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+    hint = _close_match(name, known)
+    return f"unknown {what}" + (f"; did you mean {hint!r}?" if hint else "")
+
+
+NAME_MAX = 255  # bytes in one file name, on Linux, macOS and Windows file systems alike
+
+
+def name_bytes(name: str) -> int:
+    """How many bytes `name` takes as a file name (as os.fsencode writes it)."""
+    try:
+        return len(os.fsencode(name))
+    except UnicodeEncodeError:  # a lone surrogate: each is written as 3 bytes
+        return len(name.encode("utf-8", "surrogatepass"))
 
 
 def _expand(path: str) -> Path | None:
@@ -488,6 +533,13 @@ def _cross_checks(p: Profile) -> list[Problem]:
         add("run.name", "must be a non-empty name without '/'", p.run.name)
     elif not p.run.name.isprintable():
         add("run.name", "must not hold control characters (it names a folder)", p.run.name)
+    elif name_bytes(p.run.name) > NAME_MAX:
+        add(
+            "run.name",
+            f"is too long for a folder name ({name_bytes(p.run.name)} bytes, at most "
+            f"{NAME_MAX}); choose a shorter name",
+            p.run.name,
+        )
     bad_paths = set()  # a path no file can have: the existence checks below would raise
     for path, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
                        ("data.root", p.data.root)):  # fmt: skip
@@ -507,11 +559,11 @@ def _cross_checks(p: Profile) -> list[Problem]:
                 bad_paths.add(path)
     arch = p.model.arch
     if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
-        hint = difflib.get_close_matches(arch, BUILTIN_ARCHS, n=1)
+        hint = _close_match(arch, BUILTIN_ARCHS)
         add(
             "model.arch",
             'must be mlp, cnn, resnet18 or "package.module:factory"'
-            + (f"; did you mean {hint[0]!r}?" if hint else ""),
+            + (f"; did you mean {hint!r}?" if hint else ""),
             arch,
         )
     if any(h < 1 for h in p.model.hidden):
@@ -632,6 +684,7 @@ def profile_from_dict(data: dict[str, Any], source: str = "<profile>") -> Profil
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
+    text = text.removeprefix(BOM)
     if not text.strip():
         raise ProfileError(
             source, [Problem("", "the file is empty; start from profiles/quickstart.toml")]
@@ -644,14 +697,17 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise ProfileError(
             source, [Problem("", "not valid TOML for a profile: arrays or tables nested too deep")]
         ) from None
+    except ValueError:  # Python reads at most 4300 digits of an integer
+        raise ProfileError(
+            source, [Problem("", "not valid TOML for a profile: a number with too many digits")]
+        ) from None
 
 
-def read_profile_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file into a dict, turning every file problem into a ProfileError."""
-    p = Path(path)
+def read_profile_bytes(path: str | Path) -> bytes:
+    """A profile file's bytes, every file problem turned into a ProfileError."""
     source = str(path)
     try:
-        raw = p.read_bytes()
+        return _read_without_blocking_on_open(Path(path), source)
     except FileNotFoundError:
         raise ProfileError(source, [Problem("", "no such file")]) from None
     except IsADirectoryError:
@@ -660,13 +716,40 @@ def read_profile_file(path: str | Path) -> dict[str, Any]:
         raise ProfileError(source, [Problem("", "cannot be read (permission denied)")]) from None
     except OSError as e:  # an unreadable disk, a name too long, a loop of links...
         raise ProfileError(source, [Problem("", f"cannot be read ({e.strerror or e})")]) from None
+
+
+def _read_without_blocking_on_open(path: Path, source: str) -> bytes:
+    """The bytes of a file or a pipe (`mpt run <(...)`), refusing a device.
+
+    A named FIFO is opened without waiting for a writer: with none, it reads as empty
+    instead of hanging `mpt validate` or the TUI's list of profiles.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", closefd=True) as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero would never end
+            raise ProfileError(source, [Problem("", "is a device, not a profile file")])
+        os.set_blocking(fd, True)  # a pipe with a writer: wait for what it writes
+        return f.read()
+
+
+def decode_profile(raw: bytes, source: str) -> str:
+    """The TOML text of a profile file's bytes: UTF-8, a leading BOM dropped.
+
+    Editors on Windows write a BOM; tomllib rejects it ("Invalid statement").
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ProfileError(
             source, [Problem("", "is not a text file (not UTF-8); a profile is TOML text")]
         ) from None
-    return parse_toml(text, source)
+    return text.removeprefix(BOM)
+
+
+def read_profile_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into a dict, turning every file problem into a ProfileError."""
+    return parse_toml(decode_profile(read_profile_bytes(path), str(path)), str(path))
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -677,7 +760,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     path = path.strip()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except (tomllib.TOMLDecodeError, RecursionError):
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # ValueError: 4300+ digits
         value = text.strip()  # so that --set data.dataset=mnist needs no quotes
     return path, value
 

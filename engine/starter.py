@@ -17,7 +17,16 @@ from typing import Any
 import tomli_w
 
 from engine.errors import MptError
-from engine.profile import FIELDS, SECTIONS, Profile, load_profile, profile_from_toml
+from engine.profile import (
+    FIELDS,
+    NAME_MAX,
+    SECTIONS,
+    Profile,
+    describe_value,
+    load_profile,
+    name_bytes,
+    profile_from_toml,
+)
 
 # Written as values even when they equal the default: what a first run changes.
 ESSENTIAL = {
@@ -94,7 +103,12 @@ def init_profile(name: str, base_file: Path | None = None, force: bool = False) 
     """`mpt init`: write the starter profile; returns what to print. Raises MptError."""
     path, run_name = starter_path(name)
     if not run_name or run_name in (".", ".."):
-        raise MptError(f"{name!r}: give the profile a name, e.g. mpt init my-run")
+        raise MptError(f"{describe_value(name)}: give the profile a name, e.g. mpt init my-run")
+    if name_bytes(path.name) > NAME_MAX:  # the file's name, and the run's folder's
+        raise MptError(
+            f"{describe_value(name)}: the name is too long for a file ({name_bytes(path.name)} "
+            f"bytes, at most {NAME_MAX}); choose a shorter name"
+        )
     base = load_profile(base_file) if base_file is not None else None
     text = starter_profile(base, run_name, str(base_file) if base_file else "")
     profile_from_toml(text, str(path))  # it must read back: a bug here, not the user's

@@ -1,19 +1,22 @@
-"""Between the form and the TOML file: field text <-> values, and a readable save.
+"""Between the form and the TOML file: field text <-> values, and a save that keeps the file.
 
 The form shows each key as text (or a switch, or a choice); `parse_field` turns the
 text back into the value the engine validates, leaving anything unparsable as the raw
 text so that the engine's own message ("must be an integer (got 'abc')") is what the
-user sees. `render_profile` writes what the person wrote, not a dump of every default:
-the keys of the original file plus those that differ from the defaults, in the file's
-own order, with its comments, one value a line.
+user sees. `render_profile` edits the file's own text in place (see "the in-place
+editor" below): only the text of the values that changed changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import secrets
 import tomllib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tomli_w
@@ -51,7 +54,7 @@ def parse_field(spec: FieldSpec, text: str) -> Any:
         stripped = f"[{stripped}]"  # "128, 64" is fine too
     try:
         return tomllib.loads(f"v = {stripped}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # ValueError: 4300+ digits
         return text  # let the engine say what is wrong with it
 
 
@@ -83,76 +86,249 @@ def save_dict(profile: Profile, keep: set[str] = frozenset()) -> dict[str, dict[
     return data
 
 
-# ---- the readable writer ----
-_TABLE_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(#.*)?$")
-_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+# ---- the in-place editor ----
+# A save edits the file's own text: a changed value replaces only its value text (the
+# key, the spacing and an inline comment stay); a key the file lacks uncomments its
+# `# key = ...` line in its section when there is one (as `mpt init` writes them), or
+# else goes after the section's last line; a missing section goes at the end. An
+# optional key emptied, and a key the schema does not know, are commented out, never
+# deleted. Every other byte (comments, blank lines, a BOM, CRLF line ends) is kept.
+
+BOM = "\ufeff"
+_BARE = r"[A-Za-z0-9_-]+"
+_ONE_KEY = rf"(?:{_BARE}|\"[^\"\\\n]*\"|'[^'\n]*')"
+_HEADER_RE = re.compile(rf"^\s*\[\s*({_ONE_KEY}(?:\s*\.\s*{_ONE_KEY})*)\s*\]\s*(?:#.*)?$")
+_ARRAY_HEADER_RE = re.compile(r"^\s*\[\[")
+_KEY_LINE_RE = re.compile(rf"^(\s*)({_ONE_KEY}(?:\s*\.\s*{_ONE_KEY})*)(\s*=\s*)(.*)$")
+_COMMENTED_KEY_RE = re.compile(rf"^(\s*)#\s*({_BARE})(\s*=\s*)(.*)$")
+
+
+class EditError(Exception):
+    """The file's text cannot be edited in place to the values asked for."""
 
 
 @dataclass
-class _Layout:
-    """What a TOML file says besides its values: comments and order."""
+class _Span:
+    """A key's lines: `head` (indent, key, =), the value's text, `tail` (spaces, comment)."""
 
-    header: list[str] = field(default_factory=list)  # comment lines before the first table
-    section_order: list[str] = field(default_factory=list)
-    key_order: dict[str, list[str]] = field(default_factory=dict)
-    before: dict[str, list[str]] = field(default_factory=dict)  # "section" / "section.key"
-    lines: dict[str, str] = field(default_factory=dict)  # "section.key" -> its original line
-    keys: set[str] = field(default_factory=set)
-
-
-def read_layout(text: str) -> _Layout:
-    """Find the comments, the order of sections and keys, and each key's own line."""
-    layout = _Layout()
-    pending: list[str] = []
-    section: str | None = None
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            pending.append(line.rstrip())
-            continue
-        table = _TABLE_RE.match(line)
-        if table:
-            if section is None:
-                # the header is the comment block at the top; what touches the table is its own
-                cut = _last_blank(pending)
-                layout.header, pending = pending[:cut], pending[cut:]
-            section = table.group(1)
-            layout.section_order.append(section)
-            layout.key_order.setdefault(section, [])
-            layout.before[section] = _trim(pending)
-            pending = []
-            continue
-        match = _KEY_RE.match(line)
-        if match and section is not None:
-            path = f"{section}.{match.group(1)}"
-            layout.key_order[section].append(match.group(1))
-            layout.before[path] = _trim(pending)
-            layout.lines[path] = line.rstrip()
-            layout.keys.add(path)
-        pending = []
-    return layout
+    start: int
+    end: int  # exclusive
+    head: str
+    value: str
+    tail: str
 
 
-def _last_blank(lines: list[str]) -> int:
-    for i in range(len(lines) - 1, -1, -1):
-        if not lines[i].strip():
-            return i + 1
-    return 0
+@dataclass
+class _Section:
+    name: str | None  # None: the lines before the first header; dotted names as written
+    header: int | None
+    end: int = 0  # exclusive: the next header (or the end of the file)
+    keys: dict[str, _Span] = field(default_factory=dict)
+    commented: dict[str, _Span] = field(default_factory=dict)  # `# key = value` lines
+    plain: bool = True  # a simple [name] table (not [[name]])
 
 
-def _trim(lines: list[str]) -> list[str]:
-    while lines and not lines[0].strip():
-        lines = lines[1:]
-    return [x for x in lines if x.strip()]  # keep comments, drop inner blank lines
+def _lines(text: str) -> list[str]:
+    """The lines with their own ends; only \\n ends a line (as in TOML)."""
+    return re.findall(r"[^\n]*\n|[^\n]+$", text)
 
 
-def _line_value(line: str) -> tuple[Any, bool]:
-    """The value a `key = value  # comment` line holds, if it parses alone."""
+def _content(line: str) -> str:
+    return line[:-2] if line.endswith("\r\n") else line.rstrip("\n")
+
+
+def _eol(line: str) -> str:
+    return line[len(_content(line)) :]
+
+
+def _key_name(text: str) -> str:
+    """A key as tomllib names it; a dotted key keeps its dots (no schema key has one)."""
+    parts = re.findall(rf"{_ONE_KEY}", text)
+    names = [p[1:-1] if p[0] in "\"'" else p for p in parts]
+    return ".".join(names)
+
+
+def _parses(value: str) -> bool:
     try:
-        data = tomllib.loads(line.strip())
-    except tomllib.TOMLDecodeError:
-        return None, False
-    return (next(iter(data.values())), True) if len(data) == 1 else (None, False)
+        tomllib.loads(f"v = {value}")
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+        return False
+    return True
+
+
+def _value_span(lines: list[str], i: int, head: str, rest: str, *, max_lines: int) -> _Span | None:
+    """The value that starts after `head` on line i, over as few lines as it takes."""
+    joined = rest
+    for end in range(i + 1, min(len(lines), i + max_lines) + 1):
+        if end > i + 1:
+            joined += _eol(lines[end - 2]) + _content(lines[end - 1])
+        last_start = len(joined) - len(_content(lines[end - 1])) if end > i + 1 else 0
+        cuts = [m.start() for m in re.finditer("#", joined) if m.start() >= last_start]
+        for cut in [*cuts, len(joined)]:
+            candidate = joined[:cut]
+            if _parses(candidate):
+                value = candidate.rstrip()
+                tail = joined[len(value) :] + _eol(lines[end - 1])
+                return _Span(i, end, head, value, tail)
+    return None
+
+
+def _scan(lines: list[str]) -> list[_Section]:
+    """The sections of a file, each with its keys' spans and its commented-out keys."""
+    sections = [_Section(None, None)]
+    i = 0
+    while i < len(lines):
+        text = _content(lines[i])
+        current = sections[-1]
+        header = _HEADER_RE.match(text)
+        if header or _ARRAY_HEADER_RE.match(text):
+            current.end = i
+            name = _key_name(header.group(1)) if header else text.strip()
+            sections.append(_Section(name, i, plain=bool(header)))
+            i += 1
+            continue
+        key = _KEY_LINE_RE.match(text)
+        if key:
+            head = key.group(1) + key.group(2) + key.group(3)
+            span = _value_span(lines, i, head, key.group(4), max_lines=len(lines))
+            if span is None:
+                raise EditError(f"line {i + 1} holds a value the editor cannot follow")
+            current.keys.setdefault(_key_name(key.group(2)), span)
+            i = span.end
+            continue
+        commented = _COMMENTED_KEY_RE.match(text)
+        if commented:
+            head = commented.group(1) + commented.group(2) + commented.group(3)
+            span = _value_span(lines, i, head, commented.group(4), max_lines=1)
+            if span is not None:  # prose that happens to hold an `=` is left alone
+                current.commented.setdefault(commented.group(2), span)
+        i += 1
+    sections[-1].end = len(lines)
+    return sections
+
+
+def _insert_at(lines: list[str], section: _Section, is_last: bool) -> int:
+    """Where a new key of `section` goes: after its last line that is not blank and not
+    a comment that belongs to the next header (comments right above it)."""
+    i = section.end
+    if not is_last:
+        while i > section.header + 1 and _content(lines[i - 1]).lstrip().startswith("#"):
+            i -= 1
+    while i > section.header + 1 and not _content(lines[i - 1]).strip():
+        i -= 1
+    return i
+
+
+def _comment_out(lines: list[str], start: int, end: int) -> list[str]:
+    out = []
+    for line in lines[start:end]:
+        text = _content(line)
+        stripped = text.lstrip()
+        if stripped and not stripped.startswith("#"):
+            indent = text[: len(text) - len(stripped)]
+            line = f"{indent}# {stripped}{_eol(line)}"
+        out.append(line)
+    return out
+
+
+def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
+    """The original text edited so that it reads back to exactly `data`.
+
+    Only the text of what changes is touched (see above). Raises EditError when the
+    file is written in a way this editor cannot edit in place (dotted keys at the top,
+    inline tables, a value it cannot follow); the result is checked, never guessed.
+    """
+    bom = BOM if original.startswith(BOM) else ""
+    body = original[len(bom) :]
+    lines = _lines(body)
+    eol = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
+    try:
+        old = tomllib.loads(body)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError) as e:
+        raise EditError(f"the file is not valid TOML ({e})") from None
+    sections = _scan(lines)
+    edits: list[tuple[int, int, list[str]]] = []  # (start, end, new lines), end exclusive
+
+    def set_value(span: _Span, value: Any) -> None:
+        edits.append((span.start, span.end, [f"{span.head}{_format_value(value)}{span.tail}"]))
+
+    seen: set[str | None] = set()
+    for n, section in enumerate(sections):
+        wanted = data.get(section.name, {}) if section.plain else None
+        known = section.name in SECTIONS or section.name in data
+        if section.name is not None and (
+            section.name in seen or not known or not isinstance(wanted, dict)
+        ):
+            # a section the schema does not know: comment all of it out
+            edits.append(
+                (section.header, section.end, _comment_out(lines, section.header, section.end))
+            )
+            continue
+        seen.add(section.name)
+        table = wanted or {}
+        if section.name is None:
+            _refuse_dotted_sections(section, data)
+        for name, span in section.keys.items():
+            if name not in table:
+                edits.append((span.start, span.end, _comment_out(lines, span.start, span.end)))
+            elif _differs(old.get(section.name, {}) if section.name else old, name, table[name]):
+                set_value(span, table[name])
+        if section.name is None:
+            continue
+        new_lines = []
+        for name, value in table.items():
+            if name in section.keys:
+                continue
+            if name in section.commented:  # uncomment `# name = default` where it stands
+                span = section.commented[name]
+                indent = span.head[: len(span.head) - len(span.head.lstrip())]
+                span.head = indent + span.head.lstrip().lstrip("#").lstrip()
+                set_value(span, value)
+            else:
+                new_lines.append(f"{_bare_key(name)} = {_format_value(value)}{eol}")
+        if new_lines:
+            at = _insert_at(lines, section, is_last=n == len(sections) - 1)
+            if at > 0 and not lines[at - 1].endswith("\n"):
+                new_lines[0] = eol + new_lines[0]
+            edits.append((at, at, new_lines))
+    appended: list[str] = []
+    for name in _section_order(data):
+        if name in seen:
+            continue
+        if lines or appended:
+            appended.append(eol)
+        appended.append(f"[{_bare_key(name)}]{eol}")
+        appended += [f"{_bare_key(k)} = {_format_value(v)}{eol}" for k, v in data[name].items()]
+    if appended and lines and not lines[-1].endswith("\n"):
+        appended.insert(0, eol)
+    for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+        lines[start:end] = new
+    text = bom + "".join(lines) + "".join(appended)
+    if _without_empty(tomllib.loads(text[len(bom) :])) != _without_empty(data):
+        raise EditError("the edited text would not read back to the form's values")
+    return text
+
+
+def _refuse_dotted_sections(top: _Section, data: dict[str, Any]) -> None:
+    """Keys above the first header that set a section (`optim.lr = 0.1`, `run = {...}`):
+    editing them in place is beyond this editor; moving them would rewrite the file."""
+    for name in top.keys:
+        if name.partition(".")[0] in data:
+            raise EditError(f"it sets {name} above the first [section]")
+
+
+def _differs(table: Any, name: str, value: Any) -> bool:
+    # 1 == 1.0: a float key written as an integer keeps its text when unchanged
+    return not isinstance(table, dict) or table.get(name) != value
+
+
+def _without_empty(data: dict[str, Any]) -> dict[str, Any]:
+    """An empty [section] (its keys commented out) means the same as none."""
+    return {k: v for k, v in data.items() if v != {}}
+
+
+def _section_order(data: dict[str, Any]) -> list[str]:
+    return [s for s in SECTIONS if s in data] + [s for s in data if s not in SECTIONS]
 
 
 def _format_value(value: Any) -> str:
@@ -162,44 +338,52 @@ def _format_value(value: Any) -> str:
 
 
 def render_profile(data: dict[str, dict[str, Any]], original: str | None = None) -> str:
-    """TOML text for `data`, keeping the original file's comments and order where it can.
+    """TOML text for `data`: the original file edited in place, or a new file.
 
-    A key whose value did not change keeps its original line (and inline comment).
-    The result always reads back (tomllib) to exactly `data`.
+    A new file is one value a line, sections in the schema's order. Raises EditError
+    when the original cannot be edited in place; the text always reads back to `data`.
     """
-    layout = read_layout(original or "")
-    out: list[str] = []
-    if layout.header:
-        out += layout.header
-    sections = [s for s in layout.section_order if s in data]
-    sections += [s for s in SECTIONS if s in data and s not in sections]
-    sections += [s for s in data if s not in sections]
-    for section in sections:
-        table = data[section]
-        if out and out[-1] != "":
-            out.append("")
-        out += layout.before.get(section, [])
-        out.append(f"[{section}]")
-        keys = [k for k in layout.key_order.get(section, []) if k in table]
-        keys += [k for k in table if k not in keys]
-        for name in keys:
-            path = f"{section}.{name}"
-            value = table[name]
-            out += layout.before.get(path, [])
-            old = layout.lines.get(path)
-            if old is not None:
-                old_value, ok = _line_value(old)
-                if ok and old_value == value and type(old_value) is type(value):
-                    out.append(old)
-                    continue
-            out.append(f"{_bare_key(name)} = {_format_value(value)}")
-    text = "\n".join(out).strip("\n") + "\n"
-    if tomllib.loads(text) != data:  # never write a file that reads back differently
-        text = tomli_w.dumps(data)
-    return text
+    return edit_profile_text(original or "", data)
 
 
 def _bare_key(name: str) -> str:
     return (
         name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else tomli_w.dumps({name: 0}).split(" =")[0]
     )
+
+
+def write_atomic(path: Path, text: str, *, new: bool = False) -> None:
+    """Replace the file at `path` with `text` at once: a crash leaves the old file or the
+    new one, never half of one. The mode (and owner, where allowed) of the old file is
+    kept; through a symlink, the target is written and the link stays. `new`: refuse to
+    replace a file that exists. Raises OSError.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        old = None
+    if new and old is not None:
+        raise FileExistsError(17, "the file exists", str(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".mpt-save-{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        if old is not None:
+            os.chmod(tmp, old.st_mode & 0o7777)
+            with contextlib.suppress(OSError):  # not allowed: the saver owns it now
+                os.chown(tmp, old.st_uid, old.st_gid)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # the rename survives a power cut once synced
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

@@ -1,12 +1,19 @@
 """A profile as a form: every section and key of the engine's schema, validated as you type.
 
 Each change re-validates the whole profile with `profile_from_dict`, so the messages
-under the fields are the engine's own. ctrl+s writes the file (only when valid),
-keeping its comments and order; F2 saves under a new name; ctrl+r starts a run.
+under the fields are the engine's own. ctrl+s writes the file (only when valid) by
+editing its text in place: only the changed values' text changes, every comment, blank
+line and header stays. F2 saves under a new name; ctrl+r starts a run.
+
+ctrl+s never overwrites what the form did not read: a file it could not read (not TOML,
+not UTF-8, a folder, unreadable) is shown as the defaults and kept; a file changed on
+disk since it was opened is kept too. F2 can still save the form as a new file.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +24,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Select, Static, TabbedContent, TabPane
 
 from engine.errors import MptError, Problem, ProfileError
-from engine.profile import FIELD_BY_PATH, FIELDS, SECTIONS, Profile, profile_from_dict
-from engine.profile import read_profile_file as read_profile
-from tui.profile_text import form_dict, render_profile, save_dict
+from engine.profile import (
+    FIELD_BY_PATH,
+    FIELDS,
+    SECTIONS,
+    Profile,
+    decode_profile,
+    parse_toml,
+    profile_from_dict,
+    read_profile_bytes,
+)
+from tui.profile_text import EditError, form_dict, render_profile, save_dict, write_atomic
 from tui.widgets.field import FieldRow
 
 # Written even when they equal the default, so a new profile says what it trains.
@@ -50,7 +65,7 @@ class ProfileFormScreen(Screen):
     ):
         super().__init__()
         self.path = path
-        self.original = original
+        self.original = original  # the file's text as read (BOM and line ends included)
         self.data = data or {}
         self.load_problem = load_problem
         self.keep: set[str] = {
@@ -65,13 +80,16 @@ class ProfileFormScreen(Screen):
 
     @classmethod
     def open(cls, path: Path) -> ProfileFormScreen:
-        """A form for a profile file; a file that cannot be read opens on the defaults."""
+        """A form for a profile file; a file that cannot be read opens on the defaults
+        (and ctrl+s will not overwrite it)."""
         try:
-            data = read_profile(path)
-            original = path.read_text(encoding="utf-8")
+            raw = _read_regular_file(path)
+            data = parse_toml(decode_profile(raw, str(path)), str(path))
+        except ProfileError as e:
+            return cls(path, None, None, load_problem="; ".join(p.message for p in e.problems))
         except MptError as e:
             return cls(path, None, None, load_problem=str(e))
-        return cls(path, data, original)
+        return cls(path, data, raw.decode("utf-8"))
 
     @classmethod
     def new(cls) -> ProfileFormScreen:
@@ -159,7 +177,10 @@ class ProfileFormScreen(Screen):
                     f"{n} problem{'s' if n > 1 else ''}: {first.key or 'profile'}: {first.message}"
                 )
             elif self.load_problem:
-                text = f"could not read the file, showing the defaults: {self.load_problem}"
+                text = (
+                    f"could not read the file {self.path}: {self.load_problem}; showing the "
+                    "defaults, and ctrl+s will not overwrite it (F2 saves them as a new file)"
+                )
             else:
                 text = "valid"
         if unplaced:
@@ -218,7 +239,29 @@ class ProfileFormScreen(Screen):
         if self.path is None:
             self.action_save_as()
             return
+        why_not = self._cannot_overwrite(self.path)
+        if why_not:
+            self._show_status(text=f"not saved: {why_not}; F2 saves the form as a new file")
+            self.app.bell()
+            return
         self._write(self.path)
+
+    def _cannot_overwrite(self, path: Path) -> str:
+        """Why ctrl+s must keep the file as it is (empty when it may write)."""
+        if self.load_problem or self.original is None:
+            return f"{path} could not be read ({self.load_problem}), so it is kept as it is"
+        try:
+            now = _read_regular_file(path)
+        except ProfileError as e:
+            if e.problems and e.problems[0].message == "no such file":
+                return ""  # deleted meanwhile: writing it again loses nothing
+            return f"{path} cannot be read now ({e.problems[0].message}), so it is kept as it is"
+        if now != self.original.encode("utf-8"):
+            return (
+                f"{path} changed on disk since the form read it, so it is kept as it is "
+                "(reopen it to see the change)"
+            )
+        return ""
 
     def action_save_as(self) -> None:
         from tui.screens.save_as import SaveAsScreen
@@ -247,13 +290,24 @@ class ProfileFormScreen(Screen):
         if self.profile is None:
             self._refuse("save")
             return False
-        data = save_dict(self.profile, self.keep | ESSENTIAL_KEYS)
-        text = render_profile(data, self.original)
+        # A file says what it said, plus what changed; a new file says what it trains.
+        data = save_dict(self.profile, self.keep if self.original else ESSENTIAL_KEYS)
+        in_place = path == self.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            text = render_profile(data, self.original)
+        except EditError as e:
+            if in_place:
+                self._show_status(
+                    text=f"not saved: {path} is written in a way the form cannot edit in "
+                    f"place ({e}), so it is kept as it is; F2 saves the form as a new file"
+                )
+                self.app.bell()
+                return False
+            text = render_profile(data)  # a new file: one value a line
+        try:
+            write_atomic(path, text, new=not in_place)
         except OSError as e:
-            self._show_status(text=f"cannot save {path}: {e}")
+            self._show_status(text=f"cannot save {path}: {e.strerror or e}")
             return False
         self.original, self.keep = text, {f"{s}.{k}" for s, t in data.items() for k in t}
         self._saved_values = self._values()
@@ -279,6 +333,18 @@ class ProfileFormScreen(Screen):
                 self.dismiss()
 
         self.app.push_screen(ConfirmScreen("Discard the unsaved changes?"), answer)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; a FIFO or a device is refused before reading (it could block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # let the reading say what is wrong
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        problem = Problem("", "is not a regular file (a FIFO or a device), not a profile file")
+        raise ProfileError(str(path), [problem])
+    return read_profile_bytes(path)
 
 
 def _unknown_keys(data: dict[str, Any]) -> list[Problem]:
