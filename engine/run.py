@@ -72,19 +72,25 @@ def _sentence(error: MptError) -> str:
 def _unexpected(trainer, error: Exception) -> str:
     """run_failed's text for an exception that is not the project's own: out of memory gets
     advice (the usual fixes), anything else its type and message."""
-    import torch  # the trainer has imported it already
+    from engine.memory import is_out_of_memory  # CUDA's, the CPU allocator's, MemoryError
 
-    if not isinstance(error, torch.OutOfMemoryError):
+    if not is_out_of_memory(error):
         return f"{type(error).__name__}: {error}"
     p = trainer.p
     training = hasattr(trainer, "optimizer")  # set up: the model and optimizer are built
+    device = getattr(trainer, "device", p.run.device)
+    on_gpu = str(device).startswith("cuda")
     return (
-        f"out of memory on {getattr(trainer, 'device', p.run.device)} "
+        f"out of memory on {device} "
         + (f"at step {trainer.step}" if training else "while setting up")
         + f" (data.batch_size {p.data.batch_size}, train.grad_accum {p.train.grad_accum}, "
         f"precision.mode {p.precision.mode!r}); lower data.batch_size and raise "
         'train.grad_accum to keep the step the same, or use precision.mode = "bf16"'
-        + ("" if training else '; data.cache = "memory" keeps the dataset off the GPU')
+        + (
+            ""
+            if training or not on_gpu
+            else '; data.cache = "memory" keeps the dataset off the GPU'
+        )
     )
 
 
