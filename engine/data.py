@@ -568,7 +568,7 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
     if val is not None and len(val) == 0:
         val = None
     num_classes = _count_classes(cfg, train, val)
-    _require_room_for_batches(cfg, tuple(train.x.shape[1:]))
+    _require_room_for_batches(cfg, tuple(train.x.shape[1:]), len(train))
     if isinstance(train.x, ImageFiles) and cfg.cache != "stream":
         if cfg.cache == "auto" and not _fits_in_memory(train, val):
             pass  # too big to decode up front: the trainer streams it through a DataLoader
@@ -651,7 +651,7 @@ def _mean_std(x: torch.Tensor | ImageFiles) -> tuple[list[float], list[float]]:
     return mean.tolist(), var.sqrt().clamp_min(1e-3).tolist()
 
 
-def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int]) -> None:
+def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int], n: int) -> None:
     """Refuse a random_crop pad as large as the images (crops of mostly padding), and a
     batch whose float32 copies (normalised, padded, cropped) would not fit in memory."""
     c, h, w = image
@@ -662,21 +662,20 @@ def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int]) -> 
             f"size, so most crops would be padding; use a pad below {min(h, w)}, e.g. "
             f"{max(1, min(h, w) // 8)}"
         )
-    train = cfg.batch_size * c * (h + 2 * pad) * (w + 2 * pad) * 4 * 3
-    val = cfg.eval_batch_size * c * h * w * 4 * 2
-    over = too_big(max(train, val))
+    batch = min(cfg.batch_size, n)  # a batch is a slice of the dataset: never more than n
+    need = batch * c * (h + 2 * pad) * (w + 2 * pad) * 4 * 3
+    over = too_big(need)
     if over:
-        keys = "data.batch_size" if train >= val else "data.eval_batch_size"
-        size = cfg.batch_size if train >= val else cfg.eval_batch_size
+        key = f"data.batch_size {cfg.batch_size}"
+        lower = "data.batch_size"
         if cfg.dataset == "image_folder":
-            keys = f"data.image_size {cfg.image_size} with {keys} {size}"
-        else:
-            keys = f"{keys} {size}"
+            key, lower = (
+                f"data.image_size {cfg.image_size} with {key}",
+                f"data.image_size or {lower}",
+            )
         raise DataError(
-            f"{keys}: one batch of {c}x{h}x{w} images needs {format_bytes(max(train, val))} "
-            f"of memory as float32, {over}; lower "
-            + ("data.image_size or " if cfg.dataset == "image_folder" else "")
-            + keys.split()[-2]
+            f"{key}: one batch of {c}x{h}x{w} images needs {format_bytes(need)} of memory "
+            f"as float32, {over}; lower {lower}"
         )
 
 
