@@ -469,7 +469,7 @@ def _unreadable_image(path: Path, e: BaseException) -> str:
     why = str(e).strip() or type(e).__name__
     if path.is_file() and path.stat().st_size == 0:
         why = "the file is empty (0 bytes)"
-    return f"{path}: cannot be read as an image ({why}); replace it or remove it from the folder"
+    return f"{path}: cannot be read as an image ({why})"
 
 
 def _scan_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
