@@ -267,14 +267,6 @@ def test_a_npy_file_named_npz_says_what_it_is(tmp_path):
     )
 
 
-def test_a_npy_file_named_npz_exits_2_in_one_line(tmp_path):
-    with open(tmp_path / "d.npz", "wb") as f:
-        np.save(f, images())
-    result = mpt_limited("run", profile(tmp_path, 'dataset = "npz"\npath = "d.npz"'), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert error_line(result).startswith("error: d.npz: is a single .npy array")
-
-
 def test_a_pickle_named_npz_is_refused_unloaded_saying_why(tmp_path):
     path = tmp_path / "d.npz"
     path.write_bytes(pickle.dumps({"x_train": [1, 2, 3]}))
@@ -556,5 +548,6 @@ def test_an_image_that_fails_to_decode_later_is_one_sentence_naming_it(tmp_path)
 def test_the_address_space_limit_leaves_room_for_a_small_run(tmp_path):
     """The safety net itself: a normal run trains under it (else the tests above prove
     nothing about refusing before allocating)."""
-    result = mpt_limited("run", profile(tmp_path, 'dataset = "digits"'), cwd=tmp_path)
+    toml = profile(tmp_path, 'dataset = "digits"')
+    result = mpt_limited("run", toml, "--set", "run.max_steps=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
