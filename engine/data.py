@@ -8,7 +8,7 @@ on the training device, as in cifar10-airbench: speed comes from where the data 
 from __future__ import annotations
 
 import contextlib
-import os
+import math
 import re
 import socket
 import urllib.error
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import DataError
+from engine.memory import format_bytes, host_memory_free, too_big
 from engine.profile import DataSection
 
 
@@ -53,22 +54,32 @@ class DataBundle:
 
 
 def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
-    """(N, H, W) or (N, H, W, C) array -> uint8 tensor (N, C, H, W)."""
+    """(N, H, W), (N, C, H, W) or (N, H, W, C) array -> uint8 tensor (N, C, H, W)."""
     if x.ndim == 3:
         x = x[:, None, :, :]
-    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.transpose(0, 3, 1, 2)
-    elif x.ndim != 4:
+    elif x.ndim == 4:
+        if _channels_last(x.shape, source):
+            x = x.transpose(0, 3, 1, 2)
+    elif x.ndim == 2 and len(x):
+        side = math.isqrt(x.shape[1])
+        hint = f", e.g. x.reshape(-1, {side}, {side})" if side * side == x.shape[1] else ""
+        raise DataError(
+            f"{source}: shape {tuple(x.shape)} holds flat vectors, not images; store images "
+            f"as (N, H, W) or (N, H, W, C){hint}"
+        )
+    else:
         raise DataError(
             f"{source}: images must be (N, H, W) or (N, H, W, C), got shape {tuple(x.shape)}"
         )
     if x.dtype != np.uint8:
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise DataError(f"{source}: pixel values must be numbers, got dtype {x.dtype}")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            raise DataError(f"{source}: pixel values must be finite, found NaN or infinity")
-        if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0 and x.min() >= 0:
-            x = np.rint(x * 255.0)  # images stored as floats in [0, 1]
+        if np.issubdtype(x.dtype, np.floating):
+            if not np.isfinite(x).all():
+                raise DataError(f"{source}: pixel values must be finite, found NaN or infinity")
+            if x.size and x.max() <= 1.0 and x.min() >= 0:
+                x = x * 255.0  # images stored as floats in [0, 1]
+            x = np.rint(x)  # to the nearest level, not truncated towards 0
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DataError(
                 f"{source}: pixel values must lie in 0..255 (uint8) or 0..1 "
@@ -78,15 +89,91 @@ def _as_images(x: np.ndarray, source: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
+# Channel counts images usually have: grey, RGB, RGBA.
+_USUAL_CHANNELS = (1, 3, 4)
+
+
+def _channels_last(shape: tuple[int, ...], source: str) -> bool:
+    """Whether a 4-D image array is (N, H, W, C) rather than (N, C, H, W).
+
+    The end holding a usual channel count (1, 3, 4) is the channels; when both or neither
+    do, the reading with square images, then the one with fewer channels than the other
+    end; an array that reads the same both ways is refused rather than guessed."""
+    first, last = shape[1], shape[3]
+    if (first in _USUAL_CHANNELS) != (last in _USUAL_CHANNELS):
+        return last in _USUAL_CHANNELS
+    square_first, square_last = shape[2] == shape[3], shape[1] == shape[2]
+    if square_first != square_last:
+        return square_last
+    if first != last:
+        return last < first
+    raise DataError(
+        f"{source}: cannot tell whether shape {tuple(shape)} is channels-first (N, C, H, W) "
+        "or channels-last (N, H, W, C); store it as (N, H, W, C) with fewer channels than "
+        "rows and columns"
+    )
+
+
 def _as_labels(y: np.ndarray, n: int, source: str) -> torch.Tensor:
-    y = np.asarray(y).reshape(-1)
+    """Labels as int64 class indices (N,); whole-number floats and booleans are accepted."""
+    y = np.asarray(y)
+    if y.ndim >= 2 and y.shape[0] == n and math.prod(y.shape[1:]) > 1:
+        raise DataError(_labels_per_image(y, source))
+    y = y.reshape(-1)
     if len(y) != n:
         raise DataError(f"{source}: {n} images but {len(y)} labels; they must match")
-    if not np.issubdtype(y.dtype, np.integer):
+    if y.dtype == np.bool_:
+        y = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating):
+        y = _whole_labels(y, source)
+    elif y.dtype.kind in "USO":
+        first = repr(y[0].item()) if len(y) else ""
+        raise DataError(
+            f"{source}: labels are text ({first}, ...); store class indices 0..K-1, e.g. "
+            "numpy.unique(y, return_inverse=True)[1]"
+        )
+    elif not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{source}: labels must be integers, got {y.dtype}")
     if len(y) and y.min() < 0:
         raise DataError(f"{source}: labels must be >= 0, got {y.min()}")
+    if len(y) and int(y.max()) > np.iinfo(np.int64).max:  # uint64 past int64: would wrap
+        raise DataError(
+            f"{source}: label {int(y.max())} is no class index (a -1 stored as "
+            f"{y.dtype}?); store class indices 0..K-1"
+        )
     return torch.from_numpy(y.astype(np.int64))
+
+
+def _labels_per_image(y: np.ndarray, source: str) -> str:
+    """The sentence for labels of shape (N, K): one-hot rows said as such."""
+    rows = y.reshape(len(y), -1)
+    one_hot = np.issubdtype(rows.dtype, np.number) or rows.dtype == np.bool_
+    if one_hot:
+        one_hot = bool(np.isin(rows, (0, 1)).all() and (rows.sum(axis=1) == 1).all())
+    if one_hot:
+        return f"{source} looks one-hot (shape {tuple(y.shape)}); store class indices: y.argmax(1)"
+    return (
+        f"{source}: labels have shape {tuple(y.shape)}, more than one value per image; "
+        "store one class index per image, shape (N,)"
+    )
+
+
+def _whole_labels(y: np.ndarray, source: str) -> np.ndarray:
+    """Float labels that are whole numbers (as pandas or Keras may store them), as int64."""
+    finite = np.isfinite(y)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise DataError(f"{source}: label {i} is {y[i]}; labels must be class indices 0..K-1")
+    whole = y == np.rint(y)
+    if not whole.all():
+        i = int(np.argmin(whole))
+        raise DataError(
+            f"{source}: label {i} is {y[i]}, not a whole number; labels must be class "
+            "indices 0..K-1"
+        )
+    if len(y) and y.max() > 2**53:  # beyond the floats that hold integers exactly
+        raise DataError(f"{source}: labels must be class indices 0..K-1, got {y.max():g}")
+    return y.astype(np.int64)
 
 
 def load_digits(cfg: DataSection, seed: int) -> Raw:
@@ -99,10 +186,7 @@ def load_digits(cfg: DataSection, seed: int) -> Raw:
 
 def load_npz(cfg: DataSection, seed: int) -> Raw:
     path = Path(cfg.path).expanduser()
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot be read as a .npz file ({e})") from None
+    arrays = _open_npz(path)
     with arrays:
         keys = set(arrays.files)
         if not {"x_train", "y_train"} <= keys:
@@ -110,11 +194,21 @@ def load_npz(cfg: DataSection, seed: int) -> Raw:
                 f"{path}: needs arrays x_train and y_train (Keras layout), found "
                 f"{', '.join(sorted(keys)) or 'none'}"
             )
+        has_test = {"x_test", "y_test"} & keys
+        if cfg.use_test_split and len(has_test) == 1:  # half a test split: never ignored
+            (have,) = has_test
+            missing = "y_test" if have == "x_test" else "x_test"
+            raise DataError(
+                f"{path}: has {have} but no {missing}; add {missing}, remove {have}, or set "
+                "data.use_test_split = false"
+            )
+        names = ["x_train", "y_train"] + (["x_test", "y_test"] if len(has_test) == 2 else [])
+        _require_room_for_npz(path, names)
         train_x = _as_images(_npz_array(arrays, "x_train", path), f"{path}: x_train")
         y_train = _npz_array(arrays, "y_train", path)
         train = Split(train_x, _as_labels(y_train, len(train_x), f"{path}: y_train"))
         test = None
-        if {"x_test", "y_test"} <= keys:
+        if len(has_test) == 2:
             test_x = _as_images(_npz_array(arrays, "x_test", path), f"{path}: x_test")
             if test_x.shape[1:] != train_x.shape[1:]:
                 raise DataError(
@@ -131,17 +225,105 @@ def load_npz(cfg: DataSection, seed: int) -> Raw:
     return Raw(train, test)
 
 
+_SAVE_AS_NPZ = "save the arrays with numpy.savez(path, x_train=..., y_train=...)"
+
+
+def _open_npz(path: Path):
+    """The open .npz archive, after telling apart what else the file may be by its first
+    bytes: empty, a lone .npy array, a pickle (never loaded), anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise DataError(f"{path}: the file is empty (0 bytes), not a .npz; {_SAVE_AS_NPZ}")
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(
+            f"{path}: is a single .npy array (numpy.save), not a .npz archive; {_SAVE_AS_NPZ}"
+        )
+    if head[:1] == b"\x80":  # the pickle protocol's opcode
+        raise DataError(
+            f"{path}: is a Python pickle, not a .npz archive; mpt never unpickles data "
+            f"(allow_pickle=False: loading a pickle can run code); {_SAVE_AS_NPZ}"
+        )
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # a zip archive, as .npz is
+        raise DataError(
+            f"{path}: cannot be read as a .npz file (it is not a zip archive of .npy arrays); "
+            f"{_SAVE_AS_NPZ}"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: cannot be read as a .npz file ({e})") from None
+
+
+def _npz_header(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of one array of a .npz from its header alone (None: unreadable;
+    reading the array itself then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{name}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(f, max_header_size=2**20)
+            return tuple(shape), dtype
+    except Exception:  # noqa: BLE001 - any damage is reported when the array is read
+        return None
+
+
+def _require_room_for_npz(path: Path, names: list[str]) -> None:
+    """Refuse arrays too big for the memory free, from their headers, before reading them:
+    a stored array, its uint8 images, and a float array's temporary while converting."""
+    sizes = {}
+    for name in names:
+        header = _npz_header(path, name)
+        if header is None or header[1].hasobject:
+            continue
+        shape, dtype = header
+        count = math.prod(shape)
+        sizes[name] = (shape, dtype, count * dtype.itemsize)
+        if name.startswith("x_"):
+            extra = count * (2 if dtype == np.uint8 else 2 + dtype.itemsize)
+            sizes[name] = (shape, dtype, sizes[name][2] + extra)
+    need = sum(nbytes for _, _, nbytes in sizes.values())
+    over = too_big(need)
+    if over:
+        name = max(sizes, key=lambda k: sizes[k][2])
+        shape, dtype, _ = sizes[name]
+        raise DataError(
+            f"{path}: {name} is {shape} {dtype}; loading the arrays needs "
+            f"{format_bytes(need)} of memory, {over}; use a smaller dataset"
+        )
+
+
 def _npz_array(arrays, name: str, path: Path) -> np.ndarray:
     """One array of an open .npz; arrays of Python objects are refused, never unpickled."""
     try:
-        return arrays[name]
+        array = arrays[name]
     except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        what, fix = (
+            (
+                "(images of different shapes?)",
+                "one numeric array of shape (N, H, W) or (N, H, W, C)",
+            )
+            if name.startswith("x_")
+            else ("(labels as text?)", "the labels as integer class indices 0..K-1")
+        )
         raise DataError(
-            f"{path}: {name} is an array of Python objects (images of different shapes?); "
-            "store one numeric array of shape (N, H, W) or (N, H, W, C)"
+            f"{path}: {name} is an array of Python objects {what}, which mpt does not "
+            f"unpickle (allow_pickle=False: unpickling can run code); store {fix}"
         ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as e:  # a damaged member of the archive
         raise DataError(f"{path}: {name} cannot be read ({e})") from None
+    if not isinstance(array, np.ndarray):  # a zip member without the .npy format: bytes
+        raise DataError(
+            f"{path}: {name} is not a numpy array (a plain file in the zip); {_SAVE_AS_NPZ}"
+        )
+    return array
 
 
 _TORCHVISION = {
@@ -241,16 +423,53 @@ class ImageFiles:
         from PIL import Image
 
         try:
-            with Image.open(self.files[i]) as im:
+            with _bombs_refused(), Image.open(self.files[i]) as im:
                 im = im.convert("RGB").resize((self.size, self.size))
                 return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        except OSError as e:
-            raise DataError(f"{self.files[i]}: cannot be read as an image ({e})") from None
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+            raise DataError(_unreadable_image(self.files[i], e)) from None
 
     def materialize(self) -> torch.Tensor:
-        if not self.files:
-            return torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
-        return torch.stack([self.load(i) for i in range(len(self.files))])
+        out = torch.empty(self.shape, dtype=torch.uint8)  # filled in place: no second copy
+        for i in range(len(self.files)):
+            out[i] = self.load(i)
+        return out
+
+
+# Extensions of image files: such a file that PIL cannot read is refused; other files
+# (README.txt, .DS_Store, Thumbs.db) are skipped unless PIL reads them as images.
+IMAGE_EXTENSIONS = {
+    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2",
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _bombs_refused():
+    """PIL only warns about an image between its pixel limit and twice that: refuse it too."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _unreadable_image(path: Path, e: BaseException) -> str:
+    from PIL import Image
+
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return (
+            f"{path}: has more pixels than PIL decodes safely ({e}); shrink it or remove it "
+            "from the folder"
+        )
+    why = str(e).strip() or type(e).__name__
+    if path.is_file() and path.stat().st_size == 0:
+        why = "the file is empty (0 bytes)"
+    return f"{path}: cannot be read as an image ({why})"
 
 
 def _scan_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
@@ -267,11 +486,18 @@ def _scan_image_tree(root: Path, size: int) -> tuple[Split, list[str]]:
         for f in sorted((root / cls).iterdir()):
             if not f.is_file() or f.name.startswith("."):
                 continue
+            image_name = f.suffix.lower() in IMAGE_EXTENSIONS
             try:
-                with Image.open(f) as im:
-                    im.verify()  # reads the header only: cheap, and skips README files
-            except (UnidentifiedImageError, OSError):
-                continue
+                with _bombs_refused(), Image.open(f) as im:
+                    im.verify()  # the header, and a PNG's chunks and checksums: no decoding
+            except UnidentifiedImageError as e:
+                if image_name:  # a damaged or empty image, or another file named as one
+                    raise DataError(_unreadable_image(f, e)) from None
+                continue  # README.txt and the like
+            except MemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - bad checksum (SyntaxError), bomb, ...
+                raise DataError(_unreadable_image(f, e)) from None
             files.append(f)
             labels.append(label)
     if not files:
@@ -293,13 +519,23 @@ def load_image_folder(cfg: DataSection, seed: int) -> Raw:
 
 def load_synthetic(cfg: DataSection, seed: int) -> Raw:
     """Learnable random data: each class is a fixed pattern plus noise."""
-    g = torch.Generator().manual_seed(seed)
     c, h, w = cfg.synthetic_shape
     n, k = cfg.synthetic_samples, cfg.synthetic_classes
+    images = n * c * h * w
+    need = images * 9 + k * c * h * w * 4  # float32 noise and its sum, then the uint8 copy
+    over = too_big(need)
+    if over:
+        raise DataError(
+            f"data.synthetic_shape {list(cfg.synthetic_shape)} x data.synthetic_samples {n}: "
+            f"{format_bytes(images)} as uint8 images, {format_bytes(need)} of memory to make "
+            f"them, {over}; use a smaller shape or fewer samples"
+        )
+    g = torch.Generator().manual_seed(seed)
     prototypes = torch.rand(k, c, h, w, generator=g) * 255
     y = torch.randint(0, k, (n,), generator=g)
-    x = prototypes[y] + torch.randn(n, c, h, w, generator=g) * 40
-    return Raw(Split(x.clamp(0, 255).round().to(torch.uint8), y), None)
+    # In place: the same values as prototypes[y] + noise * 40, with one float temporary.
+    x = torch.randn(n, c, h, w, generator=g).mul_(40).add_(prototypes[y])
+    return Raw(Split(x.clamp_(0, 255).round_().to(torch.uint8), y), None)
 
 
 LOADERS = {
@@ -332,10 +568,12 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
     if val is not None and len(val) == 0:
         val = None
     num_classes = _count_classes(cfg, train, val)
+    _require_room_for_batches(cfg, tuple(train.x.shape[1:]), len(train))
     if isinstance(train.x, ImageFiles) and cfg.cache != "stream":
         if cfg.cache == "auto" and not _fits_in_memory(train, val):
             pass  # too big to decode up front: the trainer streams it through a DataLoader
         else:
+            _require_room_to_decode(cfg, train, val)
             train = Split(train.x.materialize(), train.y)
             val = Split(val.x.materialize(), val.y) if val is not None else None
     channels = train.x.shape[1]
@@ -344,10 +582,8 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
         sample = train.x
         if isinstance(sample, ImageFiles):  # estimate from a seeded sample of 512 images
             pick = torch.randperm(len(sample), generator=torch.Generator().manual_seed(seed))
-            sample = sample[pick[:512]].materialize()
-        xf = sample.float() / 255.0
-        mean = xf.mean(dim=(0, 2, 3)).tolist()
-        std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+            sample = sample[pick[:512]]
+        mean, std = _mean_std(sample)
     if len(mean) != channels:
         raise DataError(
             f"data.mean has {len(mean)} values but the images have {channels} channel(s)"
@@ -396,12 +632,65 @@ def _count_classes(cfg: DataSection, train: Split, val: Split | None) -> int:
     return num_classes
 
 
-def host_memory_free() -> int | None:
-    """Bytes of memory available now, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+def _mean_std(x: torch.Tensor | ImageFiles) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images scaled to 0..1, summed in
+    float64 over chunks of about 8 M values: memory stays small whatever the dataset."""
+    n, c, h, w = x.shape
+    chunk = max(1, 2**23 // (c * h * w))
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        part = x[i : i + chunk]
+        part = part.materialize() if isinstance(part, ImageFiles) else part
+        xf = part.to(torch.float64).div_(255.0)
+        total += xf.sum(dim=(0, 2, 3))
+        squares += xf.square_().sum(dim=(0, 2, 3))
+    count = n * h * w
+    mean = total / count
+    var = (squares - count * mean.square()).clamp_min(0) / max(count - 1, 1)
+    return mean.tolist(), var.sqrt().clamp_min(1e-3).tolist()
+
+
+def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int], n: int) -> None:
+    """Refuse a random_crop pad as large as the images (crops of mostly padding), and a
+    batch whose float32 copies (normalised, padded, cropped) would not fit in memory."""
+    c, h, w = image
+    pad = cfg.random_crop
+    if pad >= min(h, w):
+        raise DataError(
+            f"data.random_crop {pad}: pads each side of the {h}x{w} images by at least their "
+            f"size, so most crops would be padding; use a pad below {min(h, w)}, e.g. "
+            f"{max(1, min(h, w) // 8)}"
+        )
+    batch = min(cfg.batch_size, n)  # a batch is a slice of the dataset: never more than n
+    need = batch * c * (h + 2 * pad) * (w + 2 * pad) * 4 * 3
+    over = too_big(need)
+    if over:
+        key = f"data.batch_size {cfg.batch_size}"
+        lower = "data.batch_size"
+        if cfg.dataset == "image_folder":
+            key, lower = (
+                f"data.image_size {cfg.image_size} with {key}",
+                f"data.image_size or {lower}",
+            )
+        raise DataError(
+            f"{key}: one batch of {c}x{h}x{w} images needs {format_bytes(need)} of memory "
+            f"as float32, {over}; lower {lower}"
+        )
+
+
+def _require_room_to_decode(cfg: DataSection, train: Split, val: Split | None) -> None:
+    """Refuse decoding an image folder up front (data.cache "memory" or "device") when its
+    uint8 images would not fit in the memory free."""
+    nbytes = train.x.nbytes + (val.x.nbytes if val is not None else 0)
+    over = too_big(nbytes)
+    if over:
+        count = len(train) + (len(val) if val is not None else 0)
+        raise DataError(
+            f"data.cache {cfg.cache!r}: decoding the {count} images at data.image_size "
+            f"{cfg.image_size} needs {format_bytes(nbytes)} of memory, {over}; set "
+            'data.cache = "stream" or lower data.image_size'
+        )
 
 
 def _fits_in_memory(train: Split, val: Split | None) -> bool:

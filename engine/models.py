@@ -11,6 +11,14 @@ import torch
 from torch import nn
 
 from engine.errors import ModelError
+from engine.memory import (
+    TRAINING_COPIES,
+    describe_allocation,
+    format_bytes,
+    is_out_of_memory,
+    parameter_count,
+    too_big,
+)
 from engine.profile import ModelSection
 
 
@@ -116,14 +124,29 @@ def _import_factory(path: str):
     return factory
 
 
-def build_model(cfg: ModelSection, in_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """Build the model the profile names; a user factory gets in_shape and num_classes."""
+def build_model(
+    cfg: ModelSection,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    device: torch.device | None = None,
+) -> nn.Module:
+    """Build the model the profile names; a user factory gets in_shape and num_classes.
+
+    A built-in arch is first sized on the meta device and refused by key when it would not
+    fit: its weights in the host's memory, and to train on `device` (None: not for training,
+    e.g. an export) its weights, gradients and optimizer state in that device's memory."""
     if cfg.arch in ARCHS:
+        require_room_for_model(cfg, in_shape, num_classes, device)
         return ARCHS[cfg.arch](cfg, in_shape, num_classes)
     factory = _import_factory(cfg.arch)
     try:
         model = factory(in_shape=tuple(in_shape), num_classes=num_classes)
     except Exception as e:  # noqa: BLE001 - user code
+        if is_out_of_memory(e):
+            raise ModelError(
+                f"model.arch {cfg.arch!r}: the factory ran out of memory building the model "
+                f"({describe_allocation(e)}); make the model smaller"
+            ) from None
         where = traceback.extract_tb(e.__traceback__)[-1]
         raise ModelError(
             f"model.arch {cfg.arch!r}: the factory raised {type(e).__name__}: {e} "
@@ -137,15 +160,43 @@ def build_model(cfg: ModelSection, in_shape: tuple[int, int, int], num_classes: 
     return model
 
 
+# The profile keys that set a built-in arch's size, named when it is too big.
+_SIZE_KEYS = {"mlp": ("hidden",), "cnn": ("channels", "hidden")}
+
+
+def require_room_for_model(
+    cfg: ModelSection, in_shape, num_classes: int, device: torch.device | None
+) -> None:
+    """Refuse a built-in model too big for the memory free: it is built on the CPU, so its
+    weights must fit there; training on `device` needs room for four float32 copies."""
+    count = parameter_count(lambda: ARCHS[cfg.arch](cfg, in_shape, num_classes))
+    weights, training = count * 4, count * 4 * TRAINING_COPIES
+    if device is not None and device.type == "cpu":
+        nbytes, what = training, "to train (weights, gradients, optimizer state)"
+        over = too_big(training)
+    else:
+        nbytes, what, over = weights, "for its weights", too_big(weights)
+        if not over and device is not None and device.type == "cuda":
+            nbytes, what = training, "to train (weights, gradients, optimizer state)"
+            over = too_big(training, torch.cuda.mem_get_info(device)[0], where=str(device))
+    if over:
+        keys = [f"model.{k} {getattr(cfg, k)}" for k in _SIZE_KEYS.get(cfg.arch, ())]
+        raise ModelError(
+            f"{' and '.join(keys) or f'model.arch {cfg.arch!r}'}: the {cfg.arch} has "
+            f"{count:,} parameters, {format_bytes(nbytes)} {what}, {over}; make the model "
+            "smaller"
+        )
+
+
 def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:
     """Run one small batch so a model that does not fit the data fails before training."""
     model.eval()  # no dropout draw, no batch-norm statistics update
     try:
         with torch.no_grad():
             out = model(sample)
-    except torch.OutOfMemoryError:
-        raise  # not the model's mistake: the run reports it with advice on memory
     except Exception as e:  # noqa: BLE001 - user model code
+        if is_out_of_memory(e):
+            raise  # not the model's mistake: the run reports it with advice on memory
         raise ModelError(
             f"the model failed on a batch of shape {tuple(sample.shape)}: {type(e).__name__}: {e}"
         ) from None
@@ -176,9 +227,9 @@ def check_precision(model: nn.Module, sample: torch.Tensor, mode: str) -> None:
     try:
         with torch.no_grad(), torch.autocast(device, dtype=dtype):
             model(sample)
-    except torch.OutOfMemoryError:
-        raise
     except Exception as e:  # noqa: BLE001 - a kernel missing for this dtype on this device
+        if is_out_of_memory(e):
+            raise
         first_line = (str(e).strip().splitlines() or [""])[0]
         raise ModelError(
             f"precision.mode {mode!r}: the model cannot run in {mode} on {device} "

@@ -102,9 +102,9 @@ def _sentence(error: MptError) -> str:
 def _unexpected(trainer, error: Exception) -> str:
     """run_failed's text for an exception that is not the project's own: out of memory gets
     advice (the usual fixes), anything else its type and message."""
-    import torch  # the trainer has imported it already
+    from engine.memory import is_out_of_memory  # CUDA's, the CPU allocator's, MemoryError
 
-    if not isinstance(error, torch.OutOfMemoryError):
+    if not is_out_of_memory(error):
         return f"{type(error).__name__}: {error}"
     p = trainer.p
     training = hasattr(trainer, "optimizer")  # set up: the model and optimizer are built

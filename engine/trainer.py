@@ -140,7 +140,8 @@ class Trainer:
             data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
         )
         self.cache = self._place_data(data)
-        self.model = build_model(p.model, data.in_shape, data.num_classes).to(self.device)
+        self.model = build_model(p.model, data.in_shape, data.num_classes, self.device)
+        self.model = self.model.to(self.device)
         first = data.train.x[:2]
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(self.device))

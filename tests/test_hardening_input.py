@@ -305,8 +305,9 @@ def test_images_of_different_shapes_in_one_npz_array_are_refused_unpickled(tmp_p
     ragged[:] = [np.zeros((8, 8)), np.zeros((9, 9)), np.zeros((8, 8))]
     path = npz(tmp_path, x_train=ragged, y_train=np.arange(3))
     assert refused(DataSection(dataset="npz", path=path)) == (
-        f"{path}: x_train is an array of Python objects (images of different shapes?); store "
-        "one numeric array of shape (N, H, W) or (N, H, W, C)"
+        f"{path}: x_train is an array of Python objects (images of different shapes?), which "
+        "mpt does not unpickle (allow_pickle=False: unpickling can run code); store one "
+        "numeric array of shape (N, H, W) or (N, H, W, C)"
     )
 
 
