@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from engine.console import say, silence
+from engine.console import Console, say, silence
 from engine.errors import ExportFailed, MptError
 
 app = typer.Typer(
@@ -98,13 +98,13 @@ def run(
         say("mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", err=True)
         raise typer.Exit(EXIT_USAGE)
     p = _load(profile, set_) if profile is not None else None
-    from engine.console import Console
     from engine.distributed import world_from_env
     from engine.run import Run
 
     # Under torchrun every process runs this; rank 0 alone prints, the others only errors.
     world = world_from_env()
     console = Console(prefix="" if world.main else f"rank {world.rank}: ", quiet=not world.main)
+    attach = _install_interrupt_handlers(console)
     try:
         handle = Run.start(
             p, resume=resume, overrides=set_ if p is None else None, profile_steps=profile_steps
@@ -112,9 +112,9 @@ def run(
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    attach(handle)
     if world.main:
         console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
-    _install_interrupt_handlers(handle, console)
     try:
         _follow(handle, console)
     finally:
@@ -193,27 +193,42 @@ def _exit_code(handle) -> int:
     return EXIT_OK
 
 
-def _install_interrupt_handlers(handle, console) -> None:
+def _install_interrupt_handlers(console):
     """First Ctrl-C/SIGTERM/SIGHUP: finish the step and stop; a second Ctrl-C: exit at once.
 
+    Installed before the run starts: a signal while a resume loads its checkpoint stops the
+    run as soon as it exists (never a KeyboardInterrupt). Returns `attach(handle)`.
     A SIGTERM or SIGHUP that follows is ignored: a closed terminal sends several SIGHUPs
     (the kernel's, then the shell's), and none of them may cut the checkpoint short.
     """
+    run = {"handle": None, "signal": None}
+
+    def stopping() -> bool:
+        handle = run["handle"]
+        return run["signal"] is not None or (handle is not None and handle.control.stop_requested)
 
     def on_signal(signum, frame):
-        if handle.control.stop_requested:
+        if stopping():
             if signum == signal.SIGINT:
                 os._exit(EXIT_INTERRUPTED)
             return
-        handle.stop("interrupted")  # first: the message below may go to a dead terminal
+        run["signal"] = signum
+        if run["handle"] is not None:
+            run["handle"].stop("interrupted")  # first: the message may go to a dead terminal
         console.line(
             f"{signal.Signals(signum).name}: stopping after the current step "
             "(press Ctrl-C again to exit at once)",
             err=True,
         )
 
+    def attach(handle) -> None:
+        run["handle"] = handle
+        if run["signal"] is not None:  # it came while the run was being started
+            handle.stop("interrupted")
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    return attach
 
 
 # ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
