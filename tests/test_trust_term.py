@@ -229,14 +229,14 @@ def test_a_second_sighup_while_stopping_does_not_cut_the_checkpoint_short(tmp_pa
 # ---- a pipe whose reader leaves, a stdout that is closed or full ----
 
 
-SHORT = {"run": {"name": "term", "epochs": 3}}
+SHORT = {"run": {"name": "term", "epochs": 2}}
 
 
 def assert_completed(tmp_path: Path, stderr: str) -> None:
     events = events_of(tmp_path)
     assert (events[-1]["kind"], events[-1]["reason"]) == ("run_finished", "completed")
     run_dir = run_dir_of(tmp_path / "runs" / "term")
-    assert load(run_dir / "checkpoints" / "last.pt")["progress"]["epochs_done"] == 3
+    assert load(run_dir / "checkpoints" / "last.pt")["progress"]["epochs_done"] == 2
     assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
 
 
