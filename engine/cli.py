@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from engine.console import Console, say, silence
 from engine.errors import ExportFailed, MptError
 
 app = typer.Typer(
@@ -48,7 +49,7 @@ def _load(profile: Path, overrides: list[str] | None):
     try:
         return load_profile(profile, overrides or [])
     except MptError as e:
-        print(e, file=sys.stderr)
+        say(str(e), err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -56,7 +57,7 @@ def _load(profile: Path, overrides: list[str] | None):
 def validate(profile: ProfileArg, set_: SetOpt = None) -> None:
     """Check a profile without running it: exit 0 if it is valid, 2 with every problem if not."""
     _load(profile, set_)
-    print(f"{profile}: ok")
+    say(f"{profile}: ok")
 
 
 ResumeOpt = Annotated[
@@ -94,18 +95,16 @@ def run(
 ) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
     if profile is None and resume is None:
-        print(
-            "mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", file=sys.stderr
-        )
+        say("mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", err=True)
         raise typer.Exit(EXIT_USAGE)
     p = _load(profile, set_) if profile is not None else None
-    from engine.console import Console
     from engine.distributed import world_from_env
     from engine.run import Run
 
     # Under torchrun every process runs this; rank 0 alone prints, the others only errors.
     world = world_from_env()
     console = Console(prefix="" if world.main else f"rank {world.rank}: ", quiet=not world.main)
+    attach = _install_interrupt_handlers(console)
     try:
         handle = Run.start(
             p, resume=resume, overrides=set_ if p is None else None, profile_steps=profile_steps
@@ -113,9 +112,25 @@ def run(
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    attach(handle)
     if world.main:
         console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
-    _install_interrupt_handlers(handle, console)
+    try:
+        _follow(handle, console)
+    finally:
+        # Whatever ended the loop, the training thread ends first, with its checkpoint:
+        # a process that exits under a running torch thread aborts (std::terminate).
+        if handle.is_alive():
+            handle.stop("interrupted")
+        handle.join()
+    if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
+        again = " under the same torchrun command" if world.distributed else ""
+        console.line(_resume_hint(handle, again))
+    raise typer.Exit(_exit_code(handle))
+
+
+def _follow(handle, console) -> None:
+    """Show the run's events and take `mpt-tui --attach`'s commands until the run ends."""
     from engine import events as ev
     from engine.remote import ControlChannel
 
@@ -134,19 +149,26 @@ def run(
                 event = handle.events.get(timeout=0.2)
             except queue.Empty:
                 if not handle.is_alive() and handle.events.empty():
-                    break
+                    return
                 continue
             console.show(event)
             if isinstance(event, ev.RunFinished | ev.RunFailed):
-                break
+                return
     finally:
         if channel is not None:
             channel.close()
-    handle.join()
-    if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
-        again = " under the same torchrun command" if world.distributed else ""
-        console.line(f"resume with: mpt run --resume {handle.run_dir}{again}")
-    raise typer.Exit(_exit_code(handle))
+
+
+def _resume_hint(handle, again: str) -> str:
+    """After a stop: how to go on from the newest checkpoint, or that there is none.
+
+    The newest checkpoint is this run's, if it saved one; else, for a resumed run, the one
+    it started from (its progress is exactly that checkpoint's)."""
+    if (handle.run_dir / "checkpoints" / "last.pt").is_file():
+        return f"resume with: mpt run --resume {handle.run_dir}{again}"
+    if handle.resumed_from is not None:
+        return f"resume with: mpt run --resume {handle.resumed_from}{again}"
+    return "nothing was saved: the run stopped before its first checkpoint"
 
 
 def _apply_commands(handle, commands: list[str], console) -> None:
@@ -172,21 +194,42 @@ def _exit_code(handle) -> int:
     return EXIT_OK
 
 
-def _install_interrupt_handlers(handle, console) -> None:
-    """First Ctrl-C/SIGTERM/SIGHUP: finish the step and stop; a second one: exit at once."""
+def _install_interrupt_handlers(console):
+    """First Ctrl-C/SIGTERM/SIGHUP: finish the step and stop; a second Ctrl-C: exit at once.
+
+    Installed before the run starts: a signal while a resume loads its checkpoint stops the
+    run as soon as it exists (never a KeyboardInterrupt). Returns `attach(handle)`.
+    A SIGTERM or SIGHUP that follows is ignored: a closed terminal sends several SIGHUPs
+    (the kernel's, then the shell's), and none of them may cut the checkpoint short.
+    """
+    run = {"handle": None, "signal": None}
+
+    def stopping() -> bool:
+        handle = run["handle"]
+        return run["signal"] is not None or (handle is not None and handle.control.stop_requested)
 
     def on_signal(signum, frame):
-        if handle.control.stop_requested:
-            os._exit(EXIT_INTERRUPTED)
+        if stopping():
+            if signum == signal.SIGINT:
+                os._exit(EXIT_INTERRUPTED)
+            return
+        run["signal"] = signum
+        if run["handle"] is not None:
+            run["handle"].stop("interrupted")  # first: the message may go to a dead terminal
         console.line(
             f"{signal.Signals(signum).name}: stopping after the current step "
             "(press Ctrl-C again to exit at once)",
             err=True,
         )
-        handle.stop("interrupted")
+
+    def attach(handle) -> None:
+        run["handle"] = handle
+        if run["signal"] is not None:  # it came while the run was being started
+            handle.stop("interrupted")
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    return attach
 
 
 # ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
@@ -217,9 +260,9 @@ def init(
     from engine.starter import init_profile
 
     try:
-        print(init_profile(name, from_, force))
+        say(str(init_profile(name, from_, force)))
     except MptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -235,9 +278,9 @@ def ls(runs: RunsArg = Path("runs")) -> None:
     from engine.report import runs_table
 
     try:
-        print(runs_table(runs))
+        say(runs_table(runs))
     except MptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -258,9 +301,9 @@ def show(
     from engine.report import run_report
 
     try:
-        print(run_report(run, runs))
+        say(run_report(run, runs))
     except MptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -319,14 +362,43 @@ def export(
     from engine.export import export_checkpoint  # imports torch
 
     try:
-        print(export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes))
+        say(str(export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes)))
     except MptError as e:
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", err=True)
         raise typer.Exit(EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE) from None
 
 
 def main() -> None:
-    app()
+    _open_std_fds()
+    try:
+        app()
+    finally:
+        # Python flushes stdout and stderr at exit; on a dead one that would print
+        # "Exception ignored" and turn the exit code into 120. Flush now, silencing the dead.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except (OSError, ValueError):
+                silence(stream)
+
+
+def _open_std_fds() -> None:
+    """A process started with stdin, stdout or stderr closed (`>&-`): put /dev/null there,
+    so that no file mpt opens (events.jsonl, a checkpoint) takes fd 0, 1 or 2 and receives
+    what a library or a child process writes to it."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        if getattr(sys, name) is None:  # Python found the fd closed at start: no stream
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
 
 
 if __name__ == "__main__":

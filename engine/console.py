@@ -2,10 +2,14 @@
 
 On a terminal a one-line progress bar is redrawn between epoch lines; anywhere else
 (nohup, a pipe, CI) only whole lines are written, never a redraw.
+
+Output is never worth a run: a closed terminal (EIO), a reader gone (EPIPE), a full disk
+or a closed stdout make a stream go silent on its first failed write, and training goes on.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TextIO
 
@@ -59,26 +63,83 @@ def format_early_stop(e: ev.EarlyStop) -> str:
     return f"early stopping: {e.monitor} = {e.value:.4f} is {limit} the threshold"
 
 
+def write(stream: TextIO | None, text: str) -> bool:
+    """Write and flush `text`; False (and the stream silenced, if it is the process's own
+    stdout or stderr) when the stream is gone: closed, a hung-up terminal, a reader that
+    went away, a full disk."""
+    if stream is None:  # Python's sys.stdout when the process started with fd 1 closed
+        return False
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # ValueError: a closed file object
+        silence(stream)
+        return False
+    return True
+
+
+def say(text: str, err: bool = False) -> bool:
+    """print() for the command line that never raises: one line to stdout (or stderr)."""
+    return write(sys.stderr if err else sys.stdout, text + "\n")
+
+
+def silence(stream: TextIO | None) -> None:
+    """Point a dead stdout/stderr's file descriptor at /dev/null, so that whatever still
+    writes to it (Python's flush at exit, a library, a child process) succeeds unseen
+    instead of failing (Python's advice for SIGPIPE). Other streams are left as they are."""
+    std = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    if stream is None or not any(stream is s for s in std):
+        return
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def _isatty(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (OSError, ValueError):
+        return False
+
+
 class Console:
-    """`quiet` (torchrun's ranks other than 0) shows only errors; `prefix` starts each line."""
+    """`quiet` (torchrun's ranks other than 0) shows only errors; `prefix` starts each line.
+
+    `out`/`err` default to the process's stdout/stderr at the time the Console is made. A
+    stream whose write fails once is dead for this Console: it is never written again.
+    """
 
     def __init__(
         self,
-        out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
         tty: bool | None = None,
         prefix: str = "",
         quiet: bool = False,
     ):
-        self.out, self.err = out, err
-        self.tty = (out.isatty() if tty is None else tty) and not quiet
+        self.out: TextIO | None = sys.stdout if out is None else out
+        self.err: TextIO | None = sys.stderr if err is None else err
+        self.tty = (_isatty(self.out) if tty is None else tty) and not quiet
         self.prefix, self.quiet = prefix, quiet
         self._bar = False
         self._epochs = 0
 
     def line(self, text: str, err: bool = False) -> None:
         self._clear_bar()
-        print(self.prefix + text, file=self.err if err else self.out, flush=True)
+        self._write("err" if err else "out", self.prefix + text + "\n")
+
+    def _write(self, which: str, text: str) -> None:
+        """Write to self.out or self.err; on its first failure that stream is dropped."""
+        if not write(getattr(self, which), text):
+            setattr(self, which, None)
 
     def show(self, e: ev.Event) -> None:
         if self.quiet and not isinstance(e, ev.RunFailed):
@@ -118,15 +179,15 @@ class Console:
     def _draw_bar(self, e: ev.Step, width: int = 24) -> None:
         filled = round(width * e.epoch_progress)
         bar = "#" * filled + "." * (width - filled)
-        self.out.write(
+        self._write(
+            "out",
             f"\r\x1b[Kepoch {e.epoch}/{self._epochs} [{bar}] "
             f"{100 * e.epoch_progress:3.0f}%  loss {e.loss:.4f}  "
-            f"{e.samples_per_s:,.0f} samples/s"
+            f"{e.samples_per_s:,.0f} samples/s",
         )
-        self.out.flush()
-        self._bar = True
+        self._bar = self.out is not None
 
     def _clear_bar(self) -> None:
         if self._bar:
-            self.out.write("\r\x1b[K")
             self._bar = False
+            self._write("out", "\r\x1b[K")

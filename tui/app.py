@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,7 @@ from engine.profile import Profile
 from tui.session import RunSession
 
 REDRAW_INTERVAL = 0.1  # seconds: the queue is drained and the screen redrawn at most 10x/s
+HANGUP_POLL = 0.2  # seconds between two looks at whether the terminal is still there
 
 
 class MptApp(App):
@@ -176,10 +179,41 @@ class MptApp(App):
 
 
 def _exit_after(session: RunSession | None, code: int) -> None:
-    """End the process once the run has saved its checkpoint and stopped."""
+    """End the process once the run has saved its checkpoint and stopped (however long the
+    step takes: nobody is waiting at a terminal that is gone)."""
     if session is not None:
-        session.join(120)
+        session.join()
     os._exit(code)
+
+
+def _watch_for_hangup(app: MptApp, fd: int) -> None:
+    """Once the terminal is gone (tmux kill-session, a closed window, SSH dropped), stop the
+    run with a checkpoint and end the process with 129, as SIGHUP does.
+
+    A thread of its own, because the app's loop cannot be relied on then: Textual's writer
+    thread dies on the first write to the dead terminal, its queue fills and the next
+    screen update blocks the loop for good, with the SIGHUP handler and every timer in it.
+    A hung-up terminal fails tcgetattr (EIO), so isatty turns false.
+    """
+    while os.isatty(fd):
+        time.sleep(HANGUP_POLL)
+    session = app.session
+    if session is not None and session.live:
+        session.stop("interrupted")
+    else:
+        session = None
+    _exit_after(session, 128 + int(signal.SIGHUP))
+
+
+def _start_hangup_watch(app: MptApp) -> None:
+    """Watch the terminal Textual draws on, when there is one."""
+    try:
+        fd = sys.__stderr__.fileno()  # Textual's LinuxDriver writes to sys.__stderr__
+    except (AttributeError, OSError, ValueError):
+        return
+    if os.isatty(fd):
+        name = "mpt-hangup-watch"
+        threading.Thread(target=_watch_for_hangup, args=(app, fd), name=name, daemon=True).start()
 
 
 def _cli(
@@ -255,6 +289,7 @@ def _cli(
         resume=resume,
         attach=attach,
     )
+    _start_hangup_watch(app)
     try:
         app.run()
     finally:
