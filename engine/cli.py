@@ -91,6 +91,7 @@ def run(
             "step) into RUN_DIR/profiler/: open the trace in TensorBoard or ui.perfetto.dev.",
         ),
     ] = 0,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
     if profile is None and resume is None:
@@ -108,7 +109,11 @@ def run(
     console = Console(prefix="" if world.main else f"rank {world.rank}: ", quiet=not world.main)
     try:
         handle = Run.start(
-            p, resume=resume, overrides=set_ if p is None else None, profile_steps=profile_steps
+            p,
+            resume=resume,
+            overrides=set_ if p is None else None,
+            profile_steps=profile_steps,
+            trust_code=trust_code,
         )
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
@@ -186,6 +191,17 @@ def _install_interrupt_handlers(handle, console) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+
+
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help='Import the model code (model.arch = "package.module:factory") that the '
+        "checkpoint's own profile names. Without it mpt refuses to run code named by a "
+        "checkpoint; pass it only for checkpoints you made or trust.",
+    ),
+]
 
 
 # ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
@@ -313,12 +329,15 @@ def export(
             min=1,
         ),
     ] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Export a checkpoint's model for deployment: state_dict, TorchScript or ONNX."""
     from engine.export import export_checkpoint  # imports torch
 
     try:
-        print(export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes))
+        print(
+            export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes, trust_code)
+        )
     except MptError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE) from None
