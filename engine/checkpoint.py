@@ -416,6 +416,8 @@ def validate(path: Path, state: dict[str, Any]) -> None:
 
 
 def _check_state(state: dict[str, Any]) -> None:
+    if state.get("format") != FORMAT:
+        raise _bad("format", f"must be {FORMAT!r}", state.get("format"))
     unknown = [k for k in state if k not in _TOP_KEYS]
     if unknown:
         raise _Invalid(
@@ -520,7 +522,7 @@ def _check_optimizer(value: Any, weights: dict) -> list:
         if pid not in ids:
             raise _Invalid(f"{key} belongs to no parameter of optimizer.param_groups")
         for name, item in _table(entry, key).items():
-            if not isinstance(item, torch.Tensor) and item is not None:
+            if not isinstance(item, torch.Tensor):
                 _number(item, f"{key}.{name}", finite=False)
     return list(groups)
 
@@ -652,7 +654,7 @@ def restore_weights(model: torch.nn.Module, weights: dict, path: Path, built: st
         except Exception as e:  # noqa: BLE001 - a dtype torch cannot copy, and such
             problem = _first_line(e)
     if problem is not None:
-        raise CheckpointError(f"{path}: its weights do not fit {built} ({problem})")
+        raise CheckpointError(f"{path}: the weights do not fit {built} ({problem})")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: Path) -> None:
@@ -675,14 +677,68 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: Path)
         params.update(zip(group["params"], own["params"], strict=True))
     for pid, entry in saved["state"].items():
         for name, item in entry.items():
+            if not isinstance(item, torch.Tensor):
+                continue
             shape = params[pid].shape
-            if isinstance(item, torch.Tensor) and item.ndim and item.shape != shape:
+            # Every state tensor has its parameter's shape, but the step count.
+            if item.ndim != 0 if name == "step" else item.shape != shape:
+                need = "a single number" if name == "step" else f"its parameter's {list(shape)}"
                 raise CheckpointError(
                     f"{path}: not a usable mpt checkpoint: optimizer.state[{pid}].{name} has "
-                    f"shape {list(item.shape)}, its parameter {list(shape)}"
+                    f"shape {list(item.shape)}, not {need}"
                 )
+    for i, (group, own) in enumerate(zip(groups, live, strict=True)):
+        check_like(path, group, own, f"optimizer.param_groups[{i}]")
     with restoring(path, "optimizer"):
         optimizer.load_state_dict(saved)
+
+
+def check_like(path: Path, saved: Any, live: Any, key: str) -> None:
+    """Each value `saved` shares with the live object's own state dict `live` must be of
+    its kind (a number, a flag, a list of that length, a table like it): torch's loaders
+    take any value, and the step after the resume would fail on it."""
+    problem = _unlike(saved, live, key)
+    if problem is not None:
+        raise CheckpointError(f"{path}: not a usable mpt checkpoint: {problem}")
+
+
+def _kind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return "flag"  # torch's optional switches (foreach, fused) are None or a bool
+    if isinstance(value, int | float) or (isinstance(value, torch.Tensor) and value.ndim == 0):
+        return "number"
+    if isinstance(value, torch.Tensor):
+        return "tensor"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+_KIND_TEXT = {"flag": "true, false or None", "number": "a number", "list": "a list",
+              "table": "a table", "tensor": "a tensor"}  # fmt: skip
+
+
+def _unlike(saved: Any, live: Any, key: str) -> str | None:
+    kind = _kind(live)
+    if _kind(saved) != kind:
+        need = _KIND_TEXT.get(kind, f"a {kind}")
+        return f"{key} must be {need}, as this run's (got {_what(saved)})"
+    if kind == "list" and len(saved) != len(live):
+        return f"{key} must hold {len(live)} values, as this run's (got {_what(saved)})"
+    pairs = []
+    if kind == "table":
+        pairs = [(saved[k], live[k], f"{key}.{k}") for k in saved if k in live and k != "params"]
+    elif kind == "list":
+        pairs = [(a, b, f"{key}[{i}]") for i, (a, b) in enumerate(zip(saved, live, strict=True))]
+    for a, b, where in pairs:
+        if callable(b) and not isinstance(b, torch.Tensor):
+            continue  # a function the live object holds (LambdaLR's), rebuilt on load
+        problem = _unlike(a, b, where)
+        if problem is not None:
+            return problem
+    return None
 
 
 @contextlib.contextmanager

@@ -658,11 +658,13 @@ class Trainer:
             for group in self.optimizer.param_groups:  # a hyper-parameter the resume changes
                 if key in group:
                     group[key] = tuple(new[key]) if key == "betas" else new[key]
+        ckpt.check_like(path, state["schedule"], self.schedule.state_dict(), "schedule")
         with ckpt.restoring(path, "schedule"):
             self.schedule.load_state_dict(
                 state["schedule"], old_lr=old["lr"], new_lr=self.p.optim.lr
             )
         if self.scaler is not None and state["scaler"]:
+            ckpt.check_like(path, state["scaler"], self.scaler.state_dict(), "scaler")
             with ckpt.restoring(path, "scaler"):
                 self.scaler.load_state_dict(state["scaler"])
         self.early.load_state_dict(state["early_stop"])
