@@ -234,8 +234,12 @@ def test_fuzz_dropping_a_key_or_retyping_a_value_is_one_sentence_or_a_checkpoint
 
 def invoke(*args: str):
     """The `mpt` typer app in this process (torch is imported already: no 10 s start)."""
+    import sys
+
     from engine.cli import app
 
+    # engine.console binds sys.stdout/err when imported: let it bind this runner's.
+    sys.modules.pop("engine.console", None)
     return CliRunner().invoke(app, list(args))
 
 
