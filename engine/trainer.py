@@ -682,7 +682,7 @@ class Trainer:
             self._load_rank_state(state)
             self.aug_state = state["rng"]["augment"]
             if self.aug_state is not None:  # set on a throwaway: the epoch sets the real one
-                torch.Generator(self.device).set_state(self.aug_state)
+                torch.Generator(device=self.device).set_state(self.aug_state)
 
     def save(self, reason: str) -> Path | None:
         """Write step-NNNNNN.pt atomically, point last.pt at it, drop old periodic ones.
