@@ -92,6 +92,7 @@ def run(
             "step) into RUN_DIR/profiler/: open the trace in TensorBoard or ui.perfetto.dev.",
         ),
     ] = 0,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
     if profile is None and resume is None:
@@ -107,7 +108,11 @@ def run(
     attach = _install_interrupt_handlers(console)
     try:
         handle = Run.start(
-            p, resume=resume, overrides=set_ if p is None else None, profile_steps=profile_steps
+            p,
+            resume=resume,
+            overrides=set_ if p is None else None,
+            profile_steps=profile_steps,
+            trust_code=trust_code,
         )
     except (MptError, OSError) as e:
         console.line(f"error: {e}", err=True)
@@ -230,6 +235,17 @@ def _install_interrupt_handlers(console):
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     return attach
+
+
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help='Import the model code (model.arch = "package.module:factory") that the '
+        "checkpoint's own profile names. Without it mpt refuses to run code named by a "
+        "checkpoint; pass it only for checkpoints you made or trust.",
+    ),
+]
 
 
 # ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
@@ -357,12 +373,16 @@ def export(
             min=1,
         ),
     ] = None,
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Export a checkpoint's model for deployment: state_dict, TorchScript or ONNX."""
     from engine.export import export_checkpoint  # imports torch
 
     try:
-        say(str(export_checkpoint(checkpoint, format_.value, out, input_shape, num_classes)))
+        written = export_checkpoint(
+            checkpoint, format_.value, out, input_shape, num_classes, trust_code
+        )
+        say(str(written))
     except MptError as e:
         say(f"error: {e}", err=True)
         raise typer.Exit(EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE) from None

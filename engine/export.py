@@ -135,13 +135,18 @@ def load_model(
     spec_path: str | Path,
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
+    trust_code: bool = False,
 ) -> tuple[torch.nn.Module, ModelSpec, Path, dict[str, Any]]:
     """Rebuild the checkpoint's model, weights loaded, in eval mode on the CPU.
 
     `spec_path`: a checkpoint file or a run directory (its checkpoints/last.pt).
+    `trust_code`: the user's consent to import the model code the checkpoint's profile
+    names ("package.module:factory"); without it such a checkpoint is refused.
     """
     path = ckpt.resolve(spec_path)
     state = ckpt.load(path)
+    if not trust_code:
+        ckpt.require_consent(path, state, "--trust-code")
     spec = model_spec(path, state, input_shape, num_classes)
     known = {f.name for f in fields(ModelSection)}
     cfg = ModelSection(**{k: v for k, v in state["profile"].get("model", {}).items() if k in known})
@@ -155,13 +160,13 @@ def load_model(
             f"and {spec.num_classes} classes ({type(e).__name__}: {e})"
         ) from None
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise MptError(
-            f"{path}: the weights do not fit model.arch {cfg.arch!r} built for input "
-            f"{list(spec.in_shape)} and {spec.num_classes} classes (from {spec.source}); "
-            "pass the run's --input-shape C,H,W and --num-classes N"
-        ) from None
+        built = (
+            f"model.arch {cfg.arch!r} built for input {list(spec.in_shape)} and "
+            f"{spec.num_classes} classes (from {spec.source})"
+        )
+        ckpt.restore_weights(model, state["model"], path, built)
+    except ckpt.CheckpointError as e:
+        raise MptError(f"{e}; pass the run's --input-shape C,H,W and --num-classes N") from None
     model.eval()
     return model, spec, path, state
 
@@ -237,10 +242,11 @@ def export_checkpoint(
     out: Path | None = None,
     input_shape: str | None = None,
     num_classes: int | None = None,
+    trust_code: bool = False,
 ) -> str:
     """`mpt export`: write the checkpoint's model; returns what to print."""
     shape = _parse_shape(input_shape) if input_shape else None
-    model, spec, path, state = load_model(checkpoint, shape, num_classes)
+    model, spec, path, state = load_model(checkpoint, shape, num_classes, trust_code)
     target = Path(out).expanduser() if out else default_out(path, state, fmt)
     if target.is_dir():
         raise MptError(f"--out {target}: is a folder; give a file name")

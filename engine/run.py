@@ -70,14 +70,21 @@ def _write_profile(run_dir: Path, profile: Profile) -> None:
         ) from None
 
 
-def _prepare_resume(profile: Profile | None, spec: str | Path, overrides: list[str]):
+def _prepare_resume(
+    profile: Profile | None, spec: str | Path, overrides: list[str], trust_code: bool = False
+):
     """Find and check the checkpoint; return (profile, (path, state), history, warnings)."""
     from engine import checkpoint as ckpt  # imports torch: only when resuming
-    from engine.profile import apply_overrides, profile_from_dict
+    from engine.profile import apply_overrides, parse_override, profile_from_dict
 
     run = profile.run if profile else None
     path = ckpt.resolve(spec, run.out_dir if run else None, run.name if run else None)
     state = ckpt.load(path)
+    # The caller's profile (or --set model.arch) names the model code itself; a changed
+    # one is refused by check_resume below, before anything is imported.
+    named = profile is not None or any(parse_override(o)[0] == "model.arch" for o in overrides)
+    if not (trust_code or named):
+        ckpt.require_consent(path, state, "--trust-code (or pass the profile that names it)")
     if profile is None:
         data = apply_overrides(state["profile"], overrides)
         profile = profile_from_dict(data, source=f"{path} (its profile)")
@@ -175,6 +182,7 @@ class Run:
         overrides: list[str] | None = None,
         write: bool = True,
         profile_steps: int = 0,
+        trust_code: bool = False,
     ) -> Run:
         """Create the run directory (unless `write` is false) and start training.
 
@@ -185,11 +193,14 @@ class Run:
         `profile_steps`: record that many steps with torch.profiler (after one skipped and
         one warm-up step) into `<run dir>/profiler/`; a `trace_saved` event names the file.
         Raises MptError (CheckpointError) before any work when the checkpoint cannot be used.
+        Model code ("package.module:factory") named only by the checkpoint's profile is
+        imported only with `trust_code`; a `profile` passed here is the caller's, who
+        vouches for the code it names (the CLI: the user's file; the TUI: after asking).
         """
         resume_pair, history, warnings = None, [], []
         if resume is not None:
             profile, resume_pair, history, warnings = _prepare_resume(
-                profile, resume, overrides or []
+                profile, resume, overrides or [], trust_code
             )
         if profile is None:
             raise MptError("Run.start needs a profile or a checkpoint to resume")

@@ -649,16 +649,27 @@ class Trainer:
         self.window_samples = sums["window_samples"]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        old, new = state["profile"]["optim"], self.p.to_dict()["optim"]
+        # load() checked the structure; what only the built model can tell is checked
+        # here, each failure one sentence naming the file and the key.
+        path = self.resume[0] if self.resume else Path("the checkpoint")
+        built = f"model.arch {self.p.model.arch!r} built for this data"
+        ckpt.restore_weights(self.model, state["model"], path, built)
+        ckpt.restore_optimizer(self.optimizer, state["optimizer"], path)
+        defaults = Profile().to_dict()["optim"]
+        old, new = {**defaults, **state["profile"].get("optim", {})}, self.p.to_dict()["optim"]
         for key in (k for k in new if k not in ("name", "lr") and old.get(k) != new[k]):
             for group in self.optimizer.param_groups:  # a hyper-parameter the resume changes
                 if key in group:
                     group[key] = tuple(new[key]) if key == "betas" else new[key]
-        self.schedule.load_state_dict(state["schedule"], old_lr=old["lr"], new_lr=self.p.optim.lr)
+        ckpt.check_like(path, state["schedule"], self.schedule.state_dict(), "schedule")
+        with ckpt.restoring(path, "schedule"):
+            self.schedule.load_state_dict(
+                state["schedule"], old_lr=old["lr"], new_lr=self.p.optim.lr
+            )
         if self.scaler is not None and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+            ckpt.check_like(path, state["scaler"], self.scaler.state_dict(), "scaler")
+            with ckpt.restoring(path, "scaler"):
+                self.scaler.load_state_dict(state["scaler"])
         self.early.load_state_dict(state["early_stop"])
         self.best_ckpt.load_state_dict(state["best_checkpoint"])
         self.best_weights = state["best_weights"]
@@ -670,8 +681,11 @@ class Trainer:
         self.skip_streak = pr["skip_streak"].to(self.device)
         self.best_val_acc = pr["best_val_acc"]
         self.last_saved = (self.step, self.epochs_done)
-        self._load_rank_state(state)
-        self.aug_state = state["rng"]["augment"]
+        with ckpt.restoring(path, "rng"):  # e.g. CUDA streams of another GPU's size
+            self._load_rank_state(state)
+            self.aug_state = state["rng"]["augment"]
+            if self.aug_state is not None:  # set on a throwaway: the epoch sets the real one
+                torch.Generator(device=self.device).set_state(self.aug_state)
 
     def save(self, reason: str) -> Path | None:
         """Write step-NNNNNN.pt atomically, point last.pt at it, drop old periodic ones.

@@ -50,10 +50,14 @@ def run_dir_of(path: Path) -> Path:
 
 
 def list_run_checkpoints(run_dir: Path) -> list[Any]:
-    """The engine's CheckpointInfo list, newest first. Imports torch: call it off the UI."""
+    """The engine's CheckpointInfo list, newest first, then the unusable ones (each with
+    its sentence in `problem`). Imports torch: call it off the UI."""
     from engine.checkpoint import list_checkpoints
 
-    return sorted(list_checkpoints(run_dir), key=lambda c: (c.step, c.time), reverse=True)
+    found = list_checkpoints(run_dir, unusable=True)
+    good = [c for c in found if c.problem is None]
+    good.sort(key=lambda c: (c.step, c.time), reverse=True)
+    return good + [c for c in found if c.problem is not None]
 
 
 def format_time(t: float | None) -> str:
@@ -117,10 +121,11 @@ class ResumeScreen(Screen):
         self.checkpoints = infos
         for c in infos:
             metric = getattr(c, "metric", None)
+            unusable = getattr(c, "problem", None) is not None
             table.add_row(
                 Path(c.path).name,
-                str(c.epoch),
-                str(c.step),
+                "unusable" if unusable else str(c.epoch),
+                "-" if unusable else str(c.step),
                 _pct(metric),
                 format_time(getattr(c, "time", None)),
                 key=str(c.path),
@@ -132,7 +137,19 @@ class ResumeScreen(Screen):
         if not infos:
             self._status("no checkpoints in this run: nothing to resume from")
         else:
+            self._show_highlighted()
+
+    def _show_highlighted(self) -> None:
+        """The status line: why the highlighted checkpoint is unusable, or how to go on."""
+        checkpoint = self.highlighted()
+        if checkpoint is not None and getattr(checkpoint, "problem", None):
+            self._status(f"cannot resume from it: {checkpoint.problem}")
+        else:
             self._status(self.problem or "enter or ctrl+r: resume from the highlighted checkpoint")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.checkpoints:
+            self._show_highlighted()
 
     def row(self, path: str) -> FieldRow:
         return next(r for r in self.query(FieldRow) if r.path == path)
@@ -179,16 +196,39 @@ class ResumeScreen(Screen):
 
     def action_resume(self) -> None:
         checkpoint = self.highlighted()
-        if checkpoint is None:
+        if checkpoint is None or getattr(checkpoint, "problem", None):
             self.app.bell()
             return
         profile = self._profile()
         if profile is None:
             self.app.bell()
             return
+        from engine.checkpoint import imported_code  # torch: loaded with the list already
+
+        code = imported_code(profile.to_dict())
+        if code is None:
+            self._start(profile, checkpoint.path)
+            return
+        # The run's profile names code to import: a run folder can come from anyone
+        # (a shared out_dir, a download), so import it only when the user says yes.
+        from tui.screens.confirm import ConfirmScreen
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._start(profile, checkpoint.path)
+            else:
+                self._status(f"not resumed: the run's profile imports model code {code!r}")
+
+        question = (
+            f"This run's profile imports and runs model code {code!r} (Python, from the "
+            "working folder or an installed package). Run it?"
+        )
+        self.app.push_screen(ConfirmScreen(question), answer)
+
+    def _start(self, profile, path: str) -> None:
         app = self.app
         self.dismiss()
-        app.start_run(profile, resume=checkpoint.path)
+        app.start_run(profile, resume=path)
 
     def action_back(self) -> None:
         self.dismiss()
