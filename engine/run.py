@@ -93,23 +93,24 @@ def _refuse_nothing_left(path: Path, state: dict, profile: Profile) -> None:
     progress, run = state["progress"], profile.run
     done, step = progress["epochs_done"], progress["step"]
     old_epochs = state["profile"].get("run", {}).get("epochs")
+    what, raise_ = [], []  # what is done; the keys to raise, with a value that goes on
     if done >= run.epochs:
         if done == run.epochs == old_epochs:
-            what = f"the run already finished its {_count(done, 'epoch')} (step {step})"
+            what.append(f"the run already finished its {_count(done, 'epoch')}")
         else:
             than = "as many as" if done == run.epochs else "more than"
-            what = f"the run has done {_count(done, 'epoch')} (step {step}), {than} "
-            what += f"run.epochs = {run.epochs}"
+            what.append(f"the run has done {_count(done, 'epoch')}, {than} run.epochs = ")
+            what[-1] += str(run.epochs)
         more = old_epochs if isinstance(old_epochs, int) and old_epochs > done else 2 * done
-        raise CheckpointError(f"{path}: {what}; to train further raise run.epochs (e.g. to {more})")
+        raise_.append(f"run.epochs (e.g. to {more})")
     if run.max_steps is not None and step >= run.max_steps:
-        what = (
-            f"the run already reached run.max_steps = {run.max_steps}"
-            if step == run.max_steps
-            else f"the run is at step {step}, past run.max_steps = {run.max_steps}"
-        )
+        verb = "reached" if step == run.max_steps else "passed"
+        what.append(f"{'it' if what else 'the run'} {verb} run.max_steps = {run.max_steps}")
+        raise_.append(f"run.max_steps (e.g. to {2 * step})")
+    if what:
         raise CheckpointError(
-            f"{path}: {what}; to train further raise run.max_steps (e.g. to {2 * step})"
+            f"{path}: {' and '.join(what)} (step {step}); to train further raise "
+            + " and ".join(raise_)
         )
     stopped = _stops_again(state, profile)
     if stopped:
@@ -126,7 +127,8 @@ def _stops_again(state: dict, profile: Profile) -> tuple[str, str] | None:
     value = metrics.get(old["monitor"])
     if not old["enabled"] or value is None:
         return None
-    if not stop_why(value, wait, old["patience"], old["stop_above"], old["stop_below"]):
+    # (to_dict leaves out keys that are absent, None: TOML has no null)
+    if not stop_why(value, wait, old["patience"], old.get("stop_above"), old.get("stop_below")):
         return None  # a checkpoint from before the run stopped
     es = profile.early_stop
     value = metrics.get(es.monitor)
