@@ -137,33 +137,46 @@ def build_model(cfg: ModelSection, in_shape: tuple[int, int, int], num_classes: 
     return model
 
 
-def check_output_shape(
-    model: nn.Module, sample: torch.Tensor, num_classes: int, arch: str = ""
-) -> None:
-    """Run one small batch so a model that does not fit the data fails before training."""
-    model.eval()  # no dropout draw, no batch-norm statistics update
+def check_first_batch(model: nn.Module, sample: torch.Tensor, num_classes: int, arch: str) -> None:
+    """Run one small batch forward and backward, as training will, so that a model that
+    does not fit the data, or that the optimizer cannot train, fails before training.
+    Leaves no trace: the random streams (dropout), the buffers (batch-norm statistics) and
+    the gradients are as they were, so a run trains as if it had not been checked."""
+    params = [t for t in model.parameters() if t.requires_grad]
+    if not params:
+        raise ModelError(
+            f"model.arch {arch!r}: the model has no trainable parameters; create its layers "
+            "in __init__ as attributes (self.fc = nn.Linear(...)) and leave requires_grad on"
+        )
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    devices = [sample.device] if sample.device.type == "cuda" else []
+    model.train()
     try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            out = _forward(model, sample)
+            _check_logits(out, sample, num_classes, arch)
+            _check_gradients(out, params, arch)
+    finally:
+        for t in params:
+            t.grad = None
         with torch.no_grad():
-            out = model(sample)
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _forward(model: nn.Module, sample: torch.Tensor):
+    try:
+        return model(sample)
     except torch.OutOfMemoryError:
         raise  # not the model's mistake: the run reports it with advice on memory
     except Exception as e:  # noqa: BLE001 - user model code
         raise ModelError(
             f"the model failed on a batch of shape {tuple(sample.shape)}: {type(e).__name__}: {e}"
         ) from None
-    finally:
-        model.train()
-    _check_logits(out, arch)
-    want = (sample.shape[0], num_classes)
-    if tuple(out.shape) != want:
-        raise ModelError(
-            f"the model's output has shape {tuple(out.shape)} but the data needs "
-            f"{want} (batch, num_classes)"
-        )
 
 
-def _check_logits(out, arch: str) -> None:
-    """forward's result must be what cross_entropy takes: one floating-point tensor."""
+def _check_logits(out, sample: torch.Tensor, num_classes: int, arch: str) -> None:
+    """forward's result must be what cross_entropy takes: float logits (batch, classes)."""
     if not isinstance(out, torch.Tensor):
         raise ModelError(
             f"model.arch {arch!r}: forward must return one tensor of logits "
@@ -174,50 +187,34 @@ def _check_logits(out, arch: str) -> None:
             f"model.arch {arch!r}: forward must return floating-point logits; got a tensor "
             f"of {out.dtype} (leave argmax and rounding out of forward)"
         )
-
-
-def check_trainable(model: nn.Module, sample: torch.Tensor, arch: str) -> None:
-    """One forward and backward in training mode, so that a model the optimizer cannot
-    train fails before training, naming model.arch. Leaves no trace: the random streams
-    (dropout), the buffers (batch-norm statistics) and the gradients are as they were."""
-    params = [t for t in model.parameters() if t.requires_grad]
-    if not params:
+    want = (sample.shape[0], num_classes)
+    if tuple(out.shape) != want:
         raise ModelError(
-            f"model.arch {arch!r}: the model has no trainable parameters; create its layers "
-            "in __init__ as attributes (self.fc = nn.Linear(...)) and leave requires_grad on"
+            f"the model's output has shape {tuple(out.shape)} but the data needs "
+            f"{want} (batch, num_classes)"
         )
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    devices = [sample.device] if sample.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            out = model(sample)
-            _check_logits(out, arch)  # in training mode a model may return something else
-            if not out.requires_grad:
-                raise ModelError(
-                    f"model.arch {arch!r}: the output is detached from the model's parameters "
-                    "(no grad_fn); leave .detach(), .item(), .numpy() and torch.no_grad() "
-                    "out of forward"
-                )
-            out.float().sum().backward()
-        if all(t.grad is None for t in params):
-            raise ModelError(
-                f"model.arch {arch!r}: the loss reaches none of the model's parameters; "
-                "create the layers forward uses in __init__, not inside forward"
-            )
-    except (ModelError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:  # noqa: BLE001 - user model code
+
+
+def _check_gradients(out: torch.Tensor, params: list[torch.Tensor], arch: str) -> None:
+    """The loss must reach the parameters the optimizer will step."""
+    if not out.requires_grad:
         raise ModelError(
-            f"model.arch {arch!r}: the model failed in training mode on a batch of shape "
-            f"{tuple(sample.shape)}: {type(e).__name__}: {e}"
+            f"model.arch {arch!r}: the output is detached from the model's parameters "
+            "(no grad_fn); leave .detach(), .item(), .numpy() and torch.no_grad() out of forward"
+        )
+    try:
+        out.float().sum().backward()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user model code (a custom autograd Function)
+        raise ModelError(
+            f"model.arch {arch!r}: backward through the model failed: {type(e).__name__}: {e}"
         ) from None
-    finally:
-        for t in model.parameters():
-            t.grad = None
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
+    if all(t.grad is None for t in params):
+        raise ModelError(
+            f"model.arch {arch!r}: the loss reaches none of the model's parameters; "
+            "create the layers forward uses in __init__, not inside forward"
+        )
 
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -347,6 +347,8 @@ class Run:
             )
             if self._set_up(self.trainer):
                 self._train(self.trainer)
+        except Exception as e:  # noqa: BLE001 - e.g. the trainer's own import
+            self._fail(self.trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
         except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... in user code
             self._fail(self.trainer, _ended_by(e), traceback.format_exc())
         finally:

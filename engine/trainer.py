@@ -39,7 +39,7 @@ from engine.data import (
 from engine.distributed import Collectives, World, world_from_env
 from engine.errors import MptError, TrainingFailed
 from engine.gpu import GpuStats
-from engine.models import build_model, check_output_shape, check_precision, check_trainable
+from engine.models import build_model, check_first_batch, check_precision
 from engine.monitor import BestTracker, stop_why
 from engine.optim import Schedule, build_optimizer
 from engine.profile import Profile
@@ -142,8 +142,7 @@ class Trainer:
         first = data.train.x[:2]
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(self.device))
-        check_output_shape(self.model, sample, data.num_classes, p.model.arch)
-        check_trainable(self.model, sample, p.model.arch)  # forward and backward, no trace
+        check_first_batch(self.model, sample, data.num_classes, p.model.arch)  # leaves no trace
         check_precision(self.model, sample, p.precision.mode)  # fp16/bf16 on this device
         # channels_last lets cuDNN use tensor cores for convolutions under autocast.
         self.channels_last = self.device.type == "cuda" and any(
