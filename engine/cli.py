@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# run_finished reasons of a run that did what it was asked to (exit 0); any other end fails.
+_ENDED_AS_ASKED = ("completed", "early_stopped", "max_time", "stopped")
 
 # readable=False: an unreadable profile is the loader's one sentence, not click's box.
 ProfileArg = Annotated[
@@ -192,11 +194,13 @@ def _apply_commands(handle, commands: list[str], console) -> None:
 
 
 def _exit_code(handle) -> int:
-    if handle.reason == "failed":
-        return EXIT_USAGE if handle.user_error else EXIT_FAILED
+    """0 only for a run whose run_finished says it ended as asked; a run that failed, or
+    whose thread ended without saying how, is 1 (2 for a mistake found before training)."""
     if handle.reason == "interrupted":
         return EXIT_INTERRUPTED
-    return EXIT_OK
+    if handle.reason in _ENDED_AS_ASKED:
+        return EXIT_OK
+    return EXIT_USAGE if handle.user_error else EXIT_FAILED
 
 
 def _install_interrupt_handlers(console):

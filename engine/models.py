@@ -188,25 +188,83 @@ def require_room_for_model(
         )
 
 
-def check_output_shape(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:
-    """Run one small batch so a model that does not fit the data fails before training."""
-    model.eval()  # no dropout draw, no batch-norm statistics update
+def check_first_batch(model: nn.Module, sample: torch.Tensor, num_classes: int, arch: str) -> None:
+    """Run one small batch forward and backward, as training will, so that a model that
+    does not fit the data, or that the optimizer cannot train, fails before training.
+    Leaves no trace: the random streams (dropout), the buffers (batch-norm statistics) and
+    the gradients are as they were, so a run trains as if it had not been checked."""
+    params = [t for t in model.parameters() if t.requires_grad]
+    if not params:
+        raise ModelError(
+            f"model.arch {arch!r}: the model has no trainable parameters; create its layers "
+            "in __init__ as attributes (self.fc = nn.Linear(...)) and leave requires_grad on"
+        )
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    devices = [sample.device] if sample.device.type == "cuda" else []
+    model.train()
     try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            out = _forward(model, sample)
+            _check_logits(out, sample, num_classes, arch)
+            _check_gradients(out, params, arch)
+    finally:
+        for t in params:
+            t.grad = None
         with torch.no_grad():
-            out = model(sample)
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
+def _forward(model: nn.Module, sample: torch.Tensor):
+    try:
+        return model(sample)
     except Exception as e:  # noqa: BLE001 - user model code
         if is_out_of_memory(e):
             raise  # not the model's mistake: the run reports it with advice on memory
         raise ModelError(
             f"the model failed on a batch of shape {tuple(sample.shape)}: {type(e).__name__}: {e}"
         ) from None
-    finally:
-        model.train()
+
+
+def _check_logits(out, sample: torch.Tensor, num_classes: int, arch: str) -> None:
+    """forward's result must be what cross_entropy takes: float logits (batch, classes)."""
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(
+            f"model.arch {arch!r}: forward must return one tensor of logits "
+            f"(batch, num_classes); got {type(out).__name__}"
+        )
+    if not out.is_floating_point():
+        raise ModelError(
+            f"model.arch {arch!r}: forward must return floating-point logits; got a tensor "
+            f"of {out.dtype} (leave argmax and rounding out of forward)"
+        )
     want = (sample.shape[0], num_classes)
     if tuple(out.shape) != want:
         raise ModelError(
             f"the model's output has shape {tuple(out.shape)} but the data needs "
             f"{want} (batch, num_classes)"
+        )
+
+
+def _check_gradients(out: torch.Tensor, params: list[torch.Tensor], arch: str) -> None:
+    """The loss must reach the parameters the optimizer will step."""
+    if not out.requires_grad:
+        raise ModelError(
+            f"model.arch {arch!r}: the output is detached from the model's parameters "
+            "(no grad_fn); leave .detach(), .item(), .numpy() and torch.no_grad() out of forward"
+        )
+    try:
+        out.float().sum().backward()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user model code (a custom autograd Function)
+        raise ModelError(
+            f"model.arch {arch!r}: backward through the model failed: {type(e).__name__}: {e}"
+        ) from None
+    if all(t.grad is None for t in params):
+        raise ModelError(
+            f"model.arch {arch!r}: the loss reaches none of the model's parameters; "
+            "create the layers forward uses in __init__, not inside forward"
         )
 
 

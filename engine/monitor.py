@@ -46,3 +46,17 @@ class BestTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
+
+
+def stop_why(
+    value: float, wait: int, patience: int, stop_above: float | None, stop_below: float | None
+) -> str:
+    """Why early stopping ends the run at a validation of `value`, `wait` validations after
+    the best: "stop_above", "stop_below", "patience", or "" to go on."""
+    if stop_above is not None and value > stop_above:
+        return "stop_above"
+    if stop_below is not None and value < stop_below:
+        return "stop_below"
+    if wait > 0 and wait >= patience:
+        return "patience"
+    return ""

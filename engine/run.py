@@ -7,7 +7,9 @@ Both faces (the CLI and the TUI) use only this: `Run.start(profile)`, `run.event
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import stat
 import threading
 import time
 import traceback
@@ -89,12 +91,109 @@ def _prepare_resume(
         data = apply_overrides(state["profile"], overrides)
         profile = profile_from_dict(data, source=f"{path} (its profile)")
     warnings = ckpt.check_resume(path, state, profile.to_dict(), world_from_env().size)
+    _refuse_nothing_left(path, state, profile)
     events = path.resolve().parent.parent / "events.jsonl"
     history = []
     if events.is_file():
         # The lines written before the checkpoint; the new run_started (resumed_from) follows.
         history = ev.history_lines(events, state["progress"]["events"])
     return profile, (path, state), history, warnings
+
+
+def _ended_by(error: BaseException) -> str:
+    """run_failed's text for what no `except Exception` catches: sys.exit, KeyboardInterrupt,
+    GeneratorExit or an exception sent to the thread, raised by code the run called."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    if isinstance(error, SystemExit):
+        code = "" if error.code is None else repr(error.code)
+        return (
+            f"the training code called sys.exit({code}){where}; a model or dataset must "
+            "raise an exception, not exit"
+        )
+    if isinstance(error, KeyboardInterrupt):  # a real Ctrl-C reaches the main thread
+        return (
+            f"KeyboardInterrupt raised inside the training code{where}, not by Ctrl-C; "
+            "stop a run with Ctrl-C or its stop control"
+        )
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return f"{text} raised inside the training code{where}"
+
+
+def _refuse_nothing_left(path: Path, state: dict, profile: Profile) -> None:
+    """A checkpoint whose run has nothing left to do under `profile` would "finish" after
+    0 steps in a new run directory: refuse it, saying what is done and which key to raise.
+    (run.max_time is not checked: each resume gets a fresh budget.)"""
+    from engine.checkpoint import CheckpointError
+
+    progress, run = state["progress"], profile.run
+    done, step = progress["epochs_done"], progress["step"]
+    old_epochs = state["profile"].get("run", {}).get("epochs")
+    what, raise_ = [], []  # what is done; the keys to raise, with a value that goes on
+    if done >= run.epochs:
+        if done == run.epochs == old_epochs:
+            what.append(f"the run already finished its {_count(done, 'epoch')}")
+        else:
+            than = "as many as" if done == run.epochs else "more than"
+            what.append(f"the run has done {_count(done, 'epoch')}, {than} run.epochs = ")
+            what[-1] += str(run.epochs)
+        more = old_epochs if isinstance(old_epochs, int) and old_epochs > done else 2 * done
+        raise_.append(f"run.epochs (e.g. to {more})")
+    if run.max_steps is not None and step >= run.max_steps:
+        verb = "reached" if step == run.max_steps else "passed"
+        what.append(f"{'it' if what else 'the run'} {verb} run.max_steps = {run.max_steps}")
+        raise_.append(f"run.max_steps (e.g. to {2 * step})")
+    if what:
+        raise CheckpointError(
+            f"{path}: {' and '.join(what)} (step {step}); to train further raise "
+            + " and ".join(raise_)
+        )
+    stopped = _stops_again(state, profile)
+    if stopped:
+        raise CheckpointError(f"{path}: the run stopped early ({stopped[0]}); {stopped[1]}")
+
+
+def _stops_again(state: dict, profile: Profile) -> tuple[str, str] | None:
+    """(what stopped the checkpoint's run early, what to change) when `profile` would stop
+    it again at its next validation; None when the run did not stop early or goes on."""
+    from engine.monitor import stop_why
+
+    old = {**Profile().to_dict()["early_stop"], **state["profile"].get("early_stop", {})}
+    wait, metrics = state["early_stop"]["wait"], state["metrics"]
+    value = metrics.get(old["monitor"])
+    if not old["enabled"] or value is None:
+        return None
+    # (to_dict leaves out keys that are absent, None: TOML has no null)
+    if not stop_why(value, wait, old["patience"], old.get("stop_above"), old.get("stop_below")):
+        return None  # a checkpoint from before the run stopped
+    es = profile.early_stop
+    value = metrics.get(es.monitor)
+    if not es.enabled or value is None:
+        return None
+    why = stop_why(value, wait, es.patience, es.stop_above, es.stop_below)
+    further = "to train further"
+    off = "or set early_stop.enabled = false"
+    if why == "patience":
+        return (
+            f"{es.monitor} did not improve for {_count(wait, 'validation')}, "
+            f"early_stop.patience = {es.patience}",
+            f"{further} raise early_stop.patience (e.g. to {wait + es.patience + 1}) {off}",
+        )
+    if why == "stop_above":
+        return (
+            f"{es.monitor} {value:.4g} is above early_stop.stop_above = {es.stop_above}",
+            f"{further} raise early_stop.stop_above {off}",
+        )
+    if why == "stop_below":
+        return (
+            f"{es.monitor} {value:.4g} is below early_stop.stop_below = {es.stop_below}",
+            f"{further} lower early_stop.stop_below {off}",
+        )
+    return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _sentence(error: MptError) -> str:
@@ -145,6 +244,67 @@ def _release(trainer) -> None:
         torch.cuda.empty_cache()
 
 
+class _RunLog(ev.EventLog):
+    """The run's EventLog; it lets one terminal event out (run_finished or run_failed) and
+    keeps it: how the run ended, read by Run.reason."""
+
+    ending: ev.RunFinished | ev.RunFailed | None = None
+
+    def emit(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunFinished | ev.RunFailed):
+            if self.ending is not None:
+                return
+            self.ending = event
+        super().emit(event)
+
+
+# What a run writes into its run directory before training starts: removed again when
+# setup finds a mistake (exit 2), so that a refused run leaves no run directory behind.
+_SETUP_FILES = ("events.jsonl", "profile.toml", "metrics.csv")
+_SETUP_PREFIXES = ("events.out.tfevents.",)  # TensorBoard's file, [log] tensorboard = true
+_SETUP_FOLDERS = ("control", "checkpoints")  # `mpt run`'s command folder; no checkpoint yet
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove a run directory that setup refused: the files the run made there, then the
+    folder. Names are unlinked inside the folder (a symbolic link is removed, never
+    followed); anything else found keeps the folder (events.jsonl is gone all the same,
+    so no run list shows it)."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(fd):
+            if name in _SETUP_FILES or name.startswith(_SETUP_PREFIXES):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+        for name in _SETUP_FOLDERS:
+            _remove_folder(fd, name)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+
+
+def _remove_folder(parent_fd: int, name: str) -> None:
+    """Empty and remove `name` in the folder `parent_fd`: only plain files, never through
+    a symbolic link (control/ holds command files; checkpoints/ nothing before training)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+    except OSError:
+        return
+    try:
+        for entry in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
 class Run:
     """A training run in a background thread. Controls are thread-safe."""
 
@@ -162,14 +322,12 @@ class Run:
         self.resumed_from: Path | None = resume[0] if resume else None
         self.events: queue.Queue[ev.Event] = queue.Queue()
         self.control = Control()
-        self.reason: str | None = None  # how it ended: a run_finished reason, or "failed"
-        self.error: str | None = None
-        self.user_error = False
+        self.trainer = None
         self._resume = resume
         self._warnings = list(warnings)
         self._profile_steps = profile_steps
         path = run_dir / "events.jsonl" if run_dir else None
-        self._log = ev.EventLog(self.events, path, history)
+        self._log = _RunLog(self.events, path, history)
         self._history = history  # replayed into the [log] sinks when the thread opens them
         self._thread = threading.Thread(target=self._main, name="mpt-trainer", daemon=True)
 
@@ -213,18 +371,31 @@ class Run:
         return run
 
     def _main(self) -> None:
-        from engine.trainer import Trainer  # torch is imported here, off the caller's thread
+        """The thread: set up, train, and end with exactly one run_finished or run_failed,
+        however the thread ends (user code may call sys.exit or raise KeyboardInterrupt)."""
+        try:
+            from engine.trainer import Trainer  # torch is imported here, off the caller's thread
 
-        trainer = Trainer(
-            self.profile,
-            self._log,
-            self.control,
-            self.run_dir,
-            self._resume,
-            self._warnings,
-            self._profile_steps,
-        )
-        self.trainer = trainer
+            self.trainer = Trainer(
+                self.profile,
+                self._log,
+                self.control,
+                self.run_dir,
+                self._resume,
+                self._warnings,
+                self._profile_steps,
+            )
+            if self._set_up(self.trainer):
+                self._train(self.trainer)
+        except Exception as e:  # noqa: BLE001 - e.g. the trainer's own import
+            self._fail(self.trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
+        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... in user code
+            self._fail(self.trainer, _ended_by(e), traceback.format_exc())
+        finally:
+            self._end()
+
+    def _set_up(self, trainer) -> bool:
+        """Open the sinks and set the trainer up; False when the run has ended already."""
         try:
             # The [log] sinks (CSV, TensorBoard) open here, off the caller's thread:
             # TensorBoard's import is slow. A resumed run replays its history into them.
@@ -235,41 +406,72 @@ class Run:
             trainer.setup()
         except MptError as e:
             self._fail(trainer, _sentence(e), "", user_error=True)
-            return
+            return False
         except Exception as e:  # noqa: BLE001 - reported as run_failed, never lost
             self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
-            return
+            return False
         if self.control.stop_requested:  # stopped while loading data: nothing to save
-            self.reason = self.control.stop_reason
-            self._log.emit(ev.RunFinished(reason=self.reason))
-            self._log.close()
-            return
+            self._log.emit(ev.RunFinished(reason=self.control.stop_reason))
+            return False
+        return True
+
+    def _train(self, trainer) -> None:
         try:
-            self.reason = trainer.fit()
+            trainer.fit()  # ends with its run_finished
         except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
             self._fail(trainer, _sentence(e), "")
-            return
         except Exception as e:  # noqa: BLE001
             self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
-            return
-        finally:
-            self._log.close()
-            if getattr(trainer, "dist", None) is not None:
-                trainer.dist.close()  # leaves torchrun's process group, if it joined one
 
     def _fail(self, trainer, error: str, tb: str, user_error: bool = False) -> None:
-        self.reason, self.error, self.user_error = "failed", error, user_error
-        _release(trainer)
+        if self._log.ending is not None:
+            return  # the run has ended already (e.g. an exception after its run_finished)
+        if trainer is not None:
+            _release(trainer)
         self._log.emit(
             ev.RunFailed(
-                step=trainer.step,
-                epoch=trainer.epoch,
+                step=getattr(trainer, "step", 0),
+                epoch=getattr(trainer, "epoch", 0),
                 error=error,
                 traceback=tb,
                 user_error=user_error,
             )
         )
+
+    def _end(self) -> None:
+        """The thread's last act: a terminal event if none went out, the log closed, a
+        setup mistake's run directory removed (nothing was trained in it)."""
+        if self._log.ending is None:  # never reached, but a run must never end unreported
+            self._log.emit(ev.RunFailed(error="the training thread ended without reporting why"))
         self._log.close()
+        dist = getattr(self.trainer, "dist", None)
+        if dist is not None:
+            dist.close()  # leaves torchrun's process group, if it joined one
+        ending = self._log.ending
+        if isinstance(ending, ev.RunFailed) and ending.user_error and self.run_dir is not None:
+            remove_run_dir(self.run_dir)
+
+    @property
+    def reason(self) -> str | None:
+        """How the run ended: its run_finished reason, or "failed"; None while it runs."""
+        ending = self._log.ending
+        if ending is None:  # a thread that ended with no word (killed in its last lines) failed
+            return "failed" if self._thread.ident and not self._thread.is_alive() else None
+        return "failed" if isinstance(ending, ev.RunFailed) else ending.reason
+
+    @property
+    def error(self) -> str | None:
+        """run_failed's sentence, once the run has failed."""
+        ending = self._log.ending
+        if isinstance(ending, ev.RunFailed):
+            return ending.error
+        return "the training thread ended without reporting why" if self.reason else None
+
+    @property
+    def user_error(self) -> bool:
+        """Whether the run failed on a profile, data or model mistake found before training."""
+        ending = self._log.ending
+        return isinstance(ending, ev.RunFailed) and ending.user_error
 
     # ---- controls: take effect at the next optimizer-step boundary ----
     def pause(self) -> None:

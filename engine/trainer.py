@@ -40,8 +40,8 @@ from engine.data import (
 from engine.distributed import Collectives, World, world_from_env
 from engine.errors import MptError, TrainingFailed
 from engine.gpu import GpuStats
-from engine.models import build_model, check_output_shape, check_precision
-from engine.monitor import BestTracker
+from engine.models import build_model, check_first_batch, check_precision
+from engine.monitor import BestTracker, stop_why
 from engine.optim import Schedule, build_optimizer
 from engine.profile import Profile
 
@@ -145,7 +145,7 @@ class Trainer:
         first = data.train.x[:2]
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(self.device))
-        check_output_shape(self.model, sample, data.num_classes)
+        check_first_batch(self.model, sample, data.num_classes, p.model.arch)  # leaves no trace
         check_precision(self.model, sample, p.precision.mode)  # fp16/bf16 on this device
         # channels_last lets cuDNN use tensor cores for convolutions under autocast.
         self.channels_last = self.device.type == "cuda" and any(
@@ -473,13 +473,7 @@ class Trainer:
         improved = self.early.update(value, self.step)
         if improved and es.restore_best:
             self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        why = ""
-        if es.stop_above is not None and value > es.stop_above:
-            why = "stop_above"
-        elif es.stop_below is not None and value < es.stop_below:
-            why = "stop_below"
-        elif self.early.wait > 0 and self.early.wait >= es.patience:
-            why = "patience"
+        why = stop_why(value, self.early.wait, es.patience, es.stop_above, es.stop_below)
         self.log.emit(
             ev.EarlyStop(
                 step=self.step,

@@ -284,7 +284,7 @@ def test_resume_last_picks_the_newest_run_of_the_profile_name_with_a_checkpoint(
     assert not failed.ckpt_dir.exists()
     assert sorted((tmp_path / "many").iterdir())[-1] == failed.run_dir
 
-    again = train(data, resume="last")
+    again = train(merge(data, {"run": {"epochs": 2, "max_steps": 6}}), resume="last")
 
     assert again.run.resumed_from == newer.ckpt_dir / "last.pt"
     assert again.of("run_started")[0].resumed_from == str(newer.ckpt_dir / "last.pt")
@@ -300,8 +300,9 @@ def test_resume_last_without_any_checkpointed_run_is_a_clear_error(tmp_path):
         train(data, resume="last")
 
 
-def test_resume_at_its_last_step_trains_nothing_and_keeps_the_checkpoint_weights(safe_run):
+def test_resume_at_its_last_step_is_refused_naming_max_steps(safe_run):
+    from engine.checkpoint import CheckpointError
+
     ckpt = safe_run.ckpt_dir / "step-000005.pt"
-    again = train(resume=ckpt, overrides=["run.max_steps=5"])
-    assert again.of("step") == []  # nothing left to train
-    assert_same(again.run.trainer.model.state_dict(), load(ckpt)["model"])
+    with pytest.raises(CheckpointError, match=r"reached run.max_steps = 5 \(step 5\); to train"):
+        train(resume=ckpt, overrides=["run.max_steps=5"])  # nothing left to train
