@@ -282,7 +282,9 @@ def test_weights_or_optimizer_state_of_the_wrong_shape_are_one_sentence_naming_t
     change, phrase = FOUND_WHERE_BUILT[case]
     path = write_bad(good_state, change, tmp_path, case)
     ckpt.load(path)  # the structure is right: only the model built from the profile can tell
-    result = invoke("run", "--resume", str(path), "--set", "run.max_steps=5")
+    result = invoke(
+        "run", "--resume", str(path), "--set", "run.max_steps=5", "--set", "run.epochs=2"
+    )
     assert result.exit_code == 2, (result.output, result.exception)
     assert result.exception is None or isinstance(result.exception, SystemExit)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
@@ -295,17 +297,17 @@ def test_weights_or_optimizer_state_of_the_wrong_shape_are_one_sentence_naming_t
         assert_one_sentence(exported.stderr, path, phrase)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the run directory of a run refused in setup (exit 2) is removed by the "
-    "'ending' helper's change to engine/run.py (issue 13, group 11)",
-)
 def test_weights_of_the_wrong_shape_leave_no_run_directory(good_state, tmp_path):
     change, _ = FOUND_WHERE_BUILT["model_tensor_wrong_shape"]
     path = write_bad(good_state, change, tmp_path, "shape")
     out = Path(good_state["profile"]["run"]["out_dir"])
     before = run_dirs(out)
-    assert invoke("run", "--resume", str(path), "--set", "run.max_steps=5").exit_code == 2
+    assert (
+        invoke(
+            "run", "--resume", str(path), "--set", "run.max_steps=5", "--set", "run.epochs=2"
+        ).exit_code
+        == 2
+    )
     assert run_dirs(out) == before
 
 
@@ -393,11 +395,31 @@ def test_trust_code_or_the_users_own_profile_imports_it_and_works(evil_run):
     assert r.returncode == 0, r.stderr
     assert marker.exists() and (folder / "m.pt").is_file()
     marker.unlink()
-    r = mpt("run", "--resume", checkpoint, "--trust-code", "--set", "run.max_steps=3", cwd=folder)
+    r = mpt(
+        "run",
+        "--resume",
+        checkpoint,
+        "--trust-code",
+        "--set",
+        "run.max_steps=3",
+        "--set",
+        "run.epochs=2",
+        cwd=folder,
+    )
     assert r.returncode == 0, r.stderr
     assert marker.exists()
     marker.unlink()
-    r = mpt("run", profile, "--resume", checkpoint, "--set", "run.max_steps=3", cwd=folder)
+    r = mpt(
+        "run",
+        profile,
+        "--resume",
+        checkpoint,
+        "--set",
+        "run.max_steps=3",
+        "--set",
+        "run.epochs=2",
+        cwd=folder,
+    )
     assert r.returncode == 0, r.stderr
     assert marker.exists()
 
