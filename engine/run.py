@@ -214,13 +214,15 @@ def _unexpected(trainer, error: Exception) -> str:
         return f"{type(error).__name__}: {error}"
     p = trainer.p
     training = hasattr(trainer, "optimizer")  # set up: the model and optimizer are built
+    device = str(getattr(trainer, "device", p.run.device))
+    on_gpu_in_setup = not training and device.startswith("cuda")
     return (
-        f"out of memory on {getattr(trainer, 'device', p.run.device)} "
+        f"out of memory on {device} "
         + (f"at step {trainer.step}" if training else "while setting up")
         + f" (data.batch_size {p.data.batch_size}, train.grad_accum {p.train.grad_accum}, "
         f"precision.mode {p.precision.mode!r}); lower data.batch_size and raise "
         'train.grad_accum to keep the step the same, or use precision.mode = "bf16"'
-        + ("" if training else '; data.cache = "memory" keeps the dataset off the GPU')
+        + ('; data.cache = "memory" keeps the dataset off the GPU' if on_gpu_in_setup else "")
     )
 
 
