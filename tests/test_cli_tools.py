@@ -118,7 +118,7 @@ def test_ls_lists_every_run_newest_first(runs):
         assert re.fullmatch(r"\d+\.\d\d%", r[3])
         assert re.fullmatch(r"checkpoints/step-\d{6}\.pt", r[4])
     (broken,) = [r.split() for r in rows if r.startswith("broken/")]
-    assert broken[1:] == ["failed", "-", "-", "-"]  # it failed before its first epoch
+    assert broken[1:] == ["failed", "1/15", "-", "-"]  # it failed in its first epoch
 
 
 def test_ls_of_a_missing_folder_exits_2(tmp_path):
