@@ -176,12 +176,30 @@ def _whole_labels(y: np.ndarray, source: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def load_digits(cfg: DataSection, seed: int) -> Raw:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: images (1797, 8, 8) in 0..16 and labels. Read from
+    its file without importing sklearn, which costs ~1.6 s of every start (and draws from
+    Python's random stream on import); sklearn's own loader where the file is elsewhere."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path) as f:
+                table = np.loadtxt(f, delimiter=",")  # 64 pixels, then the label, a row
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
-    x = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
-    return Raw(Split(_as_images(x, "digits"), _as_labels(d.target, len(x), "digits")), None)
+    return d.images, d.target
+
+
+def load_digits(cfg: DataSection, seed: int) -> Raw:
+    images, labels = _digits_arrays()
+    x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
+    return Raw(Split(_as_images(x, "digits"), _as_labels(labels, len(x), "digits")), None)
 
 
 def load_npz(cfg: DataSection, seed: int) -> Raw:

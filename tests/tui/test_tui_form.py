@@ -215,4 +215,4 @@ async def test_a_misspelled_key_in_the_file_is_named_with_the_engines_hint(workd
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen))
         status = str(app.screen.query_one("#status").render())
-        assert "not kept on save: run.epoch: unknown key; did you mean 'epochs'?" in status
+        assert "commented out on save: run.epoch: unknown key; did you mean 'epochs'?" in status

@@ -186,7 +186,7 @@ class ProfileFormScreen(Screen):
         if unplaced:
             text += "  |  " + "; ".join(f"{k}: {' '.join(v)}" for k, v in unplaced.items())
         if self.unknown:
-            text += "  |  not kept on save: " + "; ".join(
+            text += "  |  commented out on save: " + "; ".join(
                 f"{p.key}: {p.message}" for p in self.unknown
             )
         status.update(text)
