@@ -366,6 +366,8 @@ FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
 
 
 ECHO_LIMIT = 80  # characters of a user's value or key that an error message repeats
+PATH_ECHO_LIMIT = 4096  # a path is named whole (PATH_MAX); only a runaway one is cut
+PATH_KEYS = frozenset({"data.path", "data.root", "run.out_dir"})
 
 
 def cut(text: str, limit: int = ECHO_LIMIT) -> str:
@@ -525,7 +527,8 @@ def _cross_checks(p: Profile) -> list[Problem]:
     problems = []
 
     def add(path: str, message: str, got: Any) -> None:
-        problems.append(Problem(path, f"{message} (got {_describe(got)})"))
+        limit = PATH_ECHO_LIMIT if path in PATH_KEYS else ECHO_LIMIT
+        problems.append(Problem(path, f"{message} (got {_describe(got, limit)})"))
 
     if not _DEVICE_RE.match(p.run.device):
         add("run.device", "must be auto, cpu, cuda, cuda:N or mps", p.run.device)
