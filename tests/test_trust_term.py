@@ -39,8 +39,7 @@ from durable_helpers import (
 from engine import events as ev
 from engine.console import Console
 
-# Real MNIST (8,000 images, 125 steps an epoch; not digits, whose loader imports sklearn
-# and so draws from Python's random after seeding), many epochs: the run is still going
+# Real MNIST (8,000 images, 125 steps an epoch), many epochs: the run is still going
 # when the test acts, and its only checkpoint is the one the interrupt writes.
 LONG = {
     "run": {"name": "term", "epochs": 50},
