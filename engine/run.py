@@ -331,6 +331,11 @@ class Run:
         path = run_dir / "events.jsonl" if run_dir else None
         self._log = _RunLog(self.events, path, history)
         self._history = history  # replayed into the [log] sinks when the thread opens them
+        # The events a resumed run starts from (its events.jsonl's first lines): a view of
+        # the run folds these first, then the queue, which holds only this run's own events.
+        self.history: list[ev.Event] = [
+            e for e in map(ev.event_from_line, history) if e is not None
+        ]
         self._thread = threading.Thread(target=self._main, name="mpt-trainer", daemon=True)
 
     @classmethod
@@ -489,6 +494,12 @@ class Run:
     def checkpoint(self) -> None:
         """Save a checkpoint at the next step boundary (a checkpoint_saved event follows)."""
         self.control.checkpoint()
+
+    @property
+    def model(self):
+        """The torch module this run trains (after a run with early_stop.restore_best, the
+        restored best weights); None until setup has built it."""
+        return getattr(self.trainer, "model", None)
 
     @property
     def paused(self) -> bool:
