@@ -364,6 +364,34 @@ def _collect_fields() -> tuple[FieldSpec, ...]:
 FIELDS: tuple[FieldSpec, ...] = _collect_fields()
 FIELD_BY_PATH: dict[str, FieldSpec] = {f.path: f for f in FIELDS}
 
+# Written as values in a new profile even when they equal the default (`mpt init`, a new
+# profile saved from the console's form): what a first run changes.
+ESSENTIAL_KEYS = frozenset(
+    {
+        "run.name",
+        "run.epochs",
+        "run.device",
+        "data.dataset",
+        "data.batch_size",
+        "model.arch",
+        "model.hidden",
+        "optim.name",
+        "optim.lr",
+        "log.csv",
+    }
+)
+# What the console's resume form offers to change: how long the run goes on, the learning
+# rate, patience, logging. engine.checkpoint.REFUSED_CHANGES lists what a resume refuses;
+# check_resume has the last word on the rest.
+RESUME_FORM_KEYS = (
+    "run.epochs",
+    "run.max_steps",
+    "run.max_time",
+    "optim.lr",
+    "early_stop.patience",
+    "train.log_every",
+)
+
 
 ECHO_LIMIT = 80  # characters of a user's value or key that an error message repeats
 PATH_ECHO_LIMIT = 4096  # a path is named whole (PATH_MAX); only a runaway one is cut

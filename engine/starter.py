@@ -18,6 +18,7 @@ import tomli_w
 
 from engine.errors import MptError
 from engine.profile import (
+    ESSENTIAL_KEYS,
     FIELDS,
     NAME_MAX,
     SECTIONS,
@@ -28,19 +29,6 @@ from engine.profile import (
     profile_from_toml,
 )
 
-# Written as values even when they equal the default: what a first run changes.
-ESSENTIAL = {
-    "run.name",
-    "run.epochs",
-    "run.device",
-    "data.dataset",
-    "data.batch_size",
-    "model.arch",
-    "model.hidden",
-    "optim.name",
-    "optim.lr",
-    "log.csv",
-}
 # Optional keys have no default to show: a sample value to uncomment.
 EXAMPLES = {
     "run.max_steps": 1000,
@@ -86,7 +74,7 @@ def starter_profile(base: Profile | None = None, name: str = "starter", source: 
                 lines.append(f"# {spec.name} = {_value(example)}")
                 continue
             changed = value != getattr(getattr(default, section), spec.name)
-            prefix = "" if changed or spec.path in ESSENTIAL else "# "
+            prefix = "" if changed or spec.path in ESSENTIAL_KEYS else "# "
             lines.append(f"{prefix}{spec.name} = {_value(value)}")
     return "\n".join(lines) + "\n"
 
