@@ -1,9 +1,11 @@
 """mpt-tui: profiles, runs and a live dashboard, in the terminal.
 
-The app owns at most one `RunSession` (the run started here) and drains its events
-on a timer, at most ten times a second; screens redraw from `session.view` when
-`run_version` moves. torch is never imported here: the trainer imports it in its own
-thread, so the first paint does not wait for it.
+The app owns at most one `RunSession` (the run started here) and the run a dashboard
+follows from its events.jsonl (`AttachedRun`); both are `RunSource`s (tui/session.py).
+Their watcher threads post `EventsArrived`; the app folds the events and publishes
+`run_updated`, which the dashboard redraws on. Screens post messages (tui/messages.py)
+for what only the app does: start a run, show a dashboard. torch is never imported here:
+the trainer imports it in its own thread, so the first paint does not wait for it.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ import typer
 from textual import work
 from textual.app import App
 from textual.binding import Binding
-from textual.reactive import reactive
+from textual.signal import Signal
 
 from engine.errors import MptError
 from engine.profile import Profile
-from tui.session import RunSession
+from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
+from tui.messages import EventsArrived, OpenDashboard, OpenRun, StartRun
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.home import HomeScreen
+from tui.session import AttachedRun, RunSession, RunSource
 
-REDRAW_INTERVAL = 0.1  # seconds: the queue is drained and the screen redrawn at most 10x/s
 HANGUP_POLL = 0.2  # seconds between two looks at whether the terminal is still there
+NOTICE_SECONDS, ERROR_SECONDS = 3, 10  # how long a notice and an error stay up
 
 
 class MptApp(App):
@@ -39,8 +45,6 @@ class MptApp(App):
     CSS_PATH = ["app.tcss", "widgets/widgets.tcss"]
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", show=False, priority=True)]
-
-    run_version: reactive[int] = reactive(0, init=False)
 
     def __init__(
         self,
@@ -55,7 +59,8 @@ class MptApp(App):
         super().__init__()
         self.profiles_dir = Path(profiles_dir)
         self.runs_dir = Path(runs_dir)
-        self.session: RunSession | None = None
+        self.session: RunSession | None = None  # the run this app trains
+        self.run_updated: Signal[RunSource] = Signal(self, "run_updated")
         self._open_profile = open_profile
         self._run_profile = run_profile
         self._resume = resume
@@ -63,10 +68,7 @@ class MptApp(App):
         self._quitting = False
 
     def on_mount(self) -> None:
-        from tui.screens.home import HomeScreen
-
         self.push_screen(HomeScreen(self.profiles_dir, self.runs_dir))
-        self.set_interval(REDRAW_INTERVAL, self._drain)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the SSH link dropped
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -83,9 +85,28 @@ class MptApp(App):
 
             self.push_screen(ResumeScreen(Path(self._resume)))
         elif self._attach is not None:
-            from tui.screens.dashboard import DashboardScreen
+            self.open_run(Path(self._attach))
 
-            self.push_screen(DashboardScreen.replay(Path(self._attach)))
+    # ---- what the screens ask for ----
+    def on_start_run(self, message: StartRun) -> None:
+        self.start_run(message.profile, resume=message.resume)
+
+    def on_open_run(self, message: OpenRun) -> None:
+        self.open_run(message.run_dir)
+
+    def on_open_dashboard(self, message: OpenDashboard) -> None:
+        if self.session is not None:
+            self.push_screen(DashboardScreen(self.session))
+
+    def open_run(self, run_dir: Path) -> None:
+        """A run's dashboard: the live one of this app, else one read from its events."""
+        session = self.session
+        if session is not None and session.run_dir and _same(session.run_dir, run_dir):
+            self.push_screen(DashboardScreen(session))
+            return
+        source = AttachedRun.open(run_dir)
+        self._watch(source)
+        self.push_screen(DashboardScreen(source), lambda _: source.close())
 
     # ---- the one live run ----
     def start_run(self, profile: Profile, *, resume: str | Path | None = None) -> bool:
@@ -98,13 +119,13 @@ class MptApp(App):
             self.notify("a run is already live here; stop it first", severity="warning")
             return False
         if resume is not None:
-            self.notify(f"loading {resume} ...", timeout=3)
+            self.notify(f"loading {resume} ...", timeout=NOTICE_SECONDS)
             self._start_resumed(profile, resume)
             return True
         try:
             session = RunSession.start(profile)
         except (MptError, OSError) as e:
-            self.notify(f"cannot start: {e}", severity="error", timeout=8)
+            self.notify(f"cannot start: {e}", severity="error", timeout=ERROR_SECONDS)
             return False
         self._show_session(session)
         return True
@@ -116,26 +137,30 @@ class MptApp(App):
         except Exception as e:  # noqa: BLE001 - said on screen; a worker error would end the app
             text = str(e) if isinstance(e, MptError | OSError) else f"{type(e).__name__}: {e}"
             self.call_from_thread(
-                self.notify, f"cannot resume: {text}", severity="error", timeout=10
+                self.notify, f"cannot resume: {text}", severity="error", timeout=ERROR_SECONDS
             )
             return
         self.call_from_thread(self._show_session, session)
 
     def _show_session(self, session: RunSession) -> None:
-        from tui.screens.dashboard import DashboardScreen
-
         self.session = session
+        self._watch(session)
         self.push_screen(DashboardScreen(session))
 
-    def _drain(self) -> None:
+    # ---- the one update path: a watcher posts, the app folds, the screens redraw ----
+    def _watch(self, source: RunSource) -> None:
+        source.watch(lambda: self.post_message(EventsArrived(source)))
+
+    def on_events_arrived(self, message: EventsArrived) -> None:
+        source = message.source
+        if source.fold():
+            self.run_updated.publish(source)
+        if source.backlog:  # a flood: the rest in the next turn, after a redraw
+            self.post_message(EventsArrived(source))
         session = self.session
-        if session is None:
-            return
-        ended = session.ended
-        if session.drain() or session.ended != ended:
-            self.run_version += 1
-        if self._quitting and session.ended:
-            self.exit(return_code=130 if session.view.finish_reason == "interrupted" else 0)
+        if self._quitting and session is not None and session.ended:
+            interrupted = session.view.finish_reason == StopReason.INTERRUPTED
+            self.exit(return_code=EXIT_INTERRUPTED if interrupted else EXIT_OK)
 
     # ---- quitting: never leave a live run behind without stopping it cleanly ----
     def on_signal(self, sig: int) -> None:
@@ -176,6 +201,10 @@ class MptApp(App):
         self.push_screen(
             ConfirmScreen("A run is live. Stop it (saving a checkpoint) and quit?"), answer
         )
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def _exit_after(session: RunSession | None, code: int) -> None:

@@ -1,62 +1,159 @@
-"""A run as the TUI holds it: the engine's Run handle plus the view folded from its events.
+"""Where a dashboard's events come from: a run this app trains, or one another process trains.
 
-No Textual here: the app drains the queue on a timer (`drain`) and redraws from `view`.
-The TUI reaches the run only through the handle's controls and its events.
+`RunSource` is all the dashboard knows of a run: a view folded from its events, whether
+its keys act (`live`), and the controls `pause`, `resume`, `checkpoint` and `stop`, each
+of which returns the sentence to show. Two kinds:
+
+- `RunSession`: a run started (or resumed) here, through the engine's Run handle; its
+  events come on the handle's queue.
+- `AttachedRun`: a run directory's events.jsonl, followed while another process (`mpt run`
+  in tmux) writes it; the keys reach that process through its control channel
+  (engine/remote.py) and their effect comes back as events.
+
+One update path for both: `watch(notify)` starts a thread that waits for new events (a
+blocking read of the queue, or of the file every FOLLOW_INTERVAL), keeps them aside, and
+calls `notify()` (the app posts a message), at most once every WATCH_INTERVAL; the app
+then calls `fold()` on its own thread, which applies them to `view`. No Textual here.
 """
 
 from __future__ import annotations
 
 import queue
-import time
+import threading
 import weakref
-from collections.abc import Iterable
+from collections import deque
 from pathlib import Path
 from typing import ClassVar
 
 from engine import events as ev
+from engine.errors import MptError
 from engine.profile import Profile
+from engine.remote import ControlChannel
 from engine.run import Run
+from engine.runs import summarize_run
 from tui.viewmodel import RunView, build_view
 
-# At most this many events folded per drain, so that a flood (log_every = 1 on a fast
-# model) never holds the UI thread for long; the rest waits for the next tick.
+# At most this many events folded at a time, so that a flood (log_every = 1 on a fast
+# model) never holds the UI thread for long; the rest waits for the next message.
 DRAIN_BATCH = 5000
+WATCH_INTERVAL = 0.1  # seconds: the app hears of new events (and redraws) at most 10x/s
+FOLLOW_INTERVAL = 0.5  # seconds between two reads of a followed run's events.jsonl
+TERMINAL = (ev.RunFinished, ev.RunFailed)
 
 
-class RunSession:
-    """One run started (or resumed) from the TUI."""
+class RunSource:
+    """A run as a dashboard shows and steers it; see the module's docstring."""
+
+    def __init__(self, view: RunView):
+        self.view = view
+        self._waiting: deque[ev.Event] = deque()  # read by the watcher, not folded yet
+        self._done = threading.Event()  # nothing more will come (or we stopped watching)
+        self._watcher: threading.Thread | None = None
+
+    # ---- what each kind says ----
+    @property
+    def run_dir(self) -> Path | None:
+        raise NotImplementedError
+
+    @property
+    def live(self) -> bool:
+        """Whether the keys p, c and s act on the run."""
+        raise NotImplementedError
+
+    @property
+    def paused(self) -> bool:
+        raise NotImplementedError
+
+    def pause(self) -> str:
+        raise NotImplementedError
+
+    def resume(self) -> str:
+        raise NotImplementedError
+
+    def checkpoint(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> str:
+        raise NotImplementedError
+
+    def _read(self, timeout: float) -> list[ev.Event]:
+        """The events that came since the last call, waiting up to `timeout` for one."""
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Called by `fold` once the last event is folded and nothing more will come."""
+
+    # ---- the update path ----
+    def collect(self, timeout: float = 0.0) -> int:
+        """Read what came (waiting up to `timeout`) and keep it for `fold`; how many."""
+        events = self._read(timeout)
+        self._waiting.extend(events)
+        if any(isinstance(e, TERMINAL) for e in events):
+            self._done.set()
+        return len(events)
+
+    @property
+    def backlog(self) -> bool:
+        """Events read and not folded yet (a flood is folded a batch at a time)."""
+        return bool(self._waiting)
+
+    def fold(self, limit: int = DRAIN_BATCH) -> int:
+        """Apply what the watcher read to the view (on the UI's thread); how many events."""
+        n = 0
+        while n < limit and self._waiting:
+            self.view.apply(self._waiting.popleft())
+            n += 1
+        if self._done.is_set() and not self._waiting:
+            self._finish()
+        return n
+
+    def watch(self, notify) -> None:
+        """Follow the run in a thread of its own, calling `notify()` when events wait."""
+        if self._watcher is None and not self._done.is_set():
+            self._watcher = threading.Thread(
+                target=self._watch, args=(notify,), name="mpt-run-watch", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self, notify) -> None:
+        while not self._done.is_set():
+            if self.collect(timeout=WATCH_INTERVAL) or self._done.is_set():
+                notify()
+                self._done.wait(WATCH_INTERVAL)  # what comes meanwhile goes in the next batch
+
+    def close(self) -> None:
+        """Stop watching (the dashboard of a followed run went away)."""
+        self._done.set()
+
+
+class RunSession(RunSource):
+    """A run started (or resumed) from the TUI."""
 
     started: ClassVar[weakref.WeakSet[RunSession]] = weakref.WeakSet()  # for a last cleanup
 
-    def __init__(self, run: Run, history: Iterable[ev.Event] = ()):
+    def __init__(self, run: Run):
         RunSession.started.add(self)
+        super().__init__(build_view(run.history))
         self.run = run
-        self.view: RunView = build_view(history)
         profile = getattr(run, "profile", None)
         if profile is not None and not self.view.name:  # until run_started says more
             self.view.name, self.view.epochs = profile.run.name, profile.run.epochs
             self.view.run_dir = str(run.run_dir or "")
             self.view.messages.append("starting: loading the data, building the model")
-        self.ended = False  # the terminal event has been seen (or the thread is gone)
-        self.stop_requested = False
+        self.ended = False  # the terminal event is folded (or the thread is gone)
+        self._gone = False  # the thread ended without a terminal event
 
     @classmethod
     def start(cls, profile: Profile, *, resume: str | Path | None = None) -> RunSession:
         """Start a run, or resume one from a checkpoint (a .pt file or a run directory).
 
         Raises what Run.start raises (MptError, CheckpointError, OSError). A resumed run's
-        events.jsonl starts with the history up to the checkpoint (the engine copies it);
-        the view folds that history first, so the curves continue.
+        view folds the handle's `history` (the events up to the checkpoint) first, then
+        the run's own events from its queue, so the curves continue.
         """
         if resume is None:
             return cls(Run.start(profile))
-        started = time.time()
-        run = Run.start(profile, resume=str(resume))
-        history: list[ev.Event] = []
-        if run.run_dir is not None and (run.run_dir / "events.jsonl").is_file():
-            # the new run's own events are on the queue too: keep only what came before it
-            history = [e for e in ev.read_events(run.run_dir / "events.jsonl") if e.time < started]
-        session = cls(run, history)
+        session = cls(Run.start(profile, resume=str(resume)))
         session.view.messages.append(f"resuming from {resume}")
         return session
 
@@ -68,44 +165,53 @@ class RunSession:
     def live(self) -> bool:
         return not self.ended
 
-    def drain(self, limit: int = DRAIN_BATCH) -> int:
-        """Fold the waiting events into the view; returns how many were folded."""
-        n = 0
-        while n < limit:
+    def _read(self, timeout: float) -> list[ev.Event]:
+        try:
+            events = [
+                self.run.events.get(timeout=timeout) if timeout else self.run.events.get_nowait()
+            ]
+        except queue.Empty:
+            # the thread died without a terminal event: never wait for one
+            if not self.run.is_alive() and self.run.events.empty():
+                self._gone = True
+                self._done.set()
+            return []
+        while len(events) < DRAIN_BATCH and not isinstance(events[-1], TERMINAL):
             try:
-                event = self.run.events.get_nowait()
+                events.append(self.run.events.get_nowait())
             except queue.Empty:
                 break
-            self.view.apply(event)
-            n += 1
-            if isinstance(event, ev.RunFinished | ev.RunFailed):
-                self.ended = True
-        if not self.ended and n < limit and not self.run.is_alive() and self.run.events.empty():
-            self.ended = True  # the thread died without a terminal event: never wait for one
-            if self.view.live:
-                self.view.state = "failed"
-                self.view.error = "the training thread ended without reporting why"
-        return n
+        return events
+
+    def _finish(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self._gone and self.view.live:
+            self.view.state = "failed"
+            self.view.error = "the training thread ended without reporting why"
+            self.view.version += 1
 
     # ---- controls: each takes effect at the next optimizer step ----
     @property
     def paused(self) -> bool:
         return self.run.paused
 
-    def toggle_pause(self) -> bool:
-        """Pause a running run or resume a paused one; returns True when now pausing."""
-        if self.run.paused:
-            self.run.resume()
-            return False
+    def pause(self) -> str:
         self.run.pause()
-        return True
+        return "pause requested: takes effect after the current step"
 
-    def checkpoint(self) -> None:
+    def resume(self) -> str:
+        self.run.resume()
+        return "resume requested"
+
+    def checkpoint(self) -> str:
         self.run.checkpoint()
+        return "checkpoint requested: saved after the current step"
 
-    def stop(self, reason: str = "stopped") -> None:
-        self.stop_requested = True
+    def stop(self, reason: str = "stopped") -> str:
         self.run.stop(reason)
+        return "stopping: a checkpoint is saved first"
 
     def join(self, timeout: float | None = None) -> str | None:
         return self.run.join(timeout)
@@ -119,6 +225,86 @@ class RunSession:
             session.stop("interrupted")
         for session in live:
             session.join(timeout)
+
+
+class AttachedRun(RunSource):
+    """A run from its run directory: a finished one, or one another process trains.
+
+    `open` reads the events written so far; `watch` follows what comes after. A run still
+    writing (`mpt run` in another pane) with a control channel takes the keys; one that
+    stopped writing without a last word is shown as crashed.
+    """
+
+    def __init__(self, run_dir: Path):
+        super().__init__(RunView())
+        self._run_dir = Path(run_dir)
+        self._file = EventsFile(self._run_dir / "events.jsonl")
+        self._problems: str | None = None  # unreadable lines, noted by the next fold
+        self.remote: ControlChannel | None = None  # the run's commands, if it takes them
+
+    @classmethod
+    def open(cls, run_dir: Path) -> AttachedRun:
+        source = cls(run_dir)
+        view = build_view(source._file.read_new(), source.view)
+        view.unreadable(source._file.new_problems())
+        view.run_dir = view.run_dir or str(source._run_dir)
+        view.name = view.name or source._run_dir.parent.name
+        if not view.live:
+            source._done.set()  # finished: nothing to follow
+            return source
+        summary = summarize_run(source._run_dir)
+        if summary is not None and summary.state == "crashed":
+            view.state = "crashed"
+            view.messages.append("the run stopped writing events without finishing")
+            source._done.set()
+        elif ControlChannel(source._run_dir).open:
+            source.remote = ControlChannel(source._run_dir)
+            view.messages.append(f"attached to {source._run_dir}: p, c and s reach that process")
+        return source
+
+    @property
+    def run_dir(self) -> Path:
+        return self._run_dir
+
+    @property
+    def live(self) -> bool:
+        return self.remote is not None and self.view.live and self.remote.open
+
+    @property
+    def paused(self) -> bool:
+        return self.view.state == "paused"  # the events say whether it is
+
+    def _read(self, timeout: float) -> list[ev.Event]:
+        events = self._file.read_new()
+        self._problems = self._file.new_problems() or self._problems
+        if not events and timeout:
+            self._done.wait(max(timeout, FOLLOW_INTERVAL))
+        return events
+
+    def fold(self, limit: int = DRAIN_BATCH) -> int:
+        problems, self._problems = self._problems, None
+        return super().fold(limit) + self.view.unreadable(problems)
+
+    def _send(self, command: str, done: str) -> str:
+        try:
+            self.remote.send(command)
+        except (MptError, OSError) as e:
+            return f"cannot send {command}: {e}"
+        return done
+
+    def pause(self) -> str:
+        return self._send("pause", "pause sent to the run's process")
+
+    def resume(self) -> str:
+        return self._send("resume", "resume sent to the run's process")
+
+    def checkpoint(self) -> str:
+        return self._send(
+            "checkpoint", "checkpoint sent to the run's process: saved after its current step"
+        )
+
+    def stop(self) -> str:
+        return self._send("stop", "stop sent to the run's process: a checkpoint is saved first")
 
 
 class EventsFile:

@@ -15,16 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import events as ev
+from engine.formatting import number, percent
+from engine.stop import run_state, state_label
 
 MAX_POINTS = 500  # per curve; older points are thinned so a long run draws as fast as a short one
 _LINKS = ("last.pt", "best.pt")  # names the engine links to a step-NNNNNN.pt file
-TERMINAL_STATES = {
-    "completed": "finished",
-    "early_stopped": "early stopped",
-    "stopped": "stopped",
-    "max_time": "time limit",
-    "interrupted": "interrupted",
-}
 
 
 @dataclass
@@ -102,7 +97,7 @@ class RunView:
     dataset: str = ""
     arch: str = ""
     parameters: int = 0
-    state: str = "starting"  # starting, running, paused, a TERMINAL_STATES value, failed
+    state: str = "starting"  # starting, running, paused, a state_label of an ending, failed
     epoch: int = 0
     epochs: int = 0
     step: int = 0
@@ -208,7 +203,7 @@ class RunView:
             e.monitor, e.value, e.best, e.wait, e.patience, e.stopping, e.why
         )
         if e.stopping:
-            self._say(e, f"early stop: {e.why or 'patience'} ({e.monitor} best {_num(e.best)})")
+            self._say(e, f"early stop: {e.why or 'patience'} ({e.monitor} best {number(e.best)})")
 
     def _on_checkpoint_saved(self, e: ev.CheckpointSaved) -> None:
         name = Path(e.path).name
@@ -246,11 +241,11 @@ class RunView:
     def _on_run_finished(self, e: ev.RunFinished) -> None:
         self.step = e.step
         self.finish_reason = e.reason
-        self.state = TERMINAL_STATES.get(e.reason, e.reason)
+        self.state = state_label(run_state(e.reason))
         self._paused_since = None
         text = self.state
         if e.final_val_acc is not None:
-            text += f": val acc {_pct(e.final_val_acc)}, best {_pct(e.best_val_acc)}"
+            text += f": val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
         self._say(e, text)
 
     def _on_run_failed(self, e: ev.RunFailed) -> None:
@@ -308,18 +303,6 @@ def build_view(events: Iterable[ev.Event], view: RunView | None = None) -> RunVi
 
 
 # ---- formatting: plain strings for the panels ----
-def _num(x: float | None, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.{digits}f}"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
 def format_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -380,10 +363,10 @@ def title_line(v: RunView) -> str:
 
 def stats_lines(v: RunView) -> list[str]:
     """The left info block: losses, accuracy, learning rate."""
-    best = "-" if v.best_val_acc is None else f"{_pct(v.best_val_acc)} (ep {v.best_epoch})"
+    best = "-" if v.best_val_acc is None else f"{percent(v.best_val_acc)} (ep {v.best_epoch})"
     return [
-        f"loss     {_num(v.loss)}  val loss {_num(v.last_val_loss)}",
-        f"val acc  {_pct(v.last_val_acc)}  best {best}",
+        f"loss     {number(v.loss)}  val loss {number(v.last_val_loss)}",
+        f"val acc  {percent(v.last_val_acc)}  best {best}",
         f"lr       {format_lr(v.lr)}",
     ] + ([f"skipped  {v.skipped_steps} steps (non-finite loss)"] if v.skipped_steps else [])
 
@@ -412,7 +395,7 @@ def early_stop_lines(v: RunView) -> list[str]:
     head = f"early stop  {es.monitor}, patience {es.patience}"
     if es.stopping:
         head += f": STOPPING ({es.why})"
-    return [head, f"  now {_num(es.value)}  best {_num(es.best)}  wait {es.wait}/{es.patience}"]
+    return [head, f"  now {number(es.value)}  best {number(es.best)}  wait {es.wait}/{es.patience}"]
 
 
 def path_lines(v: RunView) -> list[str]:

@@ -58,7 +58,7 @@ async def test_attach_pauses_checkpoints_and_stops_a_headless_run_and_can_quit_a
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
             dash = app.screen
-            assert dash.session is None and dash.live  # not this app's run, but steerable
+            assert app.session is None and dash.live  # not this app's run, but steerable
             keys = {b.binding.key for b in dash.active_bindings.values() if b.binding.show}
             assert {"p", "c", "s"} <= keys
             await press(pilot, "p")

@@ -193,7 +193,7 @@ async def test_the_home_screen_marks_the_run_live_here_and_d_returns_to_it(workd
         assert runs.get_row_at(0)[1] == "running here"
         await press(pilot, "d")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
-        assert app.screen.session is dash.session
+        assert app.screen.source is dash.source is app.session
         await stop_run(pilot)
 
 
@@ -307,7 +307,7 @@ async def test_a_run_another_process_writes_is_followed_live(workdir: Path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
         dash = app.screen
-        assert dash.view.state == "running" and dash.session is None
+        assert dash.view.state == "running" and app.session is None
         with open(run_dir / "events.jsonl", "a") as f:
             f.write(event_line("epoch_end", step=45, epochs=1, val_acc=0.9, val_loss=0.3) + "\n")
             f.write(event_line("run_finished", step=45, reason="completed") + "\n")

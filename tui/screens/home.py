@@ -20,23 +20,17 @@ from textual.widgets import DataTable, Footer, Static
 from textual.widgets.data_table import RowDoesNotExist
 
 from engine.errors import MptError
+from engine.formatting import percent
 from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 from engine.runs import RunSummary, list_runs
+from engine.stop import state_label
+from tui.messages import OpenDashboard, OpenRun, StartRun
 
-STATE_LABELS = {
-    "running": "running",
-    "paused": "paused",
-    "finished": "finished",
-    "early_stopped": "early stopped",
-    "stopped": "stopped",
-    "max_time": "time limit",
-    "interrupted": "interrupted",
-    "failed": "failed",
-    "crashed": "crashed",
-}
+CELL_LIMIT = 80  # characters of a name or a state a table cell shows
+RUNS_REFRESH_INTERVAL = 2.0  # seconds between two listings of the runs, while one is live
 
 
-def _plain(text: str, limit: int = 80) -> str:
+def _plain(text: str, limit: int = CELL_LIMIT) -> str:
     """A cell from a file (a name, a state from events.jsonl): shown as written, never read
     as markup (DataTable reads a string as markup: `[/x]` would stop the table), one line,
     cut at `limit`."""
@@ -92,10 +86,6 @@ def runs_folders(runs_dir: Path, profiles: list[ProfileEntry]) -> list[Path]:
     return folders
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
 class HomeScreen(Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
@@ -129,8 +119,7 @@ class HomeScreen(Screen):
         runs.add_columns("run", "state", "epoch", "best val acc", "last checkpoint")
         self.action_refresh()
         profiles.focus()
-        self.set_interval(2.0, self._refresh_if_live)
-        self.watch(self.app, "run_version", self._on_run_version, init=False)
+        self.set_interval(RUNS_REFRESH_INTERVAL, self._refresh_if_live)
 
     def on_screen_resume(self) -> None:
         self.action_refresh()
@@ -173,7 +162,7 @@ class HomeScreen(Screen):
         session = getattr(self.app, "session", None)
         here = session.run_dir.resolve() if session and session.live and session.run_dir else None
         for r in runs:
-            state = STATE_LABELS.get(r.state, r.state)
+            state = state_label(r.state)
             if here is not None and r.run_dir.resolve() == here:
                 state = "paused here" if session.view.state == "paused" else "running here"
             if r.unreadable:  # some of its events.jsonl could not be read: say so
@@ -184,7 +173,7 @@ class HomeScreen(Screen):
                 _plain(f"{r.name}/{r.stamp}"),
                 _plain(state),
                 epoch,
-                _pct(r.best_val_acc),
+                percent(r.best_val_acc),
                 _plain(checkpoint),
                 key=str(r.run_dir),
             )
@@ -195,9 +184,6 @@ class HomeScreen(Screen):
         # 2 s would cost the trainer time for nothing
         if self.is_current and any(r.live for r in self.runs):
             self._refresh_runs()
-
-    def _on_run_version(self, _version: int) -> None:
-        pass  # the 2 s timer is enough for the list; the dashboard shows the details
 
     @staticmethod
     def _cursor_key(table: DataTable) -> str | None:
@@ -276,7 +262,7 @@ class HomeScreen(Screen):
             first = str(e).splitlines()[0]
             self.notify(f"cannot run: {first}", severity="error", timeout=8)
             return
-        self.app.start_run(profile)
+        self.post_message(StartRun(profile))
 
     def action_resume_run(self) -> None:
         from tui.screens.resume import ResumeScreen
@@ -286,24 +272,9 @@ class HomeScreen(Screen):
             self.app.push_screen(ResumeScreen(run.run_dir))
 
     def view_run(self) -> None:
-        from tui.screens.dashboard import DashboardScreen
-
         run = self.highlighted_run()
-        if run is None:
-            return
-        session = getattr(self.app, "session", None)
-        if (
-            session is not None
-            and session.run_dir
-            and session.run_dir.resolve() == run.run_dir.resolve()
-        ):
-            self.app.push_screen(DashboardScreen(session))
-        else:
-            self.app.push_screen(DashboardScreen.replay(run.run_dir))
+        if run is not None:
+            self.post_message(OpenRun(run.run_dir))
 
     def action_dashboard(self) -> None:
-        from tui.screens.dashboard import DashboardScreen
-
-        session = getattr(self.app, "session", None)
-        if session is not None:
-            self.app.push_screen(DashboardScreen(session))
+        self.post_message(OpenDashboard())

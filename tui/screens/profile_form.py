@@ -25,6 +25,7 @@ from textual.widgets import Footer, Select, Static, TabbedContent, TabPane
 
 from engine.errors import MptError, Problem, ProfileError
 from engine.profile import (
+    ESSENTIAL_KEYS,
     FIELD_BY_PATH,
     FIELDS,
     SECTIONS,
@@ -34,11 +35,9 @@ from engine.profile import (
     profile_from_dict,
     read_profile_bytes,
 )
+from tui.messages import StartRun
 from tui.profile_text import EditError, form_dict, render_profile, save_dict, write_atomic
 from tui.widgets.field import FieldRow
-
-# Written even when they equal the default, so a new profile says what it trains.
-ESSENTIAL_KEYS = {"run.name", "run.epochs", "data.dataset", "model.arch", "optim.name", "optim.lr"}
 
 
 class ProfileFormScreen(Screen):
@@ -320,7 +319,7 @@ class ProfileFormScreen(Screen):
         if self.profile is None:
             self._refuse("run")
             return
-        self.app.start_run(self.profile)
+        self.post_message(StartRun(self.profile))
 
     def action_back(self) -> None:
         if not self.dirty:

@@ -20,25 +20,16 @@ from textual.widgets import DataTable, Footer, Static
 from textual.widgets.data_table import RowDoesNotExist
 
 from engine.errors import MptError, ProfileError
-from engine.profile import FIELD_BY_PATH, profile_from_dict, read_profile_file
+from engine.formatting import percent
+from engine.profile import (
+    FIELD_BY_PATH,
+    RESUME_FORM_KEYS,
+    profile_from_dict,
+    read_profile_file,
+)
+from tui.messages import StartRun
 from tui.profile_text import MISSING
 from tui.widgets.field import FieldRow
-
-# What a resume may change without breaking the run (DESIGN.md, Checkpoints): how long
-# it goes on, the learning rate, patience, logging. The engine has the last word.
-SAFE_KEYS = (
-    "run.epochs",
-    "run.max_steps",
-    "run.max_time",
-    "optim.lr",
-    "early_stop.patience",
-    "train.log_every",
-)
-
-
-def safe_keys() -> list[str]:
-    """The safe keys the schema has (engine.checkpoint refuses the unsafe ones itself)."""
-    return [k for k in SAFE_KEYS if k in FIELD_BY_PATH]
 
 
 def run_dir_of(path: Path) -> Path:
@@ -62,10 +53,6 @@ def list_run_checkpoints(run_dir: Path) -> list[Any]:
 
 def format_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 class ResumeScreen(Screen):
@@ -92,7 +79,7 @@ class ResumeScreen(Screen):
                 self.base = read_profile_file(self.run_dir / "profile.toml")
             except MptError as e:
                 self.problem = f"cannot read the run's profile: {e}"
-            for key in safe_keys():
+            for key in RESUME_FORM_KEYS:
                 spec = FIELD_BY_PATH[key]
                 table = self.base.get(spec.section, {})
                 yield FieldRow(spec, table.get(spec.name, spec.default), label=spec.path)
@@ -126,7 +113,7 @@ class ResumeScreen(Screen):
                 Path(c.path).name,
                 "unusable" if unusable else str(c.epoch),
                 "-" if unusable else str(c.step),
-                _pct(metric),
+                percent(metric),
                 format_time(getattr(c, "time", None)),
                 key=str(c.path),
             )
@@ -187,7 +174,7 @@ class ResumeScreen(Screen):
             by_key = {p.key: p.message for p in e.problems}
             for row in self.query(FieldRow):
                 row.error = by_key.get(row.path, "")
-            others = [f"{p.key}: {p.message}" for p in e.problems if p.key not in safe_keys()]
+            others = [f"{p.key}: {p.message}" for p in e.problems if p.key not in RESUME_FORM_KEYS]
             self._status("; ".join(others) or "fix the marked values first")
             return None
         for row in self.query(FieldRow):
@@ -226,9 +213,9 @@ class ResumeScreen(Screen):
         self.app.push_screen(ConfirmScreen(question), answer)
 
     def _start(self, profile, path: str) -> None:
-        app = self.app
+        # to the app itself: this screen is gone before a message to it could bubble up
+        self.app.post_message(StartRun(profile, resume=path))
         self.dismiss()
-        app.start_run(profile, resume=path)
 
     def action_back(self) -> None:
         self.dismiss()

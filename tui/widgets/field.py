@@ -63,7 +63,7 @@ class FieldRow(Vertical):
     error: reactive[str] = reactive("")
 
     class Changed(Message):
-        """The row's value changed (by the user or by `set_value`)."""
+        """The user changed the row's value."""
 
         def __init__(self, row: FieldRow) -> None:
             super().__init__()
@@ -116,14 +116,6 @@ class FieldRow(Vertical):
             return control.value
         assert isinstance(control, Input)
         return parse_field(self.spec, control.value)
-
-    def set_value(self, value: Any) -> None:
-        control = self.control
-        if isinstance(control, Switch | Select):
-            control.value = value
-        else:
-            assert isinstance(control, Input)
-            control.value = field_text(self.spec, value)
 
     def watch_error(self, error: str) -> None:
         self.set_class(bool(error), "-invalid")
