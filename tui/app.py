@@ -153,7 +153,9 @@ class MptApp(App):
 
     def on_events_arrived(self, message: EventsArrived) -> None:
         source = message.source
-        if source.fold():
+        version = source.view.version
+        source.fold()
+        if source.view.version != version:
             self.run_updated.publish(source)
         if source.backlog:  # a flood: the rest in the next turn, after a redraw
             self.post_message(EventsArrived(source))

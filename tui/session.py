@@ -18,6 +18,7 @@ then calls `fold()` on its own thread, which applies them to `view`. No Textual 
 
 from __future__ import annotations
 
+import abc
 import queue
 import threading
 import weakref
@@ -41,7 +42,7 @@ FOLLOW_INTERVAL = 0.5  # seconds between two reads of a followed run's events.js
 TERMINAL = (ev.RunFinished, ev.RunFailed)
 
 
-class RunSource:
+class RunSource(abc.ABC):
     """A run as a dashboard shows and steers it; see the module's docstring."""
 
     def __init__(self, view: RunView):
@@ -52,36 +53,35 @@ class RunSource:
 
     # ---- what each kind says ----
     @property
-    def run_dir(self) -> Path | None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def run_dir(self) -> Path | None: ...
 
     @property
+    @abc.abstractmethod
     def live(self) -> bool:
         """Whether the keys p, c and s act on the run."""
-        raise NotImplementedError
+        ...
 
     @property
-    def paused(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def paused(self) -> bool: ...
 
-    def pause(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def pause(self) -> str: ...
 
-    def resume(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def resume(self) -> str: ...
 
-    def checkpoint(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def checkpoint(self) -> str: ...
 
-    def stop(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> str: ...
 
+    @abc.abstractmethod
     def _read(self, timeout: float) -> list[ev.Event]:
         """The events that came since the last call, waiting up to `timeout` for one."""
-        raise NotImplementedError
-
-    def _finish(self) -> None:
-        """Called by `fold` once the last event is folded and nothing more will come."""
+        ...
 
     # ---- the update path ----
     def collect(self, timeout: float = 0.0) -> int:
@@ -103,9 +103,12 @@ class RunSource:
         while n < limit and self._waiting:
             self.view.apply(self._waiting.popleft())
             n += 1
-        if self._done.is_set() and not self._waiting:
-            self._finish()
         return n
+
+    @property
+    def drained(self) -> bool:
+        """Nothing more will come, and everything that came is folded."""
+        return self._done.is_set() and not self._waiting
 
     def watch(self, notify) -> None:
         """Follow the run in a thread of its own, calling `notify()` when events wait."""
@@ -183,14 +186,15 @@ class RunSession(RunSource):
                 break
         return events
 
-    def _finish(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        if self._gone and self.view.live:
-            self.view.state = "failed"
-            self.view.error = "the training thread ended without reporting why"
-            self.view.version += 1
+    def fold(self, limit: int = DRAIN_BATCH) -> int:
+        n = super().fold(limit)
+        if self.drained and not self.ended:
+            self.ended = True
+            if self._gone and self.view.live:
+                self.view.state = "failed"
+                self.view.error = "the training thread ended without reporting why"
+                self.view.version += 1
+        return n
 
     # ---- controls: each takes effect at the next optimizer step ----
     @property

@@ -112,7 +112,6 @@ class RunView:
     val_loss: Series = field(default_factory=Series)
     train_acc: Series = field(default_factory=Series)
     val_acc: Series = field(default_factory=Series)
-    lr_curve: Series = field(default_factory=Series)
     last_val_loss: float | None = None
     last_val_acc: float | None = None
     best_val_acc: float | None = None
@@ -170,7 +169,6 @@ class RunView:
         self.skipped_steps = getattr(e, "skipped_steps", 0) or 0
         x = (e.epoch - 1) + e.epoch_progress
         self.train_loss.add(x, e.loss)
-        self.lr_curve.add(x, e.lr)
         if e.gpu_mem_allocated is not None:
             self.gpu = GpuMemory(
                 e.gpu_mem_allocated,
