@@ -95,7 +95,8 @@ class DashboardScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.app.run_updated.subscribe(self, self._on_run_updated)
+        # immediate: redrawn in the same turn as the fold, never a frame behind the view
+        self.app.run_updated.subscribe(self, self._on_run_updated, immediate=True)
         self.redraw(force=True)
 
     def on_screen_resume(self) -> None:
