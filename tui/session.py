@@ -23,6 +23,7 @@ import queue
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -110,7 +111,7 @@ class RunSource(abc.ABC):
         """Nothing more will come, and everything that came is folded."""
         return self._done.is_set() and not self._waiting
 
-    def watch(self, notify) -> None:
+    def watch(self, notify: Callable[[], object]) -> None:
         """Follow the run in a thread of its own, calling `notify()` when events wait."""
         if self._watcher is None and not self._done.is_set():
             self._watcher = threading.Thread(
@@ -118,7 +119,7 @@ class RunSource(abc.ABC):
             )
             self._watcher.start()
 
-    def _watch(self, notify) -> None:
+    def _watch(self, notify: Callable[[], object]) -> None:
         while not self._done.is_set():
             if self.collect(timeout=WATCH_INTERVAL) or self._done.is_set():
                 notify()
