@@ -206,8 +206,9 @@ def _sentence(error: MptError) -> str:
 
 
 def _traceback(error: BaseException) -> str:
-    """The failure's traceback, as text; its frames then let go of their variables (one
-    may hold a DataLoader's iterator, whose worker processes end with it)."""
+    """The failure's traceback, as text; its frames then let go of their variables: one
+    may hold a DataLoader's iterator in a reference cycle with the exception, and its
+    worker processes end only with it (Trainer.release lets go of the loaders)."""
     text = traceback.format_exc()
     traceback.clear_frames(error.__traceback__)
     return text
@@ -395,6 +396,7 @@ class Run:
         try:
             self._trainer.fit()  # ends with its run_finished
         except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
+            traceback.clear_frames(e.__traceback__)  # see _traceback
             self._fail(_sentence(e), "")
         except Exception as e:  # noqa: BLE001
             text = loop.describe_failure(e, self.profile, self._trainer)
