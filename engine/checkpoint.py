@@ -8,7 +8,6 @@ A checkpoint is one dict of tensors and plain values (loadable with
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import pickle
@@ -23,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import safefs
 from engine.errors import MptError, ProfileError
 from engine.profile import (
     BUILTIN_ARCHS,
@@ -70,98 +68,6 @@ class CheckpointInfo:
     metric: float | None  # val_acc at the time, when known
     time: float
     problem: str | None = None  # why the checkpoint cannot be used; None when it can
-
-
-# Why a checkpoint was saved. keep_last prunes the periodic files only; the ones a person
-# or the end of the run asked for are the result, and stay. A "best" file stays while
-# best.pt holds it (an earlier best, superseded, is pruned like a periodic one).
-PERIODIC = frozenset({"epoch", "steps"})
-KEPT = frozenset({"requested", "stop", "interrupted", "final"})
-# The disk (or the user's quota) is full: freeing other files makes room. EFBIG is a limit
-# on one file's size, which freeing other files never lifts.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class CheckpointWriter:
-    """One run's checkpoints/ folder: writes step files atomically, points last.pt at the
-    newest, remembers why this run saved each file, and prunes by keep_last from that
-    alone (a file this run did not write is never touched)."""
-
-    def __init__(self, folder: Path, keep_last: int):
-        self.folder, self.keep_last = folder, keep_last
-        self.reasons: dict[str, set[str]] = {}  # step file name -> why this run saved it
-
-    def note(self, path: Path, reason: str) -> None:
-        """`path` (already on disk) also serves `reason`: e.g. a request at a periodic step."""
-        self.reasons.setdefault(path.name, set()).add(reason)
-
-    def write(self, state: dict[str, Any], path: Path, reason: str) -> list[Path]:
-        """Write `state` to `path`, relink last.pt, prune; return the files removed early.
-
-        On a full disk the oldest prunable periodic file is removed and the write tried
-        again, until it fits or nothing prunable is left (then the OSError propagates and
-        last.pt still holds the newest checkpoint, which is never prunable).
-        """
-        safefs.make_dir(self.folder)  # never through a symbolic link
-        freed: list[Path] = []
-        while True:
-            try:
-                save_atomic(state, path)
-                break
-            except OSError as e:
-                victim = self._oldest_prunable(besides=path.name)
-                if e.errno not in DISK_FULL or victim is None:
-                    raise
-                try:
-                    victim.unlink(missing_ok=True)
-                except OSError:
-                    raise e from None  # the full disk is the news, not this
-                self.reasons.pop(victim.name, None)
-                freed.append(victim)
-        self.note(path, reason)
-        link_atomic(path, self.folder / "last.pt")
-        self.prune()
-        return freed
-
-    def prune(self) -> None:
-        """Keep the newest `keep_last` periodic files; remove older ones and superseded
-        best files, unless kept for another reason or held by last.pt/best.pt."""
-        if not self.keep_last:
-            return
-        periodic = [n for n in sorted(self.reasons) if self.reasons[n] & PERIODIC]
-        for name in sorted(self.reasons):
-            prunable = name in periodic[: -self.keep_last] or not self.reasons[name] & PERIODIC
-            if prunable and self._removable(name):
-                try:
-                    (self.folder / name).unlink(missing_ok=True)
-                except OSError:
-                    continue  # it stays; the next prune tries again (the checkpoint is saved)
-                del self.reasons[name]
-
-    def _oldest_prunable(self, besides: str) -> Path | None:
-        """Under a full disk: the oldest file keep_last would let go of, sooner or later."""
-        if not self.keep_last:
-            return None  # keep_last = 0: the user keeps every file
-        for name in sorted(self.reasons):
-            if name != besides and self._removable(name):
-                return self.folder / name
-        return None
-
-    def _removable(self, name: str) -> bool:
-        """Saved for no lasting reason, and not the file last.pt or best.pt holds."""
-        if self.reasons[name] & KEPT:
-            return False
-        try:
-            inode = (self.folder / name).stat().st_ino
-        except OSError:
-            return False
-        for link in ("last.pt", "best.pt"):
-            try:
-                if (self.folder / link).stat().st_ino == inode:
-                    return False
-            except OSError:
-                continue
-        return True
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -420,7 +326,8 @@ _TOP_KEYS = (
     "early_stop", "best_checkpoint", "best_weights", "metrics", "progress", "rng", "ranks",
 )  # fmt: skip
 _OPTIONAL_TOP_KEYS = ("time", "ranks")
-_SUMS = ("epoch_loss", "epoch_correct", "epoch_samples", "window_loss", "window_samples")
+# The epoch's and the log window's metric sums: they differ between processes.
+SUMS = ("epoch_loss", "epoch_correct", "epoch_samples", "window_loss", "window_samples")
 # Profile keys whose check depends on this machine (a data file moved, tensorboard not
 # installed): the checkpoint is still usable, for export or with another profile.
 _MACHINE_KEYS = ("data.path", "data.root", "run.out_dir", "log.tensorboard")
@@ -877,3 +784,34 @@ def require_consent(path: Path, state: dict[str, Any], how: str) -> None:
             f"{path}: its profile imports model code {code!r}; mpt runs code named by a "
             f"checkpoint only with {how}"
         )
+
+
+def restore_training(
+    path: Path,
+    state: dict[str, Any],
+    profile: Profile,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Load a checkpoint's model, optimizer, schedule and GradScaler into the ones built
+    for `profile`. `load` checked the structure; what only the built objects can tell is
+    checked here, each failure one sentence naming the file and the key. A hyper-parameter
+    the resume changes (lr aside: the schedule carries it) replaces the saved one."""
+    built = f"model.arch {profile.model.arch!r} built for this data"
+    restore_weights(model, state["model"], path, built)
+    restore_optimizer(optimizer, state["optimizer"], path)
+    defaults = Profile().to_dict()["optim"]
+    old, new = {**defaults, **state["profile"].get("optim", {})}, profile.to_dict()["optim"]
+    for key in (k for k in new if k not in ("name", "lr") and old.get(k) != new[k]):
+        for group in optimizer.param_groups:  # a hyper-parameter the resume changes
+            if key in group:
+                group[key] = tuple(new[key]) if key == "betas" else new[key]
+    check_like(path, state["schedule"], schedule.state_dict(), "schedule")
+    with restoring(path, "schedule"):
+        schedule.load_state_dict(state["schedule"], old_lr=old["lr"], new_lr=profile.optim.lr)
+    if scaler is not None and state["scaler"]:
+        check_like(path, state["scaler"], scaler.state_dict(), "scaler")
+        with restoring(path, "scaler"):
+            scaler.load_state_dict(state["scaler"])

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import DataError
-from engine.memory import format_bytes, host_memory_free, too_big
+from engine.memory import cache_fits, format_bytes, host_memory_free, too_big
 from engine.profile import DataSection
 
 
@@ -712,10 +712,21 @@ def _require_room_to_decode(cfg: DataSection, train: Split, val: Split | None) -
 
 
 def _fits_in_memory(train: Split, val: Split | None) -> bool:
-    """Decoded size below a quarter of the memory available now (unknown: assume it fits)."""
+    """Decoded, the images fit the cache rule of engine/memory.py (unknown: assume so)."""
     nbytes = train.x.nbytes + (val.x.nbytes if val is not None else 0)
-    free = host_memory_free()
-    return free is None or nbytes < free // 4
+    return cache_fits(nbytes, host_memory_free(), unknown=True)
+
+
+# Seeds derived from run.seed (each epoch's order, each process's dropout) step by a large
+# prime, so that the streams of neighbouring seeds, epochs and ranks never meet.
+SEED_STRIDE = 1_000_003
+
+
+def epoch_generator(seed: int, epoch: int, device) -> torch.Generator:
+    """A fresh stream per epoch, so any epoch's order is known from the seed alone."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed * SEED_STRIDE + epoch)
+    return g
 
 
 class SplitDataset(torch.utils.data.Dataset):

@@ -39,3 +39,17 @@ class GpuStats:
         except Exception:  # noqa: BLE001 - no nvidia-ml-py, no driver, no NVML: say nothing
             self.available, self._last = False, {}
         return self._last
+
+    def figures(self) -> dict[str, float | int]:
+        """A step event's GPU figures: memory allocated, reserved, peak and total, and
+        NVML's (`read`); {} off CUDA."""
+        if self.device.type != "cuda":
+            return {}
+        dev = self.device
+        return dict(
+            gpu_mem_allocated=torch.cuda.memory_allocated(dev),
+            gpu_mem_reserved=torch.cuda.memory_reserved(dev),
+            gpu_mem_peak=torch.cuda.max_memory_allocated(dev),
+            gpu_mem_total=torch.cuda.get_device_properties(dev).total_memory,
+            **self.read(),
+        )

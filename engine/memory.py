@@ -15,6 +15,26 @@ from pathlib import Path
 # (Adam's moments): four float32 copies of every parameter.
 TRAINING_COPIES = 4
 
+# A cache (the dataset on the device, decoded images in memory) may take under a quarter of
+# the memory free now: the rest stays for the model, its activations and everything else.
+CACHE_SHARE = 4
+
+
+def cache_fits(nbytes: int, free: int | None, unknown: bool) -> bool:
+    """Whether a cache of `nbytes` takes under CACHE_SHARE of `free` bytes; `unknown` when
+    nobody can say how much is free."""
+    return unknown if free is None else nbytes < free // CACHE_SHARE
+
+
+def device_memory_free(device) -> int | None:
+    """Bytes free on a torch device: the GPU's, the host's for the CPU; None elsewhere
+    (mps and others: no cheap way to ask)."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    return host_memory_free() if device.type == "cpu" else None
+
 
 def host_memory_free() -> int | None:
     """Bytes of memory this process can still take, or None where the system does not say.
@@ -138,3 +158,18 @@ def parameter_count(build) -> int:
     with torch.device("meta"):
         model = build()
     return sum(p.numel() for p in model.parameters())
+
+
+def out_of_memory_advice(device: str, profile, step: int | None) -> str:
+    """run_failed's sentence for out of memory at optimizer step `step` (None: while
+    setting up), with the usual fixes."""
+    p = profile
+    on_gpu_in_setup = step is None and device.startswith("cuda")
+    return (
+        f"out of memory on {device} "
+        + (f"at step {step}" if step is not None else "while setting up")
+        + f" (data.batch_size {p.data.batch_size}, train.grad_accum {p.train.grad_accum}, "
+        f"precision.mode {p.precision.mode!r}); lower data.batch_size and raise "
+        'train.grad_accum to keep the step the same, or use precision.mode = "bf16"'
+        + ('; data.cache = "memory" keeps the dataset off the GPU' if on_gpu_in_setup else "")
+    )

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import TrainingFailed
+from engine.events import EarlyStop
+
+if TYPE_CHECKING:
+    from engine.profile import EarlyStopSection
 
 
 def resolve_mode(monitor: str, mode: str) -> str:
@@ -60,3 +66,29 @@ def stop_why(
     if wait > 0 and wait >= patience:
         return "patience"
     return ""
+
+
+def watch_early_stop(
+    es: EarlyStopSection, tracker: BestTracker, value: float, step: int, epoch: int
+) -> tuple[bool, EarlyStop]:
+    """A validation's `value` of early_stop.monitor: (whether it is the new best, the
+    early_stop event, whose `stopping` says whether the run ends here)."""
+    if es.check_finite and not math.isfinite(value):
+        raise TrainingFailed(
+            f"early_stop.monitor: {es.monitor} is {value} after epoch {epoch}; lower "
+            "optim.lr, set train.clip_norm, or use fp32"
+        )
+    improved = tracker.update(value, step)
+    why = stop_why(value, tracker.wait, es.patience, es.stop_above, es.stop_below)
+    event = EarlyStop(
+        step=step,
+        epoch=epoch,
+        monitor=es.monitor,
+        value=value,
+        best=tracker.best,
+        wait=tracker.wait,
+        patience=es.patience,
+        stopping=bool(why),
+        why=why,
+    )
+    return improved, event

@@ -205,45 +205,13 @@ def _sentence(error: MptError) -> str:
     return text
 
 
-def _unexpected(trainer, error: Exception) -> str:
-    """run_failed's text for an exception that is not the project's own: out of memory gets
-    advice (the usual fixes), anything else its type and message."""
-    from engine.memory import is_out_of_memory  # CUDA's, the CPU allocator's, MemoryError
-
-    if not is_out_of_memory(error):
-        return f"{type(error).__name__}: {error}"
-    p = trainer.p
-    training = hasattr(trainer, "optimizer")  # set up: the model and optimizer are built
-    device = str(getattr(trainer, "device", p.run.device))
-    on_gpu_in_setup = not training and device.startswith("cuda")
-    return (
-        f"out of memory on {device} "
-        + (f"at step {trainer.step}" if training else "while setting up")
-        + f" (data.batch_size {p.data.batch_size}, train.grad_accum {p.train.grad_accum}, "
-        f"precision.mode {p.precision.mode!r}); lower data.batch_size and raise "
-        'train.grad_accum to keep the step the same, or use precision.mode = "bf16"'
-        + ('; data.cache = "memory" keeps the dataset off the GPU' if on_gpu_in_setup else "")
-    )
-
-
-def _release(trainer) -> None:
-    """After a failure: stop DataLoader workers and give cached GPU memory back, so that a
-    console that stays open (mpt-tui) can start the next run."""
-    for loader in getattr(trainer, "loaders", {}).values():
-        # Persistent workers live in the loader's iterator, which the failure's traceback
-        # may keep alive: shut them down now (DataLoader's own, if private, method).
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-    if getattr(trainer, "loaders", None):
-        trainer.loaders = {}
-    optimizer = getattr(trainer, "optimizer", None)
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)  # gradients of a step that never finished
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _traceback(error: BaseException) -> str:
+    """The failure's traceback, as text; its frames then let go of their variables: one
+    may hold a DataLoader's iterator in a reference cycle with the exception, and its
+    worker processes end only with it (Trainer.release lets go of the loaders)."""
+    text = traceback.format_exc()
+    traceback.clear_frames(error.__traceback__)
+    return text
 
 
 class _RunLog(ev.EventLog):
@@ -324,7 +292,7 @@ class Run:
         self.resumed_from: Path | None = resume[0] if resume else None
         self.events: queue.Queue[ev.Event] = queue.Queue()
         self.control = Control()
-        self.trainer = None
+        self._trainer = None  # built in the thread
         self._resume = resume
         self._warnings = list(warnings)
         self._profile_steps = profile_steps
@@ -381,9 +349,27 @@ class Run:
         """The thread: set up, train, and end with exactly one run_finished or run_failed,
         however the thread ends (user code may call sys.exit or raise KeyboardInterrupt)."""
         try:
-            from engine.trainer import Trainer  # torch is imported here, off the caller's thread
+            from engine import trainer as loop  # torch is imported here, off the caller's thread
 
-            self.trainer = Trainer(
+            if self._set_up(loop):
+                self._train(loop)
+        except Exception as e:  # noqa: BLE001 - e.g. the trainer's own import
+            self._fail(f"{type(e).__name__}: {e}", traceback.format_exc())
+        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... in user code
+            self._fail(_ended_by(e), traceback.format_exc())
+        finally:
+            self._end()
+
+    def _set_up(self, loop) -> bool:
+        """Open the sinks and build the trainer; False when the run has ended already."""
+        try:
+            # The [log] sinks (CSV, TensorBoard) open here, off the caller's thread:
+            # TensorBoard's import is slow. A resumed run replays its history into them.
+            from engine.sinks import open_sinks
+
+            self._log.attach(open_sinks(self.profile.log, self.run_dir), self._history)
+            self._history = []
+            self._trainer = loop.Trainer(
                 self.profile,
                 self._log,
                 self.control,
@@ -392,53 +378,40 @@ class Run:
                 self._warnings,
                 self._profile_steps,
             )
-            if self._set_up(self.trainer):
-                self._train(self.trainer)
-        except Exception as e:  # noqa: BLE001 - e.g. the trainer's own import
-            self._fail(self.trainer, f"{type(e).__name__}: {e}", traceback.format_exc())
-        except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, ... in user code
-            self._fail(self.trainer, _ended_by(e), traceback.format_exc())
-        finally:
-            self._end()
-
-    def _set_up(self, trainer) -> bool:
-        """Open the sinks and set the trainer up; False when the run has ended already."""
-        try:
-            # The [log] sinks (CSV, TensorBoard) open here, off the caller's thread:
-            # TensorBoard's import is slow. A resumed run replays its history into them.
-            from engine.sinks import open_sinks
-
-            self._log.attach(open_sinks(self.profile.log, self.run_dir), self._history)
-            self._history = []
-            trainer.setup()
         except MptError as e:
-            self._fail(trainer, _sentence(e), "", user_error=True)
+            loop.release_memory()  # what the half-built trainer left in the GPU's cache
+            self._fail(_sentence(e), "", user_error=True)
             return False
         except Exception as e:  # noqa: BLE001 - reported as run_failed, never lost
-            self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
+            text, tb = loop.describe_failure(e, self.profile, None), _traceback(e)
+            loop.release_memory()
+            self._fail(text, tb)
             return False
         if self.control.stop_requested:  # stopped while loading data: nothing to save
             self._log.emit(ev.RunFinished(reason=self.control.stop_reason))
             return False
         return True
 
-    def _train(self, trainer) -> None:
+    def _train(self, loop) -> None:
         try:
-            trainer.fit()  # ends with its run_finished
+            self._trainer.fit()  # ends with its run_finished
         except MptError as e:  # e.g. the loss became non-finite: a sentence, no traceback
-            self._fail(trainer, _sentence(e), "")
+            traceback.clear_frames(e.__traceback__)  # see _traceback
+            self._fail(_sentence(e), "")
         except Exception as e:  # noqa: BLE001
-            self._fail(trainer, _unexpected(trainer, e), traceback.format_exc())
+            text = loop.describe_failure(e, self.profile, self._trainer)
+            self._fail(text, _traceback(e))
 
-    def _fail(self, trainer, error: str, tb: str, user_error: bool = False) -> None:
+    def _fail(self, error: str, tb: str, user_error: bool = False) -> None:
         if self._log.ending is not None:
             return  # the run has ended already (e.g. an exception after its run_finished)
-        if trainer is not None:
-            _release(trainer)
+        if self._trainer is not None:  # its DataLoader workers, GPU memory: for the next run
+            self._trainer.release()
+        state = self._trainer.state if self._trainer is not None else None
         self._log.emit(
             ev.RunFailed(
-                step=getattr(trainer, "step", 0),
-                epoch=getattr(trainer, "epoch", 0),
+                step=state.step if state else 0,
+                epoch=state.epoch if state else 0,
                 error=error,
                 traceback=tb,
                 user_error=user_error,
@@ -451,9 +424,8 @@ class Run:
         if self._log.ending is None:  # never reached, but a run must never end unreported
             self._log.emit(ev.RunFailed(error="the training thread ended without reporting why"))
         self._log.close()
-        dist = getattr(self.trainer, "dist", None)
-        if dist is not None:
-            dist.close()  # leaves torchrun's process group, if it joined one
+        if self._trainer is not None:
+            self._trainer.close()  # leaves torchrun's process group, if it joined one
         ending = self._log.ending
         if isinstance(ending, ev.RunFailed) and ending.user_error and self.run_dir is not None:
             remove_run_dir(self.run_dir)
@@ -499,7 +471,7 @@ class Run:
     def model(self):
         """The torch module this run trains (after a run with early_stop.restore_best, the
         restored best weights); None until setup has built it."""
-        return getattr(self.trainer, "model", None)
+        return self._trainer.model if self._trainer is not None else None
 
     @property
     def paused(self) -> bool:

@@ -1,0 +1,181 @@
+"""What the loop reports, where the host syncs: run_started, the step event of each log
+window, epoch_end with the epoch's metrics, early_stop, run_finished; under torchrun the
+sums of every process meet here.
+
+The non-finite checks ride on these syncs (train.nonfinite = "fail", the fp16
+GradScaler's skip streak), so that watching for them costs the loop nothing extra.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+
+import torch
+
+from engine import events as ev
+from engine.distributed import Collectives
+from engine.gpu import GpuStats
+from engine.monitor import watch_early_stop
+from engine.optim import Schedule
+from engine.precision import check_skip_streak, nonfinite_loss
+from engine.profile import Profile
+from engine.state import TrainState
+from engine.stop import StopReason
+
+
+class Progress:
+    """Reports the run at `state` into `log`; `scaled`: fp16's GradScaler is on."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        log: ev.EventLog,
+        state: TrainState,
+        dist: Collectives,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        scaled: bool,
+        gpu: GpuStats,
+    ):
+        self.p, self.log, self.state, self.dist = profile, log, state, dist
+        self.optimizer, self.schedule, self.scaled, self.gpu = optimizer, schedule, scaled, gpu
+        self.window_start = time.monotonic()
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def sums(self, loss: torch.Tensor, correct: torch.Tensor | int, samples: int):
+        """(loss, correct, samples) summed over every process, on the host."""
+        if self.dist.world.distributed:
+            loss, correct, samples = self.dist.sum(loss, correct, samples)
+            return float(loss), float(correct), int(samples)
+        return loss.item(), correct.item() if torch.is_tensor(correct) else correct, samples
+
+    def log_step(self, progress: float) -> None:
+        """The step event of the log window that ends here; the next window starts."""
+        s = self.state
+        loss_sum, _, samples = self.sums(s.window_loss, 0, s.window_samples)
+        if self.scaled:
+            check_skip_streak(s.skip_streak, s.step)
+        elif not math.isfinite(loss_sum) and self.p.train.nonfinite == "fail":
+            raise nonfinite_loss(loss_sum, s.step)
+        self.log.emit(
+            ev.Step(
+                step=s.step,
+                epoch=s.epoch,
+                # None: every step since the last report was skipped (no loss, not a zero).
+                loss=loss_sum / samples if samples else None,
+                lr=self.lr(),
+                samples_per_s=samples / max(time.monotonic() - self.window_start, 1e-9),
+                epoch_progress=progress,
+                skipped_steps=int(s.skipped),
+                **self.gpu.figures(),
+            )
+        )
+        s.window_loss.zero_()
+        s.window_samples = 0
+        self.window_start = time.monotonic()
+
+    def end_epoch(self, seconds: float, val_loss: float | None, val_acc: float | None) -> None:
+        """The epoch's metrics and its epoch_end; the next epoch's sums start at zero."""
+        p, s = self.p, self.state
+        loss, correct, samples = self.sums(s.epoch_loss, s.epoch_correct, s.epoch_samples)
+        train_loss = loss / max(samples, 1)
+        train_acc = correct / max(samples, 1)
+        s.metrics = dict(
+            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc
+        )
+        if val_acc is not None and (s.best_val_acc is None or val_acc > s.best_val_acc):
+            s.best_val_acc = val_acc
+        self.schedule.after_validation(val_loss if val_loss is not None else train_loss)
+        self.log.emit(
+            ev.EpochEnd(
+                step=s.step,
+                epoch=s.epoch,
+                epochs=p.run.epochs,
+                train_loss=train_loss,
+                train_acc=train_acc,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                lr=self.lr(),
+                seconds=seconds,
+                samples_per_s=samples / max(seconds, 1e-9),
+            )
+        )
+        s.epochs_done, s.group = s.epoch, 0
+        s.zero_epoch_sums()
+        if not math.isfinite(train_loss) and p.train.nonfinite == "fail" and not self.scaled:
+            raise nonfinite_loss(train_loss, s.step)
+
+    def watch_early_stop(self, model: torch.nn.Module) -> bool:
+        """Whether early stopping ends the run at this validation (early_stop event)."""
+        es, s = self.p.early_stop, self.state
+        value = s.metrics.get(es.monitor)
+        if not es.enabled or value is None:
+            return False
+        improved, event = watch_early_stop(es, s.early, value, s.step, s.epoch)
+        if improved and es.restore_best:
+            s.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.log.emit(event)
+        return event.stopping
+
+    def finished(self, reason: StopReason, seconds: float) -> None:
+        """run_finished: why the loop stopped, and the results to show."""
+        s = self.state
+        self.log.emit(
+            ev.RunFinished(
+                step=s.step,
+                epoch=s.epoch,
+                reason=reason.value,
+                seconds=seconds,
+                best_val_acc=s.best_val_acc,
+                final_val_loss=s.metrics.get("val_loss"),
+                final_val_acc=s.metrics.get("val_acc"),
+            )
+        )
+
+    def check_finite(self) -> None:
+        """Never save or go on from weights a non-finite loss has already spoiled."""
+        s = self.state
+        if self.scaled:
+            check_skip_streak(s.skip_streak, s.step)
+        elif self.p.train.nonfinite == "fail":
+            for value in (s.window_loss, s.epoch_loss):
+                if not bool(torch.isfinite(value)):
+                    raise nonfinite_loss(float(value), s.step)
+
+
+def run_started(trainer) -> ev.RunStarted:
+    """The run_started event of a built Trainer: what it trains, where, and how."""
+    p, s, d, t = trainer.p, trainer.state, trainer.placement.data, trainer
+    return ev.RunStarted(
+        step=s.step,
+        epoch=s.epochs_done + 1,
+        run_dir=str(t.run_dir or ""),
+        name=p.run.name,
+        device=str(t.device),
+        precision=p.precision.mode,
+        dataset=p.data.dataset,
+        train_samples=len(d.train),
+        val_samples=len(d.val) if d.val else 0,
+        num_classes=d.num_classes,
+        input_shape=list(d.in_shape),
+        arch=p.model.arch,
+        parameters=sum(w.numel() for w in t.model.parameters()),
+        epochs=p.run.epochs,
+        steps_per_epoch=t.steps_per_epoch,
+        total_steps=t.total_steps,
+        batch_size=p.data.batch_size,
+        grad_accum=p.train.grad_accum,
+        global_batch=t.global_batch * p.train.grad_accum,
+        world_size=t.world.size,
+        data_cache=t.placement.mode,
+        mean=list(d.mean),
+        std=list(d.std),
+        resumed_from=str(t.resume[0]) if t.resume else None,
+        pid=os.getpid(),
+        host=socket.gethostname(),
+    )
