@@ -65,7 +65,7 @@ class Finished:
         return self.of("epoch_end")[-1]
 
     def weights(self) -> dict[str, Any]:
-        model = self.run.trainer.model
+        model = self.run.model
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

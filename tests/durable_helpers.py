@@ -164,6 +164,20 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def next_event(run, kind: str, timeout: float):
+    """The next `kind` event on a live run's queue (the events before it are taken too)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            event = run.events.get(timeout=min(left, 0.1))
+        except queue.Empty:
+            assert run.is_alive(), f"the run ended: {run.reason} {run.error}"
+            continue
+        if event.kind == kind:
+            return event
+    raise AssertionError(f"no {kind} event within {timeout} s")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """events.jsonl of a live run: whole lines only (the writer may be mid-line)."""
     if not path.is_file():

@@ -31,10 +31,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_model(trained):
-    """The model the run trained, as the trainer left it, in eval mode."""
+    """The model the run trained, as the run left it, in eval mode."""
     done, _ = trained
-    model = done.run.trainer.model.eval()
-    return model
+    return done.run.model.eval()
 
 
 def batch(n: int) -> torch.Tensor:

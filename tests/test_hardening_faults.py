@@ -28,6 +28,7 @@ from durable_helpers import (
     MPT,
     finish,
     load,
+    next_event,
     printed_run_dir,
     profile_dict,
     start,
@@ -345,7 +346,7 @@ def test_an_image_that_vanishes_mid_epoch_fails_the_run_naming_the_file(tmp_path
         )
     )
     run.pause()  # at the first step boundary: then the files go
-    wait_for(lambda: run.paused and run.trainer.step >= 1, 60, "the first step")
+    next_event(run, "paused", 60)
     time.sleep(0.2)
     for image in (tmp_path / "imgs" / "class1").iterdir():
         image.unlink()
