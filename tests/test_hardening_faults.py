@@ -26,6 +26,7 @@ import pytest
 import torch
 from durable_helpers import (
     MPT,
+    events_jsonl,
     finish,
     load,
     next_event,
@@ -75,7 +76,7 @@ def _checkpoint_files(folder: Path) -> list[str]:
 
 
 def _valid_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return events_jsonl(path.parent)  # every line an event, read whole
 
 
 DISK_RUN = ({"run": {"max_steps": 12}}, {"checkpoint": {"every_steps": 4, "every_epochs": 0}})
