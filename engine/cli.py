@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from engine.console import Console, say, silence
 from engine.errors import ExportFailed, MptError
+from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code
 
 app = typer.Typer(
     name="mpt",
@@ -24,9 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# run_finished reasons of a run that did what it was asked to (exit 0); any other end fails.
-_ENDED_AS_ASKED = ("completed", "early_stopped", "max_time", "stopped")
+CONTROL_POLL_S = 0.2  # how often `mpt run` looks for `mpt-tui --attach`'s commands and events
 
 # readable=False: an unreadable profile is the loader's one sentence, not click's box.
 ProfileArg = Annotated[
@@ -45,14 +46,32 @@ SetOpt = Annotated[
 ]
 
 
+def _fail(message: str, code: int = EXIT_USAGE, console: Console | None = None) -> NoReturn:
+    """The CLI's one way out on an error: one sentence to stderr, never a traceback."""
+    if console is None:
+        say(message, err=True)
+    else:
+        console.line(message, err=True)
+    raise typer.Exit(code) from None
+
+
+@contextlib.contextmanager
+def _user_errors(
+    prefix: str = "error: ", also: tuple[type[Exception], ...] = (), console: Console | None = None
+) -> Iterator[None]:
+    """An MptError (or one of `also`) in the block: `_fail` with its sentence, exit 2
+    (1 for an export that failed on a valid request)."""
+    try:
+        yield
+    except (MptError, *also) as e:
+        _fail(f"{prefix}{e}", EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE, console)
+
+
 def _load(profile: Path, overrides: list[str] | None):
     from engine.profile import load_profile
 
-    try:
+    with _user_errors(prefix=""):  # a ProfileError's text names the file: no "error: "
         return load_profile(profile, overrides or [])
-    except MptError as e:
-        say(str(e), err=True)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()
@@ -69,6 +88,17 @@ ResumeOpt = Annotated[
         help="Continue from a checkpoint: 'last' (the newest run of this profile), a run "
         "directory, or a .pt file. Without PROFILE, the checkpoint's own profile is used.",
         show_default=False,
+    ),
+]
+
+
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help='Import the model code (model.arch = "package.module:factory") that the '
+        "checkpoint's own profile names. Without it mpt refuses to run code named by a "
+        "checkpoint; pass it only for checkpoints you made or trust.",
     ),
 ]
 
@@ -98,8 +128,7 @@ def run(
 ) -> None:
     """Train with a profile; prints the run directory, then one line per epoch."""
     if profile is None and resume is None:
-        say("mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume", err=True)
-        raise typer.Exit(EXIT_USAGE)
+        _fail("mpt run: give a profile (e.g. profiles/quickstart.toml) or --resume")
     p = _load(profile, set_) if profile is not None else None
     from engine.distributed import world_from_env
     from engine.run import Run
@@ -108,7 +137,7 @@ def run(
     world = world_from_env()
     console = Console(prefix="" if world.main else f"rank {world.rank}: ", quiet=not world.main)
     attach = _install_interrupt_handlers(console)
-    try:
+    with _user_errors(also=(OSError,), console=console):
         handle = Run.start(
             p,
             resume=resume,
@@ -116,9 +145,6 @@ def run(
             profile_steps=profile_steps,
             trust_code=trust_code,
         )
-    except (MptError, OSError) as e:
-        console.line(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
     attach(handle)
     if world.main:
         console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
@@ -133,7 +159,9 @@ def run(
     if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
         again = " under the same torchrun command" if world.distributed else ""
         console.line(_resume_hint(handle, again))
-    raise typer.Exit(_exit_code(handle))
+    # 0 only for a run whose run_finished says it ended as asked; 1 for a run that failed
+    # or whose thread ended without saying how (2 for a mistake found before training).
+    raise typer.Exit(exit_code(handle.reason, handle.user_error))
 
 
 def _follow(handle, console) -> None:
@@ -141,7 +169,7 @@ def _follow(handle, console) -> None:
     from engine import events as ev
     from engine.remote import ControlChannel
 
-    # Commands from `mpt-tui --attach` (files in RUN_DIR/control/), taken every 0.2 s.
+    # Commands from `mpt-tui --attach` (files in RUN_DIR/control/), taken every CONTROL_POLL_S.
     warn = lambda message: console.line(f"warning: {message}", err=True)  # noqa: E731
     channel = ControlChannel(handle.run_dir, warn) if handle.run_dir is not None else None
     if channel is not None:
@@ -150,10 +178,10 @@ def _follow(handle, console) -> None:
     try:
         while True:
             if channel is not None and time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + 0.2
+                next_poll = time.monotonic() + CONTROL_POLL_S
                 _apply_commands(handle, channel.take(), console)
             try:
-                event = handle.events.get(timeout=0.2)
+                event = handle.events.get(timeout=CONTROL_POLL_S)
             except queue.Empty:
                 if not handle.is_alive() and handle.events.empty():
                     return
@@ -191,16 +219,6 @@ def _apply_commands(handle, commands: list[str], console) -> None:
             actions[command]()
         else:
             console.line(f"control: ignored an unknown command {command!r}", err=True)
-
-
-def _exit_code(handle) -> int:
-    """0 only for a run whose run_finished says it ended as asked; a run that failed, or
-    whose thread ended without saying how, is 1 (2 for a mistake found before training)."""
-    if handle.reason == "interrupted":
-        return EXIT_INTERRUPTED
-    if handle.reason in _ENDED_AS_ASKED:
-        return EXIT_OK
-    return EXIT_USAGE if handle.user_error else EXIT_FAILED
 
 
 def _install_interrupt_handlers(console):
@@ -241,17 +259,6 @@ def _install_interrupt_handlers(console):
     return attach
 
 
-TrustCodeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-code",
-        help='Import the model code (model.arch = "package.module:factory") that the '
-        "checkpoint's own profile names. Without it mpt refuses to run code named by a "
-        "checkpoint; pass it only for checkpoints you made or trust.",
-    ),
-]
-
-
 # ---- around runs: init (engine/starter.py), ls and show (engine/report.py), export ----
 
 
@@ -279,11 +286,8 @@ def init(
     """Write a commented starter profile: every key with its help, ready to edit."""
     from engine.starter import init_profile
 
-    try:
+    with _user_errors():
         say(str(init_profile(name, from_, force)))
-    except MptError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 RunsArg = Annotated[
@@ -297,11 +301,8 @@ def ls(runs: RunsArg = Path("runs")) -> None:
     """List the runs in a runs folder, newest first: state, epochs, best val acc, checkpoint."""
     from engine.report import runs_table
 
-    try:
+    with _user_errors():
         say(runs_table(runs))
-    except MptError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 @app.command()
@@ -320,11 +321,8 @@ def show(
     """Print a run's summary and its table of epochs."""
     from engine.report import run_report
 
-    try:
+    with _user_errors():
         say(run_report(run, runs))
-    except MptError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
 
 
 class ExportFormat(StrEnum):
@@ -382,14 +380,11 @@ def export(
     """Export a checkpoint's model for deployment: state_dict, TorchScript or ONNX."""
     from engine.export import export_checkpoint  # imports torch
 
-    try:
+    with _user_errors():
         written = export_checkpoint(
             checkpoint, format_.value, out, input_shape, num_classes, trust_code
         )
-        say(str(written))
-    except MptError as e:
-        say(f"error: {e}", err=True)
-        raise typer.Exit(EXIT_FAILED if isinstance(e, ExportFailed) else EXIT_USAGE) from None
+    say(str(written))
 
 
 def main() -> None:

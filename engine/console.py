@@ -14,21 +14,14 @@ import sys
 from typing import TextIO
 
 from engine import events as ev
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+from engine.formatting import number, percent
 
 
 def format_epoch(e: ev.EpochEnd) -> str:
     return (
         f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  "
-        f"train loss {_num(e.train_loss)} acc {_pct(e.train_acc)}  "
-        f"val loss {_num(e.val_loss)} acc {_pct(e.val_acc)}  "
+        f"train loss {number(e.train_loss)} acc {percent(e.train_acc)}  "
+        f"val loss {number(e.val_loss)} acc {percent(e.val_acc)}  "
         f"lr {e.lr:.2e}  {e.seconds:.1f}s"
     )
 
@@ -49,7 +42,7 @@ def format_started(e: ev.RunStarted) -> str:
 def format_finished(e: ev.RunFinished) -> str:
     text = f"finished ({e.reason}) after {e.step} steps in {e.seconds:.1f}s"
     if e.final_val_acc is not None:
-        text += f": final val acc {_pct(e.final_val_acc)}, best {_pct(e.best_val_acc)}"
+        text += f": final val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
     return text
 
 

@@ -19,6 +19,7 @@ from engine.memory import (
     parameter_count,
     too_big,
 )
+from engine.precision import AUTOCAST_DTYPES, autocast
 from engine.profile import ModelSection
 
 
@@ -268,14 +269,10 @@ def _check_gradients(out: torch.Tensor, params: list[torch.Tensor], arch: str) -
         )
 
 
-_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def check_precision(model: nn.Module, sample: torch.Tensor, mode: str) -> None:
     """Run the first small batch again under autocast, so that a device or a model that
     cannot compute in fp16/bf16 fails before training, naming precision.mode."""
-    dtype = _AUTOCAST_DTYPES.get(mode)
-    if dtype is None:
+    if mode not in AUTOCAST_DTYPES:
         return
     device = sample.device.type
     other = '"bf16" or "fp32"' if mode == "fp16" else '"fp16" or "fp32"'
@@ -283,7 +280,7 @@ def check_precision(model: nn.Module, sample: torch.Tensor, mode: str) -> None:
         raise ModelError(f'precision.mode {mode!r}: {device} has no autocast; use "fp32"')
     model.eval()
     try:
-        with torch.no_grad(), torch.autocast(device, dtype=dtype):
+        with torch.no_grad(), autocast(device, mode):
             model(sample)
     except Exception as e:  # noqa: BLE001 - a kernel missing for this dtype on this device
         if is_out_of_memory(e):

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -550,129 +551,179 @@ def _expand(path: str) -> Path | None:
         return None
 
 
-def _cross_checks(p: Profile) -> list[Problem]:
-    """Rules that involve more than one key, or that look at the file system."""
-    problems = []
+# ---- cross-checks: rules over more than one key, or over the file system ----
 
-    def add(path: str, message: str, got: Any) -> None:
-        limit = PATH_ECHO_LIMIT if path in PATH_KEYS else ECHO_LIMIT
-        problems.append(Problem(path, f"{message} (got {_describe(got, limit)})"))
+Finding = tuple[str, str, Any]  # the key, what is wrong with it, the value it has
+Unusable = dict[str, Finding]  # path keys that no file can have, by key
 
-    if not _DEVICE_RE.match(p.run.device):
-        add("run.device", "must be auto, cpu, cuda, cuda:N or mps", p.run.device)
-    if not p.run.name or "/" in p.run.name or p.run.name in (".", ".."):
-        add("run.name", "must be a non-empty name without '/'", p.run.name)
-    elif not p.run.name.isprintable():
-        add("run.name", "must not hold control characters (it names a folder)", p.run.name)
-    elif name_bytes(p.run.name) > NAME_MAX:
-        add(
-            "run.name",
-            f"is too long for a folder name ({name_bytes(p.run.name)} bytes, at most "
-            f"{NAME_MAX}); choose a shorter name",
-            p.run.name,
-        )
-    bad_paths = set()  # a path no file can have: the existence checks below would raise
-    for path, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
-                       ("data.root", p.data.root)):  # fmt: skip
+
+def _unusable_paths(p: Profile) -> Unusable:
+    """The path keys no file can have: the data rules' existence checks would raise on them."""
+    found = {}
+    for key, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
+                      ("data.root", p.data.root)):  # fmt: skip
         if "\x00" in text:
-            add(path, "must not hold a NUL character", text)
-            bad_paths.add(path)
+            found[key] = (key, "must not hold a NUL character", text)
         elif _expand(text) is None:
-            add(path, "starts with ~user, but there is no such user", text)
-            bad_paths.add(path)
+            found[key] = (key, "starts with ~user, but there is no such user", text)
         else:
             try:
                 _expand(text).stat()
             except (FileNotFoundError, NotADirectoryError):
-                pass  # missing: the checks below say what each dataset needs
+                pass  # missing: the data rules say what each dataset needs
             except OSError as e:  # a name too long, a loop of links, a parent not searchable
-                add(path, f"cannot be used as a path ({e.strerror or e})", text)
-                bad_paths.add(path)
+                found[key] = (key, f"cannot be used as a path ({e.strerror or e})", text)
+    return found
+
+
+def _run_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """run.device's form; run.name names a folder."""
+    if not _DEVICE_RE.match(p.run.device):
+        yield "run.device", "must be auto, cpu, cuda, cuda:N or mps", p.run.device
+    name = p.run.name
+    if not name or "/" in name or name in (".", ".."):
+        yield "run.name", "must be a non-empty name without '/'", name
+    elif not name.isprintable():
+        yield "run.name", "must not hold control characters (it names a folder)", name
+    elif name_bytes(name) > NAME_MAX:
+        too_long = f"is too long for a folder name ({name_bytes(name)} bytes, at most {NAME_MAX})"
+        yield "run.name", f"{too_long}; choose a shorter name", name
+
+
+def _path_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    yield from unusable.values()
+
+
+def _model_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     arch = p.model.arch
     if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
         hint = _close_match(arch, BUILTIN_ARCHS)
-        add(
-            "model.arch",
-            'must be mlp, cnn, resnet18 or "package.module:factory"'
-            + (f"; did you mean {hint!r}?" if hint else ""),
-            arch,
-        )
+        meant = f"; did you mean {hint!r}?" if hint else ""
+        yield "model.arch", f'must be mlp, cnn, resnet18 or "package.module:factory"{meant}', arch
     if any(h < 1 for h in p.model.hidden):
-        add("model.hidden", "every layer size must be >= 1", p.model.hidden)
+        yield "model.hidden", "every layer size must be >= 1", p.model.hidden
     if arch == "cnn" and (not p.model.channels or any(c < 1 for c in p.model.channels)):
-        add("model.channels", "needs at least one layer, every size >= 1", p.model.channels)
-    if len(p.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in p.optim.betas):
-        add("optim.betas", "must be two numbers in [0, 1)", p.optim.betas)
-    if p.optim.nesterov and (p.optim.name != "sgd" or p.optim.momentum == 0):
-        add("optim.nesterov", 'needs optim.name = "sgd" and momentum > 0', p.optim.nesterov)
+        yield "model.channels", "needs at least one layer, every size >= 1", p.model.channels
+
+
+def _optim_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    o = p.optim
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        yield "optim.betas", "must be two numbers in [0, 1)", o.betas
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        yield "optim.nesterov", 'needs optim.name = "sgd" and momentum > 0', o.nesterov
+
+
+def _data_files(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """What each dataset reads is there: an npz file, a folder of class folders, a root."""
     d = p.data
-    if d.dataset == "npz" and "data.path" not in bad_paths:
+    if d.dataset == "npz" and "data.path" not in unusable:
         if not d.path:
-            add("data.path", "the npz dataset needs the path of a .npz file", d.path)
+            yield "data.path", "the npz dataset needs the path of a .npz file", d.path
         elif _expand(d.path).is_dir():
-            add("data.path", "is a folder; point it at a .npz file with x_train/y_train", d.path)
+            yield "data.path", "is a folder; point it at a .npz file with x_train/y_train", d.path
         elif not _expand(d.path).is_file():
-            add("data.path", "no such file; point it at a .npz with x_train/y_train", d.path)
-    if d.dataset == "image_folder" and "data.path" not in bad_paths:
+            yield "data.path", "no such file; point it at a .npz with x_train/y_train", d.path
+    if d.dataset == "image_folder" and "data.path" not in unusable:
         if not d.path:
-            add("data.path", "the image_folder dataset needs a folder of class sub-folders", d.path)
+            needs = "the image_folder dataset needs a folder of class sub-folders"
+            yield "data.path", needs, d.path
         elif not _expand(d.path).is_dir():
-            add("data.path", "no such folder; point it at a folder of class sub-folders", d.path)
+            yield "data.path", "no such folder; point it at a folder of class sub-folders", d.path
     torchvision_data = d.dataset in ("mnist", "fashion_mnist", "cifar10")
-    root_missing = "data.root" not in bad_paths and not _expand(d.root).is_dir()
+    root_missing = "data.root" not in unusable and not _expand(d.root).is_dir()
     if torchvision_data and not d.download and root_missing:
-        add(
+        yield (
             "data.root",
             "no such folder, and data.download is false; set "
             "data.download = true or point data.root at the folder holding the dataset",
             d.root,
         )
+
+
+def _data_shapes(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    d = p.data
     if len(d.synthetic_shape) != 3 or any(s < 1 for s in d.synthetic_shape):
-        add(
+        yield (
             "data.synthetic_shape",
             "must be [channels, height, width], each >= 1",
             d.synthetic_shape,
         )
     if len(d.mean) != len(d.std):
-        add("data.std", "must have as many values as data.mean", d.std)
+        yield "data.std", "must have as many values as data.mean", d.std
     if any(s <= 0 for s in d.std):
-        add("data.std", "every value must be > 0", d.std)
+        yield "data.std", "every value must be > 0", d.std
+
+
+def _no_validation(d: DataSection) -> bool:
+    """No validation set: none split off, no test split of the dataset's own, and not an
+    image folder (its val/ folder, if any, is found only when it is read)."""
     has_own_split = d.dataset in ("mnist", "fashion_mnist", "cifar10", "npz")
     no_val = d.val_fraction == 0 and not (has_own_split and d.use_test_split)
-    if p.schedule.name == "plateau" and no_val and d.dataset != "image_folder":
-        add(
-            "schedule.name",
-            "plateau needs a validation set; set data.val_fraction > 0",
-            p.schedule.name,
-        )
-    if p.schedule.name == "cosine" and p.schedule.min_lr >= p.optim.lr:
-        add(
-            "schedule.min_lr",
-            f"must be below optim.lr ({p.optim.lr:g}) for a decaying cosine",
-            p.schedule.min_lr,
-        )
+    return no_val and d.dataset != "image_folder"
+
+
+def _plateau_needs_validation(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    if p.schedule.name == "plateau" and _no_validation(p.data):
+        message = "plateau needs a validation set; set data.val_fraction > 0"
+        yield "schedule.name", message, p.schedule.name
+
+
+def _cosine_decays(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    s = p.schedule
+    if s.name == "cosine" and s.min_lr >= p.optim.lr:
+        message = f"must be below optim.lr ({p.optim.lr:g}) for a decaying cosine"
+        yield "schedule.min_lr", message, s.min_lr
+
+
+def _early_stop_needs_validation(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     es = p.early_stop
-    if es.enabled and es.monitor.startswith("val_") and no_val and d.dataset != "image_folder":
-        add(
-            "early_stop.monitor",
-            "needs a validation set; set data.val_fraction > 0 or monitor train_loss",
-            es.monitor,
-        )
+    if es.enabled and es.monitor.startswith("val_") and _no_validation(p.data):
+        message = "needs a validation set; set data.val_fraction > 0 or monitor train_loss"
+        yield "early_stop.monitor", message, es.monitor
+
+
+def _onecycle_warms_up_alone(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     s = p.schedule
     if s.name == "onecycle" and (s.warmup_steps or s.warmup_epochs):
-        add(
-            "schedule.warmup_steps",
-            "onecycle warms up by itself (pct_start); set the warmup keys to 0",
-            s.warmup_steps or s.warmup_epochs,
-        )
+        message = "onecycle warms up by itself (pct_start); set the warmup keys to 0"
+        yield "schedule.warmup_steps", message, s.warmup_steps or s.warmup_epochs
+
+
+def _tensorboard_installed(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     # Found before any work (a module search, not an import): mpt run exits 2 at once.
     if p.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        add(
-            "log.tensorboard",
+        message = (
             "needs the tensorboard package, which is not installed; "
-            "pip install 'mpt[tensorboard]' or set log.tensorboard = false",
-            True,
+            "pip install 'mpt[tensorboard]' or set log.tensorboard = false"
         )
+        yield "log.tensorboard", message, True
+
+
+# In the order `mpt validate` lists their problems.
+CROSS_CHECKS = (
+    _run_keys,
+    _path_keys,
+    _model_keys,
+    _optim_keys,
+    _data_files,
+    _data_shapes,
+    _plateau_needs_validation,
+    _cosine_decays,
+    _early_stop_needs_validation,
+    _onecycle_warms_up_alone,
+    _tensorboard_installed,
+)
+
+
+def _cross_checks(p: Profile) -> list[Problem]:
+    """The problems CROSS_CHECKS find, each with the value it had."""
+    unusable = _unusable_paths(p)
+    problems = []
+    for rule in CROSS_CHECKS:
+        for key, message, got in rule(p, unusable):
+            limit = PATH_ECHO_LIMIT if key in PATH_KEYS else ECHO_LIMIT
+            problems.append(Problem(key, f"{message} (got {_describe(got, limit)})"))
     return problems
 
 

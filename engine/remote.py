@@ -28,6 +28,7 @@ from engine.errors import MptError
 
 COMMANDS = ("pause", "resume", "checkpoint", "stop")
 MAX_COMMAND_BYTES = 64  # commands are single words: a bigger file is not one
+_PRIVATE_DIR = 0o700  # the control folder: its owner alone reads and drops commands
 
 
 def _to_stderr(message: str) -> None:
@@ -70,13 +71,13 @@ class ControlChannel:
         already at its place was not made by this run: then the run takes no commands (and
         says so) rather than obey or clean up someone else's folder. True if listening."""
         try:
-            os.mkdir(self.dir, 0o700)
+            os.mkdir(self.dir, _PRIVATE_DIR)
             fd = safefs.open_dir(self.dir)
         except OSError as e:
             why = "something is already there" if isinstance(e, FileExistsError) else e.strerror
             self._warn(f"cannot make {self.dir} ({why}); this run takes no commands")
             return False
-        os.fchmod(fd, 0o700)  # mkdir's mode is masked by the umask
+        os.fchmod(fd, _PRIVATE_DIR)  # mkdir's mode is masked by the umask
         self._fd = fd
         return True
 

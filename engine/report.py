@@ -13,19 +13,12 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.formatting import number, percent
 from engine.runs import RunHistory, RunSummary, list_runs
 
 # What events.jsonl says is printed to a terminal: its control characters (an escape
 # sequence, a newline in a table cell) are shown escaped, never sent as they are.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None, fmt: str = ".4f") -> str:
-    return "-" if x is None else format(x, fmt)
 
 
 def _printable(text: str, limit: int = 200) -> str:
@@ -80,7 +73,7 @@ def runs_table(runs_dir: str | Path) -> str:
             _printable(f"{s.name}/{s.stamp}", 80),
             _printable(s.state_text, 60),
             f"{s.epoch}/{s.epochs}" if s.epochs else "-",  # no run_started: unknown
-            _pct(s.best_val_acc),
+            percent(s.best_val_acc),
             _printable(_checkpoint(s)),
         ]
         for s in runs
@@ -140,7 +133,7 @@ def run_report(run: str, runs_dir: str | Path = "runs") -> str:
         if r.resumed_from:
             info.append(("resumed from", r.resumed_from))
     info.append(("progress", f"epoch {s.epoch}/{s.epochs}, step {s.step}/{s.total_steps}"))
-    info.append(("best val acc", _pct(s.best_val_acc)))
+    info.append(("best val acc", percent(s.best_val_acc)))
     info.append(("checkpoint", str(s.last_checkpoint) if s.last_checkpoint else "-"))
     if s.error:
         info.append(("error", s.error))
@@ -158,12 +151,12 @@ def run_report(run: str, runs_dir: str | Path = "runs") -> str:
             [
                 str(e.epoch),
                 str(e.step),
-                _num(e.train_loss),
-                _pct(e.train_acc),
-                _num(e.val_loss),
-                _pct(e.val_acc),
-                _num(e.lr, ".2e"),
-                _num(e.seconds, ".2f"),
+                number(e.train_loss),
+                percent(e.train_acc),
+                number(e.val_loss),
+                percent(e.val_acc),
+                f"{e.lr:.2e}",
+                number(e.seconds, 2),
             ]
             for e in sorted(epochs.values(), key=lambda e: e.epoch)
         ]

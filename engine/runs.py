@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import events as ev
+from engine.stop import run_state
 
 # A run that logs nothing for this long, and ended with no run_finished/run_failed,
 # is taken for dead. Generous: a big model may spend minutes between two step events.
 STALE_AFTER_S = 300.0
 
 _PID_MAX = 2**22  # Linux's largest pid_max; anything else in a run_started is no process
+_HEAD_BYTES = 256  # a followed file's first bytes: a file rewritten in place differs there
 
 
 @dataclass
@@ -35,7 +37,6 @@ class RunSummary:
     state: str  # running, paused, finished, early_stopped, stopped, max_time, interrupted,
     # failed, crashed, unreadable (events.jsonl cannot be opened)
     started: float | None = None  # run_started's time (seconds since the epoch)
-    updated: float | None = None  # time of the last event
     epoch: int = 0
     epochs: int = 0
     step: int = 0
@@ -94,7 +95,7 @@ class RunHistory:
             s.started, s.epochs = self.started.time, self.started.epochs
             s.total_steps, s.name = self.started.total_steps, self.started.name or s.name
         if self.last is not None:
-            s.updated, s.step, s.epoch = self.last.time, self.last.step, self.last.epoch
+            s.step, s.epoch = self.last.step, self.last.epoch
         s.state = _state(self.last, self.started, mtime, now)
         if isinstance(self.last, ev.RunFailed):
             s.error = self.last.error or "failed"
@@ -165,8 +166,8 @@ def _follow(path: Path) -> tuple[_Followed, float]:
         _FOLLOWED[path] = followed
     if st.st_size > followed.reader.bytes_read:
         followed.history.add(followed.reader.read_new())
-        if len(followed.head) < 256:
-            followed.head = _head(path, 256)
+        if len(followed.head) < _HEAD_BYTES:
+            followed.head = _head(path, _HEAD_BYTES)
     return followed, st.st_mtime
 
 
@@ -177,7 +178,7 @@ def _head(path: Path, n: int) -> bytes:
 
 def _state(last: ev.Event | None, started: ev.RunStarted | None, mtime: float, now: float) -> str:
     if isinstance(last, ev.RunFinished):
-        return "finished" if last.reason in ("completed", "") else last.reason
+        return run_state(last.reason)
     if isinstance(last, ev.RunFailed):
         return "failed"
     # No terminal event: alive, or killed before it could write one.

@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_MODE = 0o755  # run folders: the user writes, others may read (the umask never widens it)
 
 
 def user_name(uid: int) -> str:
@@ -144,7 +145,7 @@ def unsafe_folder(path: Path) -> str | None:
     return None
 
 
-def make_dirs(path: Path, mode: int = 0o755) -> None:
+def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
     """`mkdir -p` whose every new folder gets `mode` (never the umask's whim: with umask 0,
     mkdir -p would make folders every user can write)."""
     missing = []
@@ -159,7 +160,7 @@ def make_dirs(path: Path, mode: int = 0o755) -> None:
             os.mkdir(folder, mode)
 
 
-def make_dir(path: Path, mode: int = 0o755) -> None:
+def make_dir(path: Path, mode: int = DIR_MODE) -> None:
     """Make the folder `path`, or accept one already there that is a real folder (not a
     symbolic link) owned by the user or root; otherwise OSError, saying what is there."""
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -14,9 +12,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout: always there for developers and CI.
-MNIST_NPZ = Path(__file__).parents[2] / "shared" / "data" / "mnist-t10k.npz"
+# One definition of each for every test module (MNIST_NPZ: ../shared beside the checkout).
+from durable_helpers import MNIST_NPZ, REPO, drain, merge  # noqa: F401
+
 PROFILES = REPO / "profiles"
 
 
@@ -30,23 +28,6 @@ def _mpt_command() -> list[str]:
 
 
 MPT = _mpt_command()
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a profile dict with `extra`'s sections merged key by key."""
-    out = copy.deepcopy(base)
-    for section, table in extra.items():
-        out.setdefault(section, {}).update(table)
-    return out
-
-
-def drain(events: queue.Queue) -> list:
-    out = []
-    while True:
-        try:
-            out.append(events.get_nowait())
-        except queue.Empty:
-            return out
 
 
 @dataclass
@@ -65,7 +46,7 @@ class Finished:
         return self.of("epoch_end")[-1]
 
     def weights(self) -> dict[str, Any]:
-        model = self.run.trainer.model
+        model = self.run.model
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -7,7 +7,6 @@ subprocess as a user starts it. Nothing of the engine is mocked.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import queue
 import subprocess
@@ -76,7 +75,7 @@ class Done:
         return (self.run_dir / "events.jsonl").read_text().splitlines()
 
     def jsonl(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines()]
+        return events_jsonl(self.run_dir)
 
     def step_files(self) -> list[str]:
         return sorted(p.name for p in self.ckpt_dir.glob("step-*.pt"))
@@ -164,17 +163,36 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """events.jsonl of a live run: whole lines only (the writer may be mid-line)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
+def next_event(run, kind: str, timeout: float):
+    """The next `kind` event on a live run's queue (the events before it are taken too)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
+            event = run.events.get(timeout=min(left, 0.1))
+        except queue.Empty:
+            assert run.is_alive(), f"the run ended: {run.reason} {run.error}"
+            continue
+        if event.kind == kind:
+            return event
+    raise AssertionError(f"no {kind} event within {timeout} s")
+
+
+def events_jsonl(run_dir: Path) -> list[dict[str, Any]]:
+    """Every event of a run's events.jsonl as a dict, read by engine.events' reader; a line
+    it cannot read whole fails the test (the run wrote a bad one)."""
+    from engine.events import EventsReader
+
+    reader = EventsReader(run_dir / "events.jsonl")
+    events = reader.read_all()
+    assert not reader.unreadable and not reader.torn, f"{reader.path}: {reader.describe()}"
+    return [e.to_dict() for e in events]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """events.jsonl of a live run as dicts: whole lines only (the writer may be mid-line)."""
+    from engine.events import EventsReader
+
+    return [e.to_dict() for e in EventsReader(path).read_new()] if path.is_file() else []
 
 
 def run_dir_of(parent: Path) -> Path | None:

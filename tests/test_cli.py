@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROFILES, REPO, run_mpt
+from durable_helpers import events_jsonl
 
 from engine import events as ev
 from engine.console import Console, format_epoch
@@ -57,7 +57,7 @@ def test_quickstart_reaches_95_percent_validation_accuracy(quickstart):
     assert m, last
     assert float(m.group(1)) >= 95.0
     (events_file,) = (cwd / "runs" / "quickstart").glob("*/events.jsonl")
-    finished = json.loads(events_file.read_text().splitlines()[-1])
+    finished = events_jsonl(events_file.parent)[-1]
     assert finished["kind"] == "run_finished" and finished["final_val_acc"] >= 0.95
 
 

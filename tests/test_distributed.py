@@ -19,6 +19,7 @@ import pytest
 import tomli_w
 import torch
 from conftest import MNIST_NPZ
+from durable_helpers import events_jsonl
 
 from engine.checkpoint import CheckpointError, check_resume
 from engine.profile import load_profile
@@ -68,7 +69,7 @@ def run_dirs(tmp_path: Path, name: str) -> list[Path]:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return events_jsonl(run_dir)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

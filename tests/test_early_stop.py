@@ -114,7 +114,7 @@ def test_restore_best_leaves_the_best_epochs_weights(patient):
     assert best_epoch.epoch < events[-1].epoch
     best_ckpt = patient.ckpt_dir / f"step-{best_epoch.step:06d}.pt"
 
-    final = patient.run.trainer.model.state_dict()
+    final = patient.run.model.state_dict()
 
     assert_same(final, load(best_ckpt)["model"])
     assert patient.of("run_finished")[0].final_val_loss == best_epoch.value
@@ -146,7 +146,7 @@ def test_resumed_run_stops_at_the_same_epoch_with_the_same_early_stop_state(pati
     assert again.of("run_finished")[0].epoch == patient.of("run_finished")[0].epoch
     assert metrics(again.jsonl()) == metrics(patient.jsonl())
     assert early_stop_records(again.jsonl()) == early_stop_records(patient.jsonl())
-    assert_same(again.run.trainer.model.state_dict(), patient.run.trainer.model.state_dict())
+    assert_same(again.run.model.state_dict(), patient.run.model.state_dict())
 
 
 def early_stop_records(lines):

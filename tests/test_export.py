@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import warnings
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BASE, merge, run_mpt, run_profile
+from durable_helpers import events_jsonl
 
 from engine.errors import ExportFailed, MptError
 from engine.export import default_out, export, export_checkpoint, load_model
@@ -31,10 +31,9 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained_model(trained):
-    """The model the run trained, as the trainer left it, in eval mode."""
+    """The model the run trained, as the run left it, in eval mode."""
     done, _ = trained
-    model = done.run.trainer.model.eval()
-    return model
+    return done.run.model.eval()
 
 
 def batch(n: int) -> torch.Tensor:
@@ -111,7 +110,7 @@ def test_the_cli_exports_a_run_directory_to_its_exports_folder(trained):
     step = max(int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.pt"))
     written = run_dir / "exports" / f"step-{step:06d}.torchscript.pt"
     assert written.is_file()
-    started = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+    started = events_jsonl(run_dir)[0]
     (mean,), (std,) = started["mean"], started["std"]  # digits: from its training split
     assert result.stdout.splitlines() == [
         f"wrote {written} (torchscript, from {run_dir / 'checkpoints' / 'last.pt'})",

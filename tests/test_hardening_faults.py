@@ -26,8 +26,10 @@ import pytest
 import torch
 from durable_helpers import (
     MPT,
+    events_jsonl,
     finish,
     load,
+    next_event,
     printed_run_dir,
     profile_dict,
     start,
@@ -74,7 +76,7 @@ def _checkpoint_files(folder: Path) -> list[str]:
 
 
 def _valid_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return events_jsonl(path.parent)  # every line an event, read whole
 
 
 DISK_RUN = ({"run": {"max_steps": 12}}, {"checkpoint": {"every_steps": 4, "every_epochs": 0}})
@@ -345,7 +347,7 @@ def test_an_image_that_vanishes_mid_epoch_fails_the_run_naming_the_file(tmp_path
         )
     )
     run.pause()  # at the first step boundary: then the files go
-    wait_for(lambda: run.paused and run.trainer.step >= 1, 60, "the first step")
+    next_event(run, "paused", 60)
     time.sleep(0.2)
     for image in (tmp_path / "imgs" / "class1").iterdir():
         image.unlink()

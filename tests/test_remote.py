@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MPT, PROFILES
+from durable_helpers import events_jsonl, read_jsonl
 
 from engine.errors import MptError
 from engine.gpu import GpuStats
@@ -51,8 +52,7 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
 
 
 def kinds(run_dir: Path) -> list[str]:
-    text = (run_dir / "events.jsonl").read_text()
-    return [json.loads(line)["kind"] for line in text.splitlines() if line.strip()]
+    return [e["kind"] for e in read_jsonl(run_dir / "events.jsonl")]
 
 
 def quickstart(tmp_path: Path, *args: str) -> list[str]:
@@ -85,7 +85,7 @@ def test_mpt_run_obeys_commands_dropped_in_its_control_folder(tmp_path: Path):
         proc.kill()
     assert proc.returncode == 0, err
     assert "control: pause requested" in out and "control: stop requested" in out
-    log = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    log = events_jsonl(run_dir)
     assert log[-1]["kind"] == "run_finished" and log[-1]["reason"] == "stopped"
     reasons = [e["reason"] for e in log if e["kind"] == "checkpoint_saved"]
     assert "requested" in reasons and reasons[-1] == "stop"
@@ -107,7 +107,7 @@ def test_profile_steps_writes_a_trace_that_perfetto_and_tensorboard_read(tmp_pat
     assert {"ProfilerStep#2", "ProfilerStep#3", "ProfilerStep#4"} <= names  # 3 active steps
     assert any(n.startswith("aten::") for n in names)  # the ops themselves
     (run_dir,) = tmp_path.glob("runs/quickstart/*")
-    saved = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())]
+    saved = events_jsonl(run_dir)
     assert [e["path"] for e in saved if e["kind"] == "trace_saved"] == [str(trace)]
 
 

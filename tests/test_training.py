@@ -1,22 +1,23 @@
 """The training loop on real data: optimizers, schedules, precision, accumulation, clipping,
-seeding, models. Every run goes through the engine's own Run handle or Trainer."""
+seeding, models. Every run goes through the engine's own Run handle; what the run built is
+seen through its events, its model (Run.model) and the checkpoints it wrote."""
 
 from __future__ import annotations
 
 import math
-import queue
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import BASE, merge
+from conftest import BASE, merge, run_profile
+from durable_helpers import load
+from durable_helpers import train as train_durable
 
-from engine import events as ev
-from engine.control import Control
 from engine.errors import ModelError
 from engine.models import build_model
-from engine.optim import LRFactor, Schedule
-from engine.profile import ModelSection, ScheduleSection, profile_from_dict
-from engine.trainer import Trainer
+from engine.optim import LRFactor, Schedule, build_optimizer
+from engine.precision import AUTOCAST_DTYPES
+from engine.profile import ModelSection, ScheduleSection
 
 # digits with val_fraction 0.2: 1438 training samples, so 23 steps an epoch at batch 64.
 STEPS_PER_EPOCH = 23
@@ -28,6 +29,15 @@ def lrs_by_step(done) -> dict[int, float]:
 
 def all_close(a: dict, b: dict, atol: float) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=0) for k in a)
+
+
+def last_checkpoint(done) -> dict:
+    return load(done.run.run_dir / "checkpoints" / "last.pt")
+
+
+def settings(group: dict) -> dict:
+    """An optimizer's param group without its parameters: the optimizer's settings."""
+    return {k: v for k, v in group.items() if k != "params"}
 
 
 # ---- optimizers ----
@@ -43,11 +53,17 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_each_optimizer_lowers_the_loss_on_digits(train, name):
-    settings, cls = OPTIMIZERS[name]
+    options, cls = OPTIMIZERS[name]
     done = train(
-        {"optim": {"name": name, **settings}, "run": {"epochs": 3}, "train": {"log_every": 1}}
+        {"optim": {"name": name, **options}, "run": {"epochs": 3}, "train": {"log_every": 1}},
+        write=True,
     )
-    assert type(done.run.trainer.optimizer) is cls
+    # The optimizer the run saved is the torch class the name stands for, with its settings
+    # (AdamW differs from Adam only in them: decoupled weight decay).
+    built = build_optimizer(done.run.model, done.run.profile.optim, torch.device("cpu"))
+    assert type(built) is cls
+    saved = settings(last_checkpoint(done)["optimizer"]["param_groups"][0])
+    assert settings(built.state_dict()["param_groups"][0]).items() <= saved.items()
     first_step_loss = done.of("step")[0].loss
     assert first_step_loss > 1.5  # about ln(10) before any learning
     assert done.last_epoch.train_loss < 0.4 * first_step_loss
@@ -60,9 +76,10 @@ def test_optimizer_settings_reach_the_torch_optimizer(train):
         {
             "optim": {"name": "adamw", "lr": 0.002, "betas": [0.8, 0.95], "weight_decay": 0.1},
             "run": {"max_steps": 1},
-        }
+        },
+        write=True,
     )
-    group = done.run.trainer.optimizer.param_groups[0]
+    group = last_checkpoint(done)["optimizer"]["param_groups"][0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (0.002, (0.8, 0.95), 0.1)
 
 
@@ -268,17 +285,13 @@ def test_each_precision_trains_to_a_sane_accuracy(train, mode):
             "precision": {"mode": mode},
             "optim": {"name": "adam", "lr": 0.003},
             "run": {"epochs": 3},
-        }
+        },
+        write=True,
     )
-    assert (
-        done.run.trainer.autocast_dtype
-        == {
-            "fp32": None,
-            "bf16": torch.bfloat16,
-            "fp16": torch.float16,
-        }[mode]
-    )
-    assert (done.run.trainer.scaler is not None) == (mode == "fp16")
+    want = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    assert AUTOCAST_DTYPES.get(mode) == want
+    assert done.of("run_started")[0].precision == mode
+    assert (last_checkpoint(done)["scaler"] is not None) == (mode == "fp16")  # fp16 scales
     assert done.last_epoch.val_acc > 0.9
     assert all(math.isfinite(e.train_loss) for e in done.of("epoch_end"))
 
@@ -326,27 +339,28 @@ def test_grad_accum_counts_optimizer_steps_not_micro_batches(train):
 # ---- gradient clipping ----
 
 
-def _one_sgd_step_update_norm(data: dict) -> float:
-    """Train one step of plain SGD with lr 1: the update is exactly the (clipped) gradient."""
-    profile = profile_from_dict(
-        merge(BASE, merge({"optim": {"name": "sgd", "lr": 1.0}, "run": {"max_steps": 1}}, data))
-    )
-    trainer = Trainer(profile, ev.EventLog(queue.Queue()), Control())
-    trainer.setup()
-    before = [p.detach().clone() for p in trainer.model.parameters()]
-    trainer.fit()
-    after = [p.detach() for p in trainer.model.parameters()]
-    return math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(after, before, strict=True)))
+def _one_sgd_step_update_norm(out_dir: Path, clip_norm: float, mode: str = "fp32") -> float:
+    """Plain SGD with lr 1: a step's update is exactly the (clipped) gradient. Measured on
+    the step after a checkpoint, resumed from it: every clip_norm starts from the same
+    weights, and so clips the same gradient."""
+    run = {"epochs": 2, "max_steps": 1, "out_dir": str(out_dir)}  # ends after step 1
+    sgd = {"optim": {"name": "sgd", "lr": 1.0}, "run": run}
+    first = run_profile(merge(BASE, merge(sgd, {"precision": {"mode": mode}})), write=True)
+    checkpoint = first.run.run_dir / "checkpoints" / "last.pt"
+    overrides = [f"train.clip_norm={clip_norm}", "run.max_steps=2"]
+    done = train_durable(resume=checkpoint, overrides=overrides)
+    before, after = load(checkpoint)["model"], done.run.model.state_dict()
+    return math.sqrt(sum(float(((after[k] - before[k]) ** 2).sum()) for k in before))
 
 
 @pytest.mark.parametrize("mode", ["fp32", "fp16"])
-def test_clip_norm_bounds_the_gradient_norm(mode):
-    norm = _one_sgd_step_update_norm({"train": {"clip_norm": 1e-3}, "precision": {"mode": mode}})
+def test_clip_norm_bounds_the_gradient_norm(out_dir, mode):
+    norm = _one_sgd_step_update_norm(out_dir, 1e-3, mode)
     assert norm == pytest.approx(1e-3, rel=1e-3)  # the gradient is far larger: clipped to 1e-3
 
 
-def test_without_clipping_the_same_gradient_is_larger():
-    assert _one_sgd_step_update_norm({"train": {"clip_norm": 0.0}}) > 0.05
+def test_without_clipping_the_same_gradient_is_larger(out_dir):
+    assert _one_sgd_step_update_norm(out_dir, 0.0) > 0.05
 
 
 def test_clipping_changes_the_result_of_a_run(train):

@@ -9,7 +9,6 @@ directory was made). Real runs, real user modules written to tmp_path, the real 
 from __future__ import annotations
 
 import ctypes
-import json
 import re
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_mpt
-from durable_helpers import finish, profile_dict, start, train
+from durable_helpers import events_jsonl, finish, profile_dict, start, train
 
 from engine.checkpoint import CheckpointError
 
@@ -171,7 +170,7 @@ def run_dirs(out_dir: Path) -> list[Path]:
 
 
 def last_event(run_dir: Path) -> dict:
-    return json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    return events_jsonl(run_dir)[-1]
 
 
 # ---- group 5: however the training thread ends, a run that did not finish failed ----
