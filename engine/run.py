@@ -44,7 +44,8 @@ def make_run_dir(profile: Profile) -> Path:
         for n in range(1, 1000):
             path = parent / (stamp if n == 1 else f"{stamp}-{n}")
             try:
-                path.mkdir(mode=0o755)  # atomic: of two runs in the same second, each gets its own
+                # atomic: of two runs in the same second, each gets its own
+                path.mkdir(mode=safefs.DIR_MODE)
                 return path
             except FileExistsError:
                 continue

@@ -6,12 +6,12 @@ directory, and the TUI attached, quitting and attached again.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from durable_helpers import events_jsonl
 from tui_helpers import press, run_async, wait_for
 
 from tui.app import MptApp
@@ -22,8 +22,7 @@ MPT = [str(Path(sys.executable).with_name("mpt"))]
 
 
 def kinds(run_dir: Path) -> list[str]:
-    lines = (run_dir / "events.jsonl").read_text().splitlines()
-    return [json.loads(line)["kind"] for line in lines if line.strip()]
+    return [e["kind"] for e in events_jsonl(run_dir)]
 
 
 def start_headless(workdir: Path) -> tuple[subprocess.Popen, Path]:

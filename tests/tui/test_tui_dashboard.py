@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from durable_helpers import events_jsonl
 from textual.widgets import DataTable
 from tui_helpers import press, run_async, wait_for
 
@@ -25,7 +25,7 @@ def text_of(screen, selector: str) -> str:
 
 
 def events_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return events_jsonl(run_dir)
 
 
 async def start_long_run(pilot) -> DashboardScreen:
