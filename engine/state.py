@@ -30,9 +30,8 @@ class TrainState:
     epochs_done: int = 0
     epoch: int = 0  # the epoch in progress (or just ended): what events report
     group: int = 0  # optimizer steps already done inside the next epoch
-    epoch_loss: torch.Tensor = field(
-        init=False
-    )  # sums on the device: the host syncs only to report
+    # The metric sums stay on the device: the host syncs only to report.
+    epoch_loss: torch.Tensor = field(init=False)
     epoch_correct: torch.Tensor = field(init=False)
     epoch_samples: int = 0
     window_loss: torch.Tensor = field(init=False)

@@ -68,7 +68,7 @@ class MptApp(App):
         self._quitting = False
 
     def on_mount(self) -> None:
-        self.push_screen(HomeScreen(self.profiles_dir, self.runs_dir))
+        self.push_screen(HomeScreen(self.profiles_dir, self.runs_dir, lambda: self.session))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the SSH link dropped
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -139,7 +139,7 @@ class RunSession(RunSource):
         RunSession.started.add(self)
         super().__init__(build_view(run.history))
         self.run = run
-        profile = getattr(run, "profile", None)
+        profile = run.profile
         if profile is not None and not self.view.name:  # until run_started says more
             self.view.name, self.view.epochs = profile.run.name, profile.run.epochs
             self.view.run_dir = str(run.run_dir or "")

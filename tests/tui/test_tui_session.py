@@ -18,6 +18,7 @@ class FakeRun:
     def __init__(self):
         self.events: queue.Queue = queue.Queue()
         self.history: list = []
+        self.profile = None  # a Run has one; None: the view waits for run_started
         self.alive = True
         self.paused = False
         self.run_dir = Path("runs/x/1")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual.app import ComposeResult
@@ -25,6 +26,9 @@ from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
+
+if TYPE_CHECKING:
+    from tui.session import RunSource
 
 CELL_LIMIT = 80  # characters of a name or a state a table cell shows
 RUNS_REFRESH_INTERVAL = 2.0  # seconds between two listings of the runs, while one is live
@@ -97,10 +101,17 @@ class HomeScreen(Screen):
         Binding("q", "app.quit", "Quit"),
     ]
 
-    def __init__(self, profiles_dir: Path, runs_dir: Path):
+    def __init__(
+        self,
+        profiles_dir: Path,
+        runs_dir: Path,
+        own_run: Callable[[], RunSource | None] = lambda: None,
+    ):
+        """`own_run`: the run this console trains, if any (the app's), shown as "here"."""
         super().__init__()
         self.profiles_dir = profiles_dir
         self.runs_dir = runs_dir
+        self.own_run = own_run
         self.profiles: list[ProfileEntry] = []
         self.runs: list[RunSummary] = []
 
@@ -159,7 +170,7 @@ class HomeScreen(Screen):
         table = self.query_one("#runs", DataTable)
         key = self._cursor_key(table)
         table.clear()
-        session = getattr(self.app, "session", None)
+        session = self.own_run()
         here = session.run_dir.resolve() if session and session.live and session.run_dir else None
         for r in runs:
             state = state_label(r.state)
@@ -225,8 +236,7 @@ class HomeScreen(Screen):
         if action == "resume_run":
             return self._focused_table() == "runs"
         if action == "dashboard":
-            session = getattr(self.app, "session", None)
-            return session is not None
+            return self.own_run() is not None
         return True
 
     def on_descendant_focus(self) -> None:
