@@ -222,6 +222,21 @@ def mpt(*args: str, cwd: Path, timeout: float = 240) -> Result:
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+def spawn_mpt(
+    *args: str, cwd: Path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **env: str
+) -> subprocess.Popen:
+    """Start the `mpt` console script in the background, no stdin (as from a script or
+    nohup); `env`: variables added to this process's environment."""
+    return subprocess.Popen(
+        [MPT, *map(str, args)],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, **env},
+    )
+
+
 def printed_run_dir(stdout: str) -> Path:
     for line in stdout.splitlines():
         if line.startswith("run directory: "):

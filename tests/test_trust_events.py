@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from durable_helpers import mpt, profile_dict, train
+from event_strategies import FIELD_NAMES, JSON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -273,20 +274,10 @@ def test_resuming_a_run_whose_history_has_bad_lines_copies_them_and_trains_on(go
 
 # ---- fuzz: no line content makes a reader raise ----
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=6,
-)
-NAMES = sorted({name for cls in ev.EVENT_TYPES.values() for name in cls.__dataclass_fields__})
 EVENT_LINE = st.builds(
     lambda kind, fields: json.dumps({"kind": kind, **fields}, allow_nan=True).encode(),
     st.sampled_from([*ev.EVENT_TYPES, "teleport"]),
-    st.dictionaries(st.sampled_from(NAMES), JSON, max_size=6),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), JSON, max_size=6),
 )
 LINE = st.one_of(EVENT_LINE, st.binary(max_size=80), JSON.map(lambda v: json.dumps(v).encode()))
 

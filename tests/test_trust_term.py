@@ -31,6 +31,7 @@ from durable_helpers import (
     profile_dict,
     read_jsonl,
     run_dir_of,
+    spawn_mpt,
     train,
     wait_for,
     write_toml,
@@ -201,14 +202,7 @@ def test_a_second_sighup_while_stopping_does_not_cut_the_checkpoint_short(tmp_pa
     profile = long_profile(tmp_path, {"model": {"arch": "termmod:make"}})
     err = tmp_path / "stderr.txt"
     with open(err, "w") as stderr:
-        proc = subprocess.Popen(
-            [MPT, "run", str(profile)],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "TERM_TEST_DELAY": "0.15"},
-        )
+        proc = spawn_mpt("run", profile, cwd=tmp_path, stderr=stderr, TERM_TEST_DELAY="0.15")
     try:
         wait_for(lambda: steps(events_of(tmp_path)) >= 1, 120, "the first step event")
         proc.send_signal(signal.SIGHUP)
@@ -244,13 +238,7 @@ def test_mpt_run_piped_into_head_finishes_the_run_when_the_reader_leaves(tmp_pat
     err = tmp_path / "stderr.txt"
     with open(err, "w") as stderr:
         # `mpt run ... | head -1`: one line read, then the read end closed (EPIPE after)
-        proc = subprocess.Popen(
-            [MPT, "run", str(profile)],
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
+        proc = spawn_mpt("run", profile, cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr)
     assert proc.stdout.readline().startswith(b"run directory: ")
     proc.stdout.close()
     assert ended(proc, 240) == 0
@@ -299,13 +287,13 @@ def start_held(tmp_path: Path, args: list[str]) -> tuple[subprocess.Popen, Path,
     hold.mkdir(exist_ok=True)
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with open(out, "w") as stdout, open(err, "w") as stderr:
-        proc = subprocess.Popen(
-            [MPT, *args],
+        proc = spawn_mpt(
+            *args,
             cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            env={**os.environ, "TERM_TEST_HOLD": str(hold), "PYTHONUNBUFFERED": "1"},
+            TERM_TEST_HOLD=str(hold),
+            PYTHONUNBUFFERED="1",
         )
     return proc, out, err
 

@@ -13,6 +13,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+from event_strategies import FIELD_NAMES, JSON
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from textual.widgets import DataTable
@@ -117,22 +118,12 @@ def test_gpu_memory_with_utilisation_but_no_temperature_or_power_is_shown():
 
 # ---- fuzz: whatever a line holds, the dashboard's text is drawn ----
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
-    max_leaves=6,
-)
-NAMES = sorted({name for cls in ev.EVENT_TYPES.values() for name in cls.__dataclass_fields__})
 BASE = {"step": st.integers(0, 100), "epoch": st.integers(0, 3), "time": st.floats(0, 2e9)}
 EVENT_LINE = st.builds(
     lambda kind, base, fields: json.dumps({"kind": kind, **base, **fields}, allow_nan=True),
     st.sampled_from(list(ev.EVENT_TYPES)),
     st.fixed_dictionaries(BASE),
-    st.dictionaries(st.sampled_from(NAMES), JSON, max_size=8),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), JSON, max_size=8),
 )
 
 
