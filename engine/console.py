@@ -40,7 +40,8 @@ def format_started(e: ev.RunStarted) -> str:
 
 
 def format_finished(e: ev.RunFinished) -> str:
-    text = f"finished ({e.reason}) after {e.step} steps in {e.seconds:.1f}s"
+    # step counts the whole run (a resumed one too); seconds only this process's part
+    text = f"finished ({e.reason}) at step {e.step} after {e.seconds:.1f}s"
     if e.final_val_acc is not None:
         text += f": final val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
     return text

@@ -498,10 +498,13 @@ def _finite_float(value: int | float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _range_problem(spec: FieldSpec, value: float) -> str | None:
-    def bound(b: float) -> str:
-        return str(b) if isinstance(b, int) else f"{b:g}"  # 4294967295, not 4.29497e+09
+def format_bound(b: float) -> str:
+    """A range bound as errors and the form print it: 4294967295, 0.5, 1e+30."""
+    return str(b) if isinstance(b, int) else f"{b:g}"  # an int whole, never 4.29497e+09
 
+
+def _range_problem(spec: FieldSpec, value: float) -> str | None:
+    bound = format_bound
     if spec.ge is not None and value < spec.ge:
         return f"must be >= {bound(spec.ge)}"
     if spec.gt is not None and value <= spec.gt:

@@ -52,7 +52,7 @@ def test_quickstart_prints_the_run_directory_first(quickstart):
 def test_quickstart_reaches_95_percent_validation_accuracy(quickstart):
     cwd, result = quickstart
     last = result.stdout.splitlines()[-1]
-    m = re.fullmatch(r"finished \(completed\) after \d+ steps in [\d.]+s: final val acc "
+    m = re.fullmatch(r"finished \(completed\) at step \d+ after [\d.]+s: final val acc "
                      r"([\d.]+)%, best ([\d.]+)%", last)  # fmt: skip
     assert m, last
     assert float(m.group(1)) >= 95.0

@@ -222,6 +222,7 @@ class RunView:
 
     def _on_paused(self, e: ev.Paused) -> None:
         self.state = "paused"
+        self.step = max(self.step, e.step)  # the progress bar shows where it holds
         self._paused_since = e.time
         self._say(e, "paused")
 

@@ -215,3 +215,11 @@ async def test_a_misspelled_key_in_the_file_is_named_with_the_engines_hint(workd
         await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen))
         status = str(app.screen.query_one("#status").render())
         assert "commented out on save: run.epoch: unknown key; did you mean 'epochs'?" in status
+
+
+def test_a_fields_range_is_written_as_the_engine_writes_it():
+    from engine.profile import FIELD_BY_PATH
+    from tui.widgets.field import describe_spec
+
+    assert "<= 1e+30" in describe_spec(FIELD_BY_PATH["optim.lr"])  # not 31 digits
+    assert "<= 4294967295" in describe_spec(FIELD_BY_PATH["run.seed"])

@@ -102,6 +102,13 @@ def test_paused_and_resumed_are_said_in_the_messages():
     assert v.messages[-1] == "step 10: resumed"
 
 
+def test_a_pause_between_step_reports_shows_the_step_it_holds_at():
+    # log_every 10: the last step event said 10, the run paused after step 11
+    v = build_view([started(), step(10, 1.0), ev.Paused(step=11, time=T0 + 1.0)])
+    assert v.step == 11
+    assert "step 11/" in progress_lines(v)[0]
+
+
 def test_epoch_metrics_make_the_curves_and_the_best():
     v = build_view([started(), epoch_end(1, 1, 0.8), epoch_end(2, 2, 0.9), epoch_end(3, 3, 0.85)])
     assert v.val_acc.points() == ([1, 2, 3], [0.8, 0.9, 0.85])

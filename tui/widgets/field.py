@@ -16,7 +16,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static, Switch
 
-from engine.profile import FieldSpec
+from engine.profile import FieldSpec, format_bound
 from tui.profile_text import field_text, parse_field
 
 _KIND_NAMES = {
@@ -30,15 +30,11 @@ _KIND_NAMES = {
 }
 
 
-def _bound(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
-
-
 def describe_spec(spec: FieldSpec) -> str:
     """The type, range and default of a key, for the line under its help text."""
     parts = [_KIND_NAMES.get(spec.kind, spec.kind)]
     bounds = [
-        f"{op} {_bound(v)}"
+        f"{op} {format_bound(v)}"
         for op, v in ((">=", spec.ge), (">", spec.gt), ("<=", spec.le), ("<", spec.lt))
         if v is not None
     ]
