@@ -159,7 +159,7 @@ def test_keep_last_on_a_disk_with_room_for_two_checkpoints_frees_the_oldest_and_
     r = _mpt_run_on(disk)
 
     assert r.returncode == 0, r.stderr
-    assert "finished (completed) after 23 steps" in r.stdout
+    assert "finished (completed) at step 23 after" in r.stdout
     folder = _run_dir(disk) / "checkpoints"
     assert load(folder / "last.pt")["progress"]["step"] == 23  # the final checkpoint
     assert load(folder / "best.pt")["progress"]["step"] == 23
