@@ -45,12 +45,19 @@ class Raw:
 
 @dataclass
 class DataBundle:
+    """What a run trains on. `x`: uint8 images (N, C, H, W) for the built-in datasets and
+    image factories, or any float tensor (N, ...) of a factory; `y` by task.kind:
+    classification int64 class indices (N,), multilabel float32 0/1 (N, labels),
+    regression float32 (N, targets)."""
+
     train: Split
     val: Split | None
-    num_classes: int
-    in_shape: tuple[int, int, int]
-    mean: list[float]
-    std: list[float]
+    num_classes: int  # the model's outputs: classes, labels (multilabel) or targets (regression)
+    in_shape: tuple[int, ...]  # one sample's shape: (C, H, W) for images, (features,) ...
+    mean: list[float] | None  # per channel (dim 1); None: the inputs are used as they are
+    std: list[float] | None
+    kind: str = "classification"  # task.kind
+    classes: list[str] | None = None  # class (or label) names, when the data has them
 
 
 def _as_images(x: np.ndarray, source: str) -> torch.Tensor:

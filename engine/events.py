@@ -13,6 +13,7 @@ import json
 import math
 import os
 import queue
+import re
 import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -41,10 +42,15 @@ class RunStarted(Event):
     dataset: str = ""
     train_samples: int = 0
     val_samples: int = 0
-    num_classes: int = 0
+    num_classes: int = 0  # the model's outputs: classes, labels (multilabel) or targets
     input_shape: list[int] = field(default_factory=list)
     arch: str = ""
     parameters: int = 0
+    trainable_parameters: int | None = None  # those the optimizer steps (model.freeze)
+    task: str = "classification"  # task.kind
+    loss: str = "cross_entropy"  # task.loss as trained ("auto" resolved)
+    metrics: list[str] = field(default_factory=list)  # the task's metrics, headline first
+    classes: list[str] = field(default_factory=list)  # class or label names, when known
     epochs: int = 0
     steps_per_epoch: int = 0
     total_steps: int = 0
@@ -82,12 +88,20 @@ class EpochEnd(Event):
     kind: ClassVar[str] = "epoch_end"
     epochs: int = 0
     train_loss: float | None = 0.0  # None: not finite (events.jsonl writes NaN as null)
-    train_acc: float = 0.0
+    train_acc: float | None = 0.0  # classification and multilabel; None for regression
     val_loss: float | None = None
     val_acc: float | None = None
     lr: float = 0.0
     seconds: float = 0.0
     samples_per_s: float = 0.0
+    # Every metric of the task by name, "train_<m>" and "val_<m>" (acc included, losses
+    # not). events.jsonl writes them as top-level keys of the line, beside train_acc.
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        metrics = data.pop("metrics")
+        return {**data, **{k: v for k, v in metrics.items() if k not in data}}
 
 
 @dataclass
@@ -204,6 +218,8 @@ def _field_spec(f) -> tuple[str, type, type | None, bool, str]:
     optional = annotation.endswith(" | None")
     base = annotation.removesuffix(" | None")
     names = {"int": int, "float": float, "str": str, "bool": bool}
+    if base.startswith("dict["):  # EpochEnd.metrics: read from the line's metric keys
+        return f.name, dict, float, False, "a table of numbers"
     if base.startswith("list["):
         want, item = list, names[base[5:-1]]
         wants = f"a list of {_WANTS[item].removeprefix('a ').removeprefix('an ')}s"
@@ -229,6 +245,10 @@ def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
     values: dict[str, Any] = {}
     problems = []
     for name, want, item, optional, wants in _FIELDS[kind]:
+        if want is dict:
+            values[name], bad = _metric_keys(data, kind)
+            problems += bad
+            continue
         value = data.get(name, _MISSING)
         if (value is None and optional) or (value is not _MISSING and _fits(value, want, item)):
             values[name] = value
@@ -239,6 +259,25 @@ def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
     if any(name not in values for name in _BASE_FIELDS):
         return None, problems  # an epoch row at epoch 0, a step at time 0: not shown at all
     return cls(**values), problems
+
+
+_METRIC_KEY = re.compile(r"^(train|val)_[a-z0-9]+$")
+_NOT_METRICS = frozenset({"train_loss", "val_loss", "train_samples", "val_samples"})
+
+
+def _metric_keys(data: dict[str, Any], kind: str) -> tuple[dict[str, float | None], list[str]]:
+    """An epoch_end line's metrics: its train_<m>/val_<m> keys (losses aside)."""
+    metrics, problems = {}, []
+    for name, value in data.items():
+        if type(name) is not str or not _METRIC_KEY.match(name) or name in _NOT_METRICS:
+            continue
+        if value is None and name in ("train_acc", "val_acc"):
+            continue  # the fields every epoch_end has: null where the task has no accuracy
+        if value is None or _fits(value, float, None):
+            metrics[name] = value
+        else:
+            problems.append(f"{kind}.{name} is not a finite number or null (got {_cut(value)})")
+    return metrics, problems
 
 
 def _cut(value: Any, limit: int = 40) -> str:

@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import TrainingFailed
 from engine.events import EarlyStop
+from engine.task_spec import lower_is_better
 
 if TYPE_CHECKING:
     from engine.profile import EarlyStopSection
 
 
 def resolve_mode(monitor: str, mode: str) -> str:
-    """'auto' means lower is better for losses and higher for accuracies."""
+    """'auto': lower is better for losses, mae, mse, rmse and hamming, higher for the rest."""
     if mode != "auto":
         return mode
-    return "min" if monitor.endswith("loss") else "max"
+    return "min" if lower_is_better(monitor) else "max"
 
 
 class BestTracker:

@@ -23,6 +23,7 @@ from typing import Any
 import tomli_w
 
 from engine.errors import Problem, ProfileError
+from engine.task_spec import ALL_METRICS, KINDS, LOSSES, METRICS, monitors
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz", "synthetic")
 BUILTIN_ARCHS = ("mlp", "cnn", "resnet18")
@@ -41,7 +42,10 @@ class FieldSpec:
 
     section: str
     name: str
-    kind: str  # int, float, bool, str, choice, int_list, float_list
+    # int, float, bool, str, choice, int_list, float_list, str_list; table (an inline
+    # table of keyword arguments), float_table (names to numbers); name (one of `choices`
+    # or a "package.module:function"); weights (a list of numbers, or "balanced")
+    kind: str
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -60,8 +64,8 @@ def key(default, help, kind, *, choices=(), ge=None, gt=None, le=None, lt=None, 
     meta = dict(
         kind=kind, help=help, choices=tuple(choices), ge=ge, gt=gt, le=le, lt=lt, optional=optional
     )
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -93,7 +97,17 @@ class RunSection:
 
 @dataclass
 class DataSection:
-    dataset: str = key("digits", "Which dataset to train on.", "choice", choices=DATASETS)
+    dataset: str = key(
+        "digits",
+        'Which dataset to train on: a built-in one, or your own "package.module:function" '
+        "returning (train, val) datasets, called with data.options as keyword arguments.",
+        "name",
+        choices=DATASETS,
+    )
+    options: dict[str, Any] = key(
+        {}, 'Keyword arguments for a "package.module:function" dataset, e.g. { size = 64 }.',
+        "table",
+    )
     root: str = key(
         "data", "Folder where torchvision datasets (mnist, fashion_mnist, cifar10) live.", "str"
     )
@@ -164,6 +178,19 @@ class ModelSection:
     small_input: bool = key(
         True, "resnet18: 3x3 stem without max-pool, for 32x32 images such as CIFAR-10.", "bool"
     )
+    options: dict[str, Any] = key(
+        {},
+        'Keyword arguments for a "torchvision:NAME", "timm:NAME" or your own factory.',
+        "table",
+    )
+    pretrained: str = key(
+        "",
+        "A local file with a state_dict or an mpt checkpoint to start from (empty: none).",
+        "str",
+    )
+    freeze: list[str] = key(
+        [], 'Parameter-name prefixes not trained, e.g. ["backbone."].', "str_list"
+    )
 
 
 @dataclass
@@ -180,6 +207,11 @@ class OptimSection:
         1e-8, "adam, adamw, rmsprop, adagrad: term added for stability.", "float", gt=0.0
     )
     alpha: float = key(0.99, "rmsprop: smoothing constant.", "float", gt=0.0, lt=1.0)
+    lr_mult: dict[str, float] = key(
+        {},
+        'Learning-rate multipliers by parameter-name prefix, e.g. { "fc." = 10.0 }.',
+        "float_table",
+    )
 
 
 @dataclass
@@ -216,6 +248,40 @@ class ScheduleSection:
 
 
 @dataclass
+class TaskSection:
+    kind: str = key(
+        "classification",
+        "classification (one class per sample), multilabel (any of several labels, 0/1 "
+        "targets) or regression (numeric targets).",
+        "choice",
+        choices=KINDS,
+    )
+    loss: str = key(
+        "auto",
+        'auto (cross_entropy, bce or mse by kind), cross_entropy, bce, mse, l1, huber, or '
+        'your own "package.module:function" fn(output, target) -> per-sample losses [batch].',
+        "name",
+        choices=("auto", *LOSSES),
+    )
+    metrics: list[str] = key(
+        [],
+        "Metrics per epoch, the first one the headline (empty: acc, or mae for regression). "
+        "classification: acc, top5, f1, precision, recall, auroc; multilabel: acc, f1, "
+        "auroc, hamming; regression: mae, mse, rmse, r2.",
+        "str_list",
+    )
+    label_smoothing: float = key(
+        0.0, "classification: cross-entropy label smoothing.", "float", ge=0.0, lt=1.0
+    )
+    class_weights: list[float] | str = key(
+        [],
+        'classification: a weight per class, or "balanced" (from the training labels); '
+        "empty: equal weights.",
+        "weights",
+    )
+
+
+@dataclass
 class PrecisionSection:
     mode: str = key(
         "fp32",
@@ -247,18 +313,21 @@ class TrainSection:
     )
 
 
-MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
+MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")  # any task's; see _monitors
 
 
 @dataclass
 class EarlyStopSection:
     enabled: bool = key(False, "Stop when the monitored metric stops improving.", "bool")
     monitor: str = key(
-        "val_loss", "The metric to watch after each validation.", "choice", choices=MONITORS
+        "val_loss",
+        "The metric to watch after each validation: val_loss, train_loss, or val_/train_ "
+        "and a metric of task.metrics (e.g. val_acc, val_mae).",
+        "str",
     )
     mode: str = key(
         "auto",
-        "min or max is better; auto: min for losses, max for accuracies.",
+        "min or max is better; auto: min for losses, mae, mse, rmse and hamming, else max.",
         "choice",
         choices=("auto", "min", "max"),
     )
@@ -290,7 +359,9 @@ class CheckpointSection:
     save_best: bool = key(
         True, "Keep best.pt: the checkpoint with the best monitored value.", "bool"
     )
-    monitor: str = key("val_loss", "The metric that decides best.pt.", "choice", choices=MONITORS)
+    monitor: str = key(
+        "val_loss", "The metric that decides best.pt (the choices of early_stop.monitor).", "str"
+    )
     on_error: str = key(
         "warn",
         "A checkpoint that cannot be written (disk full, folder not writable): warn and "
@@ -319,6 +390,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelSection,
     "optim": OptimSection,
     "schedule": ScheduleSection,
+    "task": TaskSection,
     "precision": PrecisionSection,
     "train": TrainSection,
     "early_stop": EarlyStopSection,
@@ -334,6 +406,7 @@ class Profile:
     model: ModelSection = field(default_factory=ModelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    task: TaskSection = field(default_factory=TaskSection)
     precision: PrecisionSection = field(default_factory=PrecisionSection)
     train: TrainSection = field(default_factory=TrainSection)
     early_stop: EarlyStopSection = field(default_factory=EarlyStopSection)
@@ -344,7 +417,9 @@ class Profile:
         """Plain nested dict, keys that are None left out (TOML has no null)."""
         return {
             name: {
-                k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None
+                k: v
+                for k, v in dataclasses.asdict(getattr(self, name)).items()
+                if v is not None and v != {}  # an empty table would be a stray [a.b] header
             }
             for name in SECTIONS
         }
@@ -396,7 +471,7 @@ RESUME_FORM_KEYS = (
 
 ECHO_LIMIT = 80  # characters of a user's value or key that an error message repeats
 PATH_ECHO_LIMIT = 4096  # a path is named whole (PATH_MAX); only a runaway one is cut
-PATH_KEYS = frozenset({"data.path", "data.root", "run.out_dir"})
+PATH_KEYS = frozenset({"data.path", "data.root", "run.out_dir", "model.pretrained"})
 
 
 def cut(text: str, limit: int = ECHO_LIMIT) -> str:
@@ -483,7 +558,45 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
                 return None, "must be a list of finite numbers"
             items.append(v)
         return items, None
+    if kind in ("name", "str_list", "table", "float_table", "weights"):
+        return _check_new_kind(spec, value)
     raise AssertionError(f"unknown kind {kind}")
+
+
+def _check_new_kind(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
+    """The kinds of task, fine-tuning and user-code keys (see FieldSpec.kind)."""
+    kind = spec.kind
+    if kind == "name":
+        if not isinstance(value, str):
+            return None, "must be a string"
+        if value in spec.choices or _IMPORT_PATH_RE.match(value):
+            return value, None
+        hint = _close_match(value, spec.choices)
+        msg = f'must be one of {", ".join(spec.choices)} or "package.module:function"'
+        return None, msg + (f"; did you mean {hint!r}?" if hint else "")
+    if kind == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, "must be a list of strings"
+        return list(value), None
+    if kind == "weights":
+        if value == "balanced":
+            return value, None
+        items, wrong = _check_value(dataclasses.replace(spec, kind="float_list"), value)
+        if wrong or any(v < 0 for v in items) or (items and not any(items)):
+            return None, 'must be "balanced" or a list of numbers >= 0, not all 0'
+        return items, None
+    if not isinstance(value, dict):
+        return None, "must be a table, e.g. { size = 64 }"
+    if kind == "float_table":
+        table = {}
+        for name, v in value.items():
+            number = None if isinstance(v, bool) or not isinstance(v, int | float) else v
+            number = _finite_float(number) if number is not None else None
+            if number is None or number < 0:
+                return None, f"the value of {describe_value(name, 40)} must be a number >= 0"
+            table[name] = number
+        return table, None
+    return dict(value), None
 
 
 _INT64 = (-(2**63), 2**63 - 1)  # TOML's integers; tomllib reads bigger ones without a word
@@ -564,7 +677,7 @@ def _unusable_paths(p: Profile) -> Unusable:
     """The path keys no file can have: the data rules' existence checks would raise on them."""
     found = {}
     for key, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
-                      ("data.root", p.data.root)):  # fmt: skip
+                      ("data.root", p.data.root), ("model.pretrained", p.model.pretrained)):  # fmt: skip
         if "\x00" in text:
             found[key] = (key, "must not hold a NUL character", text)
         elif _expand(text) is None:
@@ -598,11 +711,26 @@ def _path_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
 
 
 def _model_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
-    arch = p.model.arch
+    m = p.model
+    arch = m.arch
     if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
         hint = _close_match(arch, BUILTIN_ARCHS)
         meant = f"; did you mean {hint!r}?" if hint else ""
-        yield "model.arch", f'must be mlp, cnn, resnet18 or "package.module:factory"{meant}', arch
+        choices = 'mlp, cnn, resnet18, "torchvision:NAME", "timm:NAME" or "package.module:factory"'
+        yield "model.arch", f"must be {choices}{meant}", arch
+    elif arch.startswith("timm:") and importlib.util.find_spec("timm") is None:
+        message = "needs the timm package, which is not installed; pip install 'mpt[timm]'"
+        yield "model.arch", message, arch
+    if m.options and arch in BUILTIN_ARCHS:
+        message = 'applies to "torchvision:NAME", "timm:NAME" or a factory, not a built-in arch'
+        yield "model.options", message, m.options
+    if "model.pretrained" not in unusable and m.pretrained:
+        path = _expand(m.pretrained)
+        if path is None or not path.is_file():
+            message = "no such file; point it at a saved state_dict or an mpt checkpoint"
+            yield "model.pretrained", message, m.pretrained
+    if any(not prefix for prefix in m.freeze):
+        yield "model.freeze", "every prefix must be a non-empty parameter-name start", m.freeze
     if any(h < 1 for h in p.model.hidden):
         yield "model.hidden", "every layer size must be >= 1", p.model.hidden
     if arch == "cnn" and (not p.model.channels or any(c < 1 for c in p.model.channels)):
@@ -644,6 +772,60 @@ def _data_files(p: Profile, unusable: Unusable) -> Iterator[Finding]:
         )
 
 
+def _task_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """The loss and the metrics fit task.kind; the classification-only keys stay unset."""
+    t = p.task
+    if t.loss in LOSSES and t.kind not in LOSSES[t.loss]:
+        fits = ", ".join(name for name, kinds in LOSSES.items() if t.kind in kinds)
+        yield "task.loss", f"does not fit task.kind {t.kind!r}; use auto or {fits}", t.loss
+    known = METRICS[t.kind]
+    for name in t.metrics:
+        if name not in ALL_METRICS:
+            hint = _close_match(name, ALL_METRICS)
+            meant = f"; did you mean {hint!r}?" if hint else ""
+            message = f"unknown metric {name!r}; {t.kind} has {', '.join(known)}{meant}"
+            yield "task.metrics", message, t.metrics
+            break
+        if name not in known:
+            message = f"{name!r} does not fit task.kind {t.kind!r}; it has {', '.join(known)}"
+            yield "task.metrics", message, t.metrics
+            break
+    else:
+        if len(set(t.metrics)) != len(t.metrics):
+            yield "task.metrics", "names a metric twice", t.metrics
+    if t.kind != "classification":
+        if t.label_smoothing:
+            message = "applies to classification only; set it to 0"
+            yield "task.label_smoothing", message, t.label_smoothing
+        if t.class_weights:
+            yield "task.class_weights", "applies to classification only; set it to []", t.class_weights
+
+
+def _monitors(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """early_stop.monitor and checkpoint.monitor name something the run reports."""
+    choices = monitors(p.task.kind, [m for m in p.task.metrics if m in METRICS[p.task.kind]])
+    for key, value in (("early_stop.monitor", p.early_stop.monitor),
+                       ("checkpoint.monitor", p.checkpoint.monitor)):  # fmt: skip
+        if value not in choices:
+            hint = _close_match(value, choices)
+            meant = f"; did you mean {hint!r}?" if hint else ""
+            yield key, f"must be one of {', '.join(choices)}{meant}", value
+
+
+def _data_source(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """A built-in dataset is classification data; data.options is for a factory."""
+    d = p.data
+    builtin = d.dataset in DATASETS
+    if builtin and p.task.kind != "classification":
+        message = (
+            f"the built-in dataset {d.dataset!r} is classification data; for task.kind "
+            f'{p.task.kind!r} name your own "package.module:function"'
+        )
+        yield "task.kind", message, p.task.kind
+    if builtin and d.options:
+        yield "data.options", 'applies to a "package.module:function" dataset only', d.options
+
+
 def _data_shapes(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     d = p.data
     if len(d.synthetic_shape) != 3 or any(s < 1 for s in d.synthetic_shape):
@@ -663,7 +845,7 @@ def _no_validation(d: DataSection) -> bool:
     image folder (its val/ folder, if any, is found only when it is read)."""
     has_own_split = d.dataset in ("mnist", "fashion_mnist", "cifar10", "npz")
     no_val = d.val_fraction == 0 and not (has_own_split and d.use_test_split)
-    return no_val and d.dataset != "image_folder"
+    return no_val and d.dataset in DATASETS and d.dataset != "image_folder"  # (factories: at load)
 
 
 def _plateau_needs_validation(p: Profile, unusable: Unusable) -> Iterator[Finding]:
@@ -710,7 +892,10 @@ CROSS_CHECKS = (
     _model_keys,
     _optim_keys,
     _data_files,
+    _data_source,
     _data_shapes,
+    _task_keys,
+    _monitors,
     _plateau_needs_validation,
     _cosine_decays,
     _early_stop_needs_validation,

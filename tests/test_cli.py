@@ -254,7 +254,7 @@ BAD = {  # the profile, the problems (regexes) after 'p.toml: '
     ),
     "unknown_arch": (
         '[model]\narch = "resnet"\n',
-        [r"model\.arch: must be mlp, cnn, resnet18 .*did you mean 'resnet18'\? \(got 'resnet'\)"],
+        [r"model\.arch: must be mlp, cnn, resnet18, .*did you mean 'resnet18'\? \(got 'resnet'\)"],
     ),
     "missing_npz": (
         '[data]\ndataset = "npz"\npath = "missing.npz"\n',

@@ -24,7 +24,7 @@ from engine.profile import (
     profile_from_toml,
 )
 
-KINDS = {"int", "float", "bool", "str", "choice", "int_list", "float_list"}
+KINDS = {"int", "float", "bool", "str", "choice", "int_list", "float_list", "str_list", "table", "float_table", "name", "weights"}
 
 
 def problems_of(data: dict, source: str = "p.toml") -> list[str]:
@@ -129,6 +129,17 @@ def _value(spec):
         return st.lists(st.integers(min_value=1, max_value=4096), max_size=4)
     if spec.kind == "float_list":
         return st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=4)
+    if spec.kind == "name":
+        return st.sampled_from([*spec.choices, "my_pkg.things:make"])
+    if spec.kind == "str_list":
+        return st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1), max_size=3)
+    words = st.text("abcdefghij_.", min_size=1, max_size=8)
+    if spec.kind == "table":
+        return st.dictionaries(words, st.integers(-100, 100) | st.text(max_size=5), max_size=3)
+    if spec.kind == "float_table":
+        return st.dictionaries(words, st.floats(0, 100), max_size=3)
+    if spec.kind == "weights":
+        return st.just("balanced") | st.lists(st.floats(0.1, 5), max_size=4)
     raise AssertionError(spec.kind)
 
 
@@ -153,6 +164,7 @@ _SPECIAL = {
     "model.channels": st.lists(st.integers(1, 512), min_size=1, max_size=3),
     "optim.betas": st.lists(st.floats(0.0, 0.999), min_size=2, max_size=2),
     "optim.nesterov": st.just(False),
+    "model.pretrained": st.just(""),
 }
 
 
@@ -161,6 +173,14 @@ _CROSS_CHECKED = {
     "schedule.warmup_steps",
     "schedule.min_lr",
     "early_stop.monitor",
+    "checkpoint.monitor",
+    "task.kind",
+    "task.loss",
+    "task.metrics",
+    "task.label_smoothing",
+    "task.class_weights",
+    "data.options",
+    "model.options",
 }
 
 
