@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 import traceback
 
 import torch
@@ -21,6 +18,7 @@ from engine.memory import (
 )
 from engine.precision import AUTOCAST_DTYPES, autocast
 from engine.profile import ModelSection
+from engine.user_code import import_callable
 
 
 class MLP(nn.Module):
@@ -103,28 +101,6 @@ def build_resnet18(cfg: ModelSection, in_shape, num_classes):
 ARCHS = {"mlp": build_mlp, "cnn": build_cnn, "resnet18": build_resnet18}
 
 
-def _import_factory(path: str):
-    module_name, _, attr = path.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        # The `mpt` console script, unlike `python -m`, leaves the working directory off
-        # sys.path; a module beside the profile must import, as relative data paths resolve.
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ModelError(
-            f"model.arch {path!r}: cannot import module {module_name!r} ({e})"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - user code failing at import
-        raise ModelError(
-            f"model.arch {path!r}: importing {module_name!r} raised {type(e).__name__}: {e}"
-        ) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ModelError(f"model.arch {path!r}: module {module_name!r} has no callable {attr!r}")
-    return factory
-
-
 def build_model(
     cfg: ModelSection,
     in_shape: tuple[int, int, int],
@@ -139,7 +115,7 @@ def build_model(
     if cfg.arch in ARCHS:
         require_room_for_model(cfg, in_shape, num_classes, device)
         return ARCHS[cfg.arch](cfg, in_shape, num_classes)
-    factory = _import_factory(cfg.arch)
+    factory = import_callable(cfg.arch, "model.arch", ModelError)
     try:
         model = factory(in_shape=tuple(in_shape), num_classes=num_classes)
     except Exception as e:  # noqa: BLE001 - user code

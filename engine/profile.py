@@ -105,7 +105,8 @@ class DataSection:
         choices=DATASETS,
     )
     options: dict[str, Any] = key(
-        {}, 'Keyword arguments for a "package.module:function" dataset, e.g. { size = 64 }.',
+        {},
+        'Keyword arguments for a "package.module:function" dataset, e.g. { size = 64 }.',
         "table",
     )
     root: str = key(
@@ -258,7 +259,7 @@ class TaskSection:
     )
     loss: str = key(
         "auto",
-        'auto (cross_entropy, bce or mse by kind), cross_entropy, bce, mse, l1, huber, or '
+        "auto (cross_entropy, bce or mse by kind), cross_entropy, bce, mse, l1, huber, or "
         'your own "package.module:function" fn(output, target) -> per-sample losses [batch].',
         "name",
         choices=("auto", *LOSSES),
@@ -676,8 +677,9 @@ Unusable = dict[str, Finding]  # path keys that no file can have, by key
 def _unusable_paths(p: Profile) -> Unusable:
     """The path keys no file can have: the data rules' existence checks would raise on them."""
     found = {}
-    for key, text in (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
-                      ("data.root", p.data.root), ("model.pretrained", p.model.pretrained)):  # fmt: skip
+    paths = (("run.out_dir", p.run.out_dir), ("data.path", p.data.path),
+             ("data.root", p.data.root), ("model.pretrained", p.model.pretrained))  # fmt: skip
+    for key, text in paths:
         if "\x00" in text:
             found[key] = (key, "must not hold a NUL character", text)
         elif _expand(text) is None:
@@ -798,7 +800,8 @@ def _task_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
             message = "applies to classification only; set it to 0"
             yield "task.label_smoothing", message, t.label_smoothing
         if t.class_weights:
-            yield "task.class_weights", "applies to classification only; set it to []", t.class_weights
+            message = "applies to classification only; set it to []"
+            yield "task.class_weights", message, t.class_weights
 
 
 def _monitors(p: Profile, unusable: Unusable) -> Iterator[Finding]:

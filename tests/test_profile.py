@@ -24,7 +24,20 @@ from engine.profile import (
     profile_from_toml,
 )
 
-KINDS = {"int", "float", "bool", "str", "choice", "int_list", "float_list", "str_list", "table", "float_table", "name", "weights"}
+KINDS = {
+    "int",
+    "float",
+    "bool",
+    "str",
+    "choice",
+    "int_list",
+    "float_list",
+    "str_list",
+    "table",
+    "float_table",
+    "name",
+    "weights",
+}
 
 
 def problems_of(data: dict, source: str = "p.toml") -> list[str]:
@@ -132,7 +145,9 @@ def _value(spec):
     if spec.kind == "name":
         return st.sampled_from([*spec.choices, "my_pkg.things:make"])
     if spec.kind == "str_list":
-        return st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1), max_size=3)
+        return st.lists(
+            st.text(st.characters(blacklist_categories=("Cs",)), min_size=1), max_size=3
+        )
     words = st.text("abcdefghij_.", min_size=1, max_size=8)
     if spec.kind == "table":
         return st.dictionaries(words, st.integers(-100, 100) | st.text(max_size=5), max_size=3)
