@@ -1,7 +1,7 @@
 """One process of test_task's torchrun-like test: it joins the process group as mpt does
 (engine/distributed.py, from RANK/WORLD_SIZE/MASTER_*), validates its share of each case
-and prints the metrics as JSON. Rank 0 holds every classification sample and rank 1 none;
-the regression samples are split 100/50."""
+and prints the metrics as JSON. Rank 1 validates no classification sample, rank 0 no
+multilabel one; the regression samples are split 100/50."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ def cases():
     c = DataBundle(Split(torch.zeros(150, 3), y), None, 10, (3,), None, None)
     t = torch.randn(150, 2, generator=g)
     r = DataBundle(Split(torch.zeros(150, 3), t), None, 2, (3,), None, None, "regression")
+    labels = (torch.rand(150, 4, generator=g) > 0.5).float()
+    logits = torch.randn(150, 4, generator=g) + 2 * labels - 1
+    m = DataBundle(Split(torch.zeros(150, 3), labels), None, 4, (3,), None, None, "multilabel")
     return [
         ("classification", c, ["auroc", "f1", "top5", "acc"], out, y, 150),
+        ("multilabel", m, ["auroc", "f1", "hamming"], logits, labels, 0),
         ("regression", r, ["r2", "mae"], t + torch.randn(150, 2, generator=g), t, 100),
     ]
 
