@@ -2,7 +2,9 @@
 
 Batches are then index slices of those tensors, normalised (and augmented) per batch
 on the training device, as in cifar10-airbench: speed comes from where the data lives.
-`LOADERS` maps a dataset name to its loader; adding a dataset is one entry.
+`LOADERS` maps a dataset name to its loader; adding a dataset is one entry. A
+"package.module:function" dataset is the user's own (engine/user_data.py): collated once
+into tensors when it fits in memory, it then takes the same path.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import torch
 from engine.errors import DataError
 from engine.memory import cache_fits, format_bytes, host_memory_free, too_big
 from engine.profile import DataSection
+from engine.user_data import load_factory, read_input, require_named_outputs
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # uint8 (N, C, H, W)
-    y: torch.Tensor  # int64 (N,)
+    x: torch.Tensor  # uint8 images (N, C, H, W), or a factory's inputs (N, ...)
+    y: torch.Tensor  # int64 class indices (N,), or float32 (N, labels or targets)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -41,6 +44,7 @@ class Raw:
     test: Split | None
     mean: list[float] | None = None  # the dataset's published normalisation constants
     std: list[float] | None = None
+    classes: list[str] | None = None  # the class names, when the dataset has them
 
 
 @dataclass
@@ -48,7 +52,9 @@ class DataBundle:
     """What a run trains on. `x`: uint8 images (N, C, H, W) for the built-in datasets and
     image factories, or any float tensor (N, ...) of a factory; `y` by task.kind:
     classification int64 class indices (N,), multilabel float32 0/1 (N, labels),
-    regression float32 (N, targets)."""
+    regression float32 (N, targets). uint8 images are normalised per batch by
+    BatchTransform with `mean`/`std`; float inputs are as the model sees them (a factory's,
+    normalised here already when data.mean asked for it)."""
 
     train: Split
     val: Split | None
@@ -206,7 +212,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def load_digits(cfg: DataSection, seed: int) -> Raw:
     images, labels = _digits_arrays()
     x = np.rint(images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 grey levels -> 0..255
-    return Raw(Split(_as_images(x, "digits"), _as_labels(labels, len(x), "digits")), None)
+    train = Split(_as_images(x, "digits"), _as_labels(labels, len(x), "digits"))
+    return Raw(train, None, classes=[str(digit) for digit in range(10)])
 
 
 def load_npz(cfg: DataSection, seed: int) -> Raw:
@@ -392,7 +399,7 @@ def load_torchvision(cfg: DataSection, seed: int) -> Raw:
         x = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
         x = _as_images(x, cls_name)
         splits.append(Split(x, _as_labels(np.asarray(ds.targets), len(x), cls_name)))
-    return Raw(splits[0], splits[1], mean, std)
+    return Raw(splits[0], splits[1], mean, std, [str(name) for name in ds.classes])
 
 
 @contextlib.contextmanager
@@ -439,6 +446,10 @@ class ImageFiles:
     def nbytes(self) -> int:
         return len(self.files) * 3 * self.size * self.size
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.uint8
+
     def __getitem__(self, index) -> ImageFiles:
         if isinstance(index, slice):
             return ImageFiles(self.files[index], self.size)
@@ -459,6 +470,58 @@ class ImageFiles:
     def materialize(self) -> torch.Tensor:
         out = torch.empty(self.shape, dtype=torch.uint8)  # filled in place: no second copy
         for i in range(len(self.files)):
+            out[i] = self.load(i)
+        return out
+
+
+class DatasetInputs(ImageFiles):
+    """The inputs of a user's map-style Dataset (a "package.module:function" factory's),
+    read per sample: the streamed path, for data too big to collate or data.cache "stream".
+
+    ImageFiles' interface (a subset by index tensor or slice, `load(i)`, `materialize()`,
+    `shape`, `nbytes`), so that wherever the streamed path asks `isinstance(x,
+    ImageFiles)` both are alike. `load(i)` reads item i through engine/user_data.py's
+    checks, with data.mean/std applied per sample when `affine` holds them."""
+
+    def __init__(self, dataset, sample, dtype, source, name="train", index=None, affine=None):
+        self.dataset, self.source, self.name = dataset, source, name
+        self.sample = tuple(sample)  # one input's shape and dtype, as read
+        self.read_dtype = dtype
+        self.index = torch.arange(len(dataset)) if index is None else index  # of the Dataset
+        self.affine = affine  # (mean, std) shaped for one sample, or None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.sample)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.affine is None:
+            return self.read_dtype
+        return torch.promote_types(self.read_dtype, self.affine[0].dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.index) * math.prod(self.sample) * self.dtype.itemsize
+
+    def __getitem__(self, index) -> DatasetInputs:
+        subset = self.index[index]
+        return DatasetInputs(
+            self.dataset, self.sample, self.read_dtype, self.source, self.name, subset, self.affine
+        )
+
+    def load(self, i: int) -> torch.Tensor:
+        x = read_input(self.dataset, int(self.index[i]), self.sample, self.source, self.name)
+        if self.affine is not None:
+            x = (x - self.affine[0]) / self.affine[1]  # as a collated split's, per sample
+        return x
+
+    def materialize(self) -> torch.Tensor:
+        out = torch.empty(self.shape, dtype=self.dtype)  # filled in place: no second copy
+        for i in range(len(self.index)):
             out[i] = self.load(i)
         return out
 
@@ -537,9 +600,9 @@ def load_image_folder(cfg: DataSection, seed: int) -> Raw:
         val, val_classes = _scan_image_tree(root / "val", cfg.image_size)
         if val_classes != classes:
             raise DataError(f"{root}: train/ and val/ must hold the same class folders")
-        return Raw(train, val)
-    train, _ = _scan_image_tree(root, cfg.image_size)
-    return Raw(train, None)
+        return Raw(train, val, classes=classes)
+    train, classes = _scan_image_tree(root, cfg.image_size)
+    return Raw(train, None, classes=classes)
 
 
 def load_synthetic(cfg: DataSection, seed: int) -> Raw:
@@ -574,9 +637,11 @@ LOADERS = {
 }
 
 
-def load_data(cfg: DataSection, seed: int) -> DataBundle:
-    """Load the dataset, choose the validation split, settle the normalisation."""
-    raw = LOADERS[cfg.dataset](cfg, seed)
+def load_data(cfg: DataSection, seed: int, kind: str = "classification") -> DataBundle:
+    """Load the dataset (a built-in one, or the user's "package.module:function": see
+    engine/user_data.py), choose the validation split, check the targets against task.kind
+    (`kind`) and settle the normalisation."""
+    raw = _load_raw(cfg, seed, kind)
     train, val = raw.train, raw.test if cfg.use_test_split else None
     if len(train) == 0:
         raise DataError(f"data.dataset {cfg.dataset!r}: the training split is empty")
@@ -592,15 +657,68 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
         train = Split(train.x[perm[n_val:]], train.y[perm[n_val:]])
     if val is not None and len(val) == 0:
         val = None
-    num_classes = _count_classes(cfg, train, val)
-    _require_room_for_batches(cfg, tuple(train.x.shape[1:]), len(train))
-    if isinstance(train.x, ImageFiles) and cfg.cache != "stream":
+    outputs = _count_outputs(cfg, kind, train, val, raw.classes)
+    in_shape = tuple(train.x.shape[1:])
+    _require_room_for_batches(cfg, in_shape, len(train))
+    lazy_images = isinstance(train.x, ImageFiles) and not isinstance(train.x, DatasetInputs)
+    if lazy_images and cfg.cache != "stream":  # (a factory's data: collated or not already)
         if cfg.cache == "auto" and not _fits_in_memory(train, val):
             pass  # too big to decode up front: the trainer streams it through a DataLoader
         else:
             _require_room_to_decode(cfg, train, val)
             train = Split(train.x.materialize(), train.y)
             val = Split(val.x.materialize(), val.y) if val is not None else None
+    mean, std = raw.mean, raw.std  # a factory's other inputs: normalised already, if asked
+    if train.x.dtype == torch.uint8 and len(in_shape) == 3:  # images, built-in or not
+        mean, std = _image_mean_std(cfg, raw, train, seed)
+    return DataBundle(train, val, outputs, in_shape, mean, std, kind, raw.classes)
+
+
+def _load_raw(cfg: DataSection, seed: int, kind: str) -> Raw:
+    """The built-in loader's Raw, or the factory's (its Datasets read per sample as
+    DatasetInputs where engine/user_data.py did not collate them)."""
+    if cfg.dataset in LOADERS:
+        if kind != "classification":  # (the profile refuses this already)
+            raise DataError(
+                f"data.dataset {cfg.dataset!r} is classification data; for task.kind "
+                f'{kind!r} name your own "package.module:function"'
+            )
+        return LOADERS[cfg.dataset](cfg, seed)
+    made = load_factory(cfg, kind)
+    src = f"data.dataset {cfg.dataset!r}"
+
+    def split(part, name: str) -> Split | None:
+        if part is None:
+            return None
+        x = part.x  # collated, or else read per sample:
+        if x is None:
+            x = DatasetInputs(part.dataset, part.sample, part.dtype, src, name, affine=part.affine)
+        return Split(x, part.y)
+
+    train, val = split(made.train, "train"), split(made.val, "val")
+    return Raw(train, val, made.mean, made.std, made.classes)
+
+
+def _count_outputs(
+    cfg: DataSection, kind: str, train: Split, val: Split | None, classes: list[str] | None
+) -> int:
+    """The model's outputs: the classes (labels checked as class indices), else the
+    labels or targets per sample; a factory's class names must fit them."""
+    if cfg.dataset in LOADERS:
+        return _count_classes(cfg, train, val)
+    src = f"data.dataset {cfg.dataset!r}"
+    if kind == "classification":
+        outputs = _count_classes(cfg, train, val, named=len(classes or ()))
+    else:
+        outputs = train.y.shape[1]
+    return require_named_outputs(classes, outputs, kind, src)
+
+
+def _image_mean_std(
+    cfg: DataSection, raw: Raw, train: Split, seed: int
+) -> tuple[list[float], list[float]]:
+    """Images' per-channel normalisation: data.mean/std, the dataset's published
+    constants, or computed from the training images (a seeded sample of 512 if streamed)."""
     channels = train.x.shape[1]
     mean, std = cfg.mean or raw.mean, cfg.std or raw.std
     if not mean:
@@ -613,7 +731,7 @@ def load_data(cfg: DataSection, seed: int) -> DataBundle:
         raise DataError(
             f"data.mean has {len(mean)} values but the images have {channels} channel(s)"
         )
-    return DataBundle(train, val, num_classes, tuple(train.x.shape[1:]), list(mean), list(std))
+    return list(mean), list(std)
 
 
 def require_validation(profile, data: DataBundle) -> None:
@@ -629,16 +747,21 @@ def require_validation(profile, data: DataBundle) -> None:
         needs.append("schedule.name 'plateau'")
     if needs:
         where = d.path if d.dataset in ("npz", "image_folder") else f"data.dataset {d.dataset!r}"
+        lacks = f"{where} has no test split"
+        if d.dataset not in LOADERS:  # a factory's own split is its val
+            lacks = f"{where} returned no val split"
+            lacks = lacks if d.use_test_split else "data.use_test_split is false"
         raise DataError(
             f"{' and '.join(needs)} need{'' if len(needs) > 1 else 's'} a validation set, but "
-            f"{where} has no test split and "
+            f"{lacks} and "
             f"data.val_fraction is {d.val_fraction:g}; set data.val_fraction > 0 or monitor "
             "train_loss"
         )
 
 
-def _count_classes(cfg: DataSection, train: Split, val: Split | None) -> int:
-    """The classes are the labels 0..max; refuse labels that cannot be class indices."""
+def _count_classes(cfg: DataSection, train: Split, val: Split | None, named: int = 0) -> int:
+    """The classes are the labels 0..max; refuse labels that cannot be class indices
+    (labels within the `named` classes a dataset lists are indices)."""
     labels = train.y if val is None else torch.cat([train.y, val.y])
     where = cfg.path if cfg.dataset in ("npz", "image_folder") else f"data.dataset {cfg.dataset!r}"
     present = len(torch.unique(labels))
@@ -649,7 +772,7 @@ def _count_classes(cfg: DataSection, train: Split, val: Split | None) -> int:
         )
     # IDs (e.g. 1000, 2000, 3000) instead of indices would build a huge, mostly dead
     # classifier layer, or exhaust memory: a model has one output per index up to the max.
-    if num_classes > 2 * present and cfg.dataset != "synthetic":  # synthetic draws indices
+    if num_classes > max(2 * present, named) and cfg.dataset != "synthetic":  # synthetic: indices
         raise DataError(
             f"{where}: labels must be class indices 0..K-1, but {present} distinct labels "
             f"reach {num_classes - 1}; map them to 0..{present - 1}"
@@ -676,19 +799,23 @@ def _mean_std(x: torch.Tensor | ImageFiles) -> tuple[list[float], list[float]]:
     return mean.tolist(), var.sqrt().clamp_min(1e-3).tolist()
 
 
-def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int], n: int) -> None:
+def _require_room_for_batches(cfg: DataSection, sample: tuple[int, ...], n: int) -> None:
     """Refuse a random_crop pad as large as the images (crops of mostly padding), and a
     batch whose float32 copies (normalised, padded, cropped) would not fit in memory."""
-    c, h, w = image
     pad = cfg.random_crop
-    if pad >= min(h, w):
-        raise DataError(
-            f"data.random_crop {pad}: pads each side of the {h}x{w} images by at least their "
-            f"size, so most crops would be padding; use a pad below {min(h, w)}, e.g. "
-            f"{max(1, min(h, w) // 8)}"
-        )
+    if len(sample) == 3:
+        c, h, w = sample
+        if pad >= min(h, w):
+            raise DataError(
+                f"data.random_crop {pad}: pads each side of the {h}x{w} images by at least "
+                f"their size, so most crops would be padding; use a pad below {min(h, w)}, "
+                f"e.g. {max(1, min(h, w) // 8)}"
+            )
+        grown, what = c * (h + 2 * pad) * (w + 2 * pad), f"{c}x{h}x{w} images"
+    else:
+        grown, what = math.prod(sample), f"samples of shape {sample}"
     batch = min(cfg.batch_size, n)  # a batch is a slice of the dataset: never more than n
-    need = batch * c * (h + 2 * pad) * (w + 2 * pad) * 4 * 3
+    need = batch * grown * 4 * 3
     over = too_big(need)
     if over:
         key = f"data.batch_size {cfg.batch_size}"
@@ -699,7 +826,7 @@ def _require_room_for_batches(cfg: DataSection, image: tuple[int, int, int], n: 
                 f"data.image_size or {lower}",
             )
         raise DataError(
-            f"{key}: one batch of {c}x{h}x{w} images needs {format_bytes(need)} of memory "
+            f"{key}: one batch of {what} needs {format_bytes(need)} of memory "
             f"as float32, {over}; lower {lower}"
         )
 
@@ -764,24 +891,30 @@ class EpochBatches(torch.utils.data.Sampler):
 
 
 class BatchTransform:
-    """uint8 batch on the device -> normalised float batch (augmented when training)."""
+    """uint8 image batch on the device -> normalised float batch (augmented when training).
+    Other batches (normalised already, or a factory's inputs) pass as they are. `mean`
+    None: the data has no normalisation (DataBundle.mean)."""
 
     def __init__(
         self,
-        mean: list[float],
-        std: list[float],
+        mean: list[float] | None,
+        std: list[float] | None,
         device: torch.device,
         random_crop: int = 0,
         hflip: bool = False,
     ):
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.mean = self.std = None
+        if mean is not None:
+            self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+            self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.pad = random_crop
         self.hflip = hflip
 
     def __call__(self, xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        # A float batch comes from a split that `normalize_split` already normalised.
-        x = xb if xb.is_floating_point() else (xb.float().div_(255.0) - self.mean) / self.std
+        # A float batch comes from a split that `normalize_split` (or load_data) normalised.
+        x = xb
+        if xb.dtype == torch.uint8 and self.mean is not None:
+            x = (xb.float().div_(255.0) - self.mean) / self.std
         if generator is None:
             return x
         if self.pad:
@@ -793,7 +926,10 @@ class BatchTransform:
 
     def normalize_split(self, split: Split, chunk: int = 4096) -> Split:
         """The split's images normalised once, as float32 (4x the uint8 bytes); the same
-        arithmetic as per batch, so training sees bit-identical inputs either way."""
+        arithmetic as per batch, so training sees bit-identical inputs either way. Inputs
+        that are no uint8 images stay as they are."""
+        if split.x.dtype != torch.uint8 or self.mean is None:
+            return split
         x = torch.empty(split.x.shape, dtype=torch.float32, device=split.x.device)
         for i in range(0, len(x), chunk):  # in chunks: no float temporary of the whole set
             x[i : i + chunk] = (split.x[i : i + chunk].float().div_(255.0) - self.mean) / self.std

@@ -84,7 +84,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         p = self.p
-        data = load_data(p.data, p.run.seed)
+        data = load_data(p.data, p.run.seed, p.task.kind)
         require_validation(p, data)  # e.g. early stopping on val_loss, and no val split
         self.transform = BatchTransform(
             data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
