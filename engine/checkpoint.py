@@ -769,10 +769,13 @@ def _first_line(error: Exception) -> str:
 
 
 def imported_code(profile: dict[str, Any]) -> str | None:
-    """The "package.module:factory" a profile dict makes mpt import, or None."""
+    """The "package.module:factory" a profile dict makes mpt import, or None. A zoo model
+    ("torchvision:NAME", "timm:NAME") runs only the installed library's own builders."""
     model = profile.get("model") if isinstance(profile, dict) else None
     arch = model.get("arch") if isinstance(model, dict) else None
-    return arch if isinstance(arch, str) and arch not in BUILTIN_ARCHS else None
+    if not isinstance(arch, str) or arch in BUILTIN_ARCHS:
+        return None
+    return None if arch.startswith(("torchvision:", "timm:")) else arch
 
 
 def require_consent(path: Path, state: dict[str, Any], how: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import traceback
 
 import torch
@@ -101,28 +102,176 @@ def build_resnet18(cfg: ModelSection, in_shape, num_classes):
 ARCHS = {"mlp": build_mlp, "cnn": build_cnn, "resnet18": build_resnet18}
 
 
+# ---- the zoos: "torchvision:NAME" and "timm:NAME", built without their weights ----
+
+# Keys mpt sets itself: the outputs come from the data, and nothing is ever downloaded.
+_NO_DOWNLOAD = (
+    "would download weights, and mpt never downloads; save them to a file once and point "
+    "model.pretrained at it"
+)
+_SET_BY_MPT = {
+    "num_classes": "is set from the data (its classes, labels or targets); leave it out",
+    "in_chans": "is set from the data's channels; leave it out",
+    "weights": _NO_DOWNLOAD,
+    "weights_backbone": _NO_DOWNLOAD,
+    "pretrained": _NO_DOWNLOAD,
+    "checkpoint_path": "is model.pretrained's job; point model.pretrained at the file",
+}
+
+# Builders whose training-mode forward returns more than the logits unless told not to.
+_TORCHVISION_DEFAULTS = {"googlenet": {"aux_logits": False}, "inception_v3": {"aux_logits": False}}
+
+
+def require_image_input(arch: str, in_shape) -> None:
+    if len(in_shape) != 3:
+        raise ModelError(
+            f"model.arch {arch!r} takes images (C, H, W), but the data's samples have shape "
+            f"{tuple(in_shape)}; use mlp or your own factory for such data"
+        )
+
+
+def _unknown(arch: str, name: str, known: list[str], where: str) -> ModelError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ModelError(f"model.arch {arch!r}: {where} has no image classifier {name!r}{hint}")
+
+
+def _zoo_call(cfg: ModelSection, build, **kwargs) -> nn.Module:
+    """build(**kwargs, **model.options); a mistake in the options is a sentence naming them."""
+    for key in cfg.options:
+        if key in _SET_BY_MPT:
+            raise ModelError(f"model.options {key!r} {_SET_BY_MPT[key]}")
+    try:
+        return build(**kwargs, **cfg.options)
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an option the builder does not take, or a value
+        if is_out_of_memory(e) or torch.get_default_device().type == "meta":
+            raise  # (on the meta device: the size check gives up, the real build tells)
+        first = (str(e).strip().splitlines() or [""])[0]
+        if not cfg.options:
+            raise ModelError(
+                f"model.arch {cfg.arch!r}: building it failed ({type(e).__name__}: {first})"
+            ) from None
+        raise ModelError(
+            f"model.options {cfg.options}: model.arch {cfg.arch!r} cannot be built with them "
+            f"({type(e).__name__}: {first}); remove or correct them"
+        ) from None
+
+
+def build_torchvision(cfg: ModelSection, name: str, in_shape, num_classes: int) -> nn.Module:
+    """Any image classifier of torchvision.models, its first convolution replaced by one
+    taking the data's channels when they are not 3."""
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)  # classifiers only
+    if name not in known:
+        raise _unknown(cfg.arch, name, known, "torchvision.models")
+    defaults = _TORCHVISION_DEFAULTS.get(name, {})
+    defaults = {k: v for k, v in defaults.items() if k not in cfg.options}
+    model = _zoo_call(
+        cfg,
+        torchvision.models.get_model,
+        name=name,
+        weights=None,
+        num_classes=num_classes,
+        **defaults,
+    )
+    if in_shape[0] != 3:
+        adapt_first_conv(model, in_shape[0], cfg.arch)
+    return model
+
+
+def adapt_first_conv(model: nn.Module, channels: int, arch: str) -> None:
+    """Replace the model's first Conv2d by one taking `channels` input channels, its other
+    hyper-parameters kept (a fresh, default-initialised weight)."""
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first[1].groups != 1 or first[1].in_channels != 3:
+        raise ModelError(
+            f"model.arch {arch!r} takes 3-channel images and has no plain first Conv2d to "
+            f"adapt to {channels} channels; use 3-channel data or your own factory"
+        )
+    path, conv = first
+    parent_name, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    new = nn.Conv2d(
+        channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    setattr(parent, attr, new)
+
+
+def build_timm(cfg: ModelSection, name: str, in_shape, num_classes: int) -> nn.Module:
+    """Any timm model, built for the data's channels (timm's in_chans)."""
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(
+            f"model.arch {cfg.arch!r} needs the timm package, which is not installed; "
+            "pip install 'mpt[timm]'"
+        ) from None
+    if not timm.is_model(name):
+        raise _unknown(cfg.arch, name, timm.list_models(), "timm")
+    return _zoo_call(
+        cfg,
+        timm.create_model,
+        model_name=name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_shape[0],
+    )
+
+
+ZOOS = {"torchvision": build_torchvision, "timm": build_timm}
+
+
 def build_model(
     cfg: ModelSection,
     in_shape: tuple[int, int, int],
     num_classes: int,
     device: torch.device | None = None,
 ) -> nn.Module:
-    """Build the model the profile names; a user factory gets in_shape and num_classes.
+    """Build the model the profile names; a zoo builder or a user factory gets in_shape
+    and num_classes (the model's outputs).
 
-    A built-in arch is first sized on the meta device and refused by key when it would not
-    fit: its weights in the host's memory, and to train on `device` (None: not for training,
-    e.g. an export) its weights, gradients and optimizer state in that device's memory."""
+    A built-in or zoo arch is first sized on the meta device and refused by key when it
+    would not fit: its weights in the host's memory, and to train on `device` (None: not
+    for training, e.g. an export) its weights, gradients and optimizer state in that
+    device's memory. A zoo model never downloads anything (weights=None, pretrained=False):
+    model.pretrained loads published weights from a local file."""
     if cfg.arch in ARCHS:
         require_room_for_model(cfg, in_shape, num_classes, device)
         return ARCHS[cfg.arch](cfg, in_shape, num_classes)
+    zoo, _, name = cfg.arch.partition(":")
+    if zoo in ZOOS:
+        require_image_input(cfg.arch, in_shape)
+        builder = ZOOS[zoo]
+        require_room_for_model(
+            cfg, in_shape, num_classes, device, lambda: builder(cfg, name, in_shape, num_classes)
+        )
+        return builder(cfg, name, in_shape, num_classes)
     factory = import_callable(cfg.arch, "model.arch", ModelError)
+    for key in {"in_shape", "num_classes"} & set(cfg.options):
+        raise ModelError(f"model.options {key!r} is set from the data; leave it out")
     try:
-        model = factory(in_shape=tuple(in_shape), num_classes=num_classes)
+        model = factory(in_shape=tuple(in_shape), num_classes=num_classes, **cfg.options)
     except Exception as e:  # noqa: BLE001 - user code
         if is_out_of_memory(e):
             raise ModelError(
                 f"model.arch {cfg.arch!r}: the factory ran out of memory building the model "
                 f"({describe_allocation(e)}); make the model smaller"
+            ) from None
+        if isinstance(e, TypeError) and cfg.options and e.__traceback__.tb_next is None:
+            # raised by the call itself: the factory's signature does not take the options
+            raise ModelError(
+                f"model.options {cfg.options}: the factory {cfg.arch!r} does not take them "
+                f"({e}); remove them or add them to its parameters"
             ) from None
         where = traceback.extract_tb(e.__traceback__)[-1]
         raise ModelError(
@@ -142,11 +291,21 @@ _SIZE_KEYS = {"mlp": ("hidden",), "cnn": ("channels", "hidden")}
 
 
 def require_room_for_model(
-    cfg: ModelSection, in_shape, num_classes: int, device: torch.device | None
+    cfg: ModelSection, in_shape, num_classes: int, device: torch.device | None, build=None
 ) -> None:
-    """Refuse a built-in model too big for the memory free: it is built on the CPU, so its
-    weights must fit there; training on `device` needs room for four float32 copies."""
-    count = parameter_count(lambda: ARCHS[cfg.arch](cfg, in_shape, num_classes))
+    """Refuse a model too big for the memory free: it is built on the CPU, so its weights
+    must fit there; training on `device` needs room for four float32 copies. `build`: what
+    makes the model (default: the built-in arch); one that cannot run on the meta device
+    (a zoo model computing with tensors in __init__) is not checked."""
+    build = build or (lambda: ARCHS[cfg.arch](cfg, in_shape, num_classes))
+    try:
+        count = parameter_count(build)
+    except ModelError:
+        raise
+    except Exception:  # noqa: BLE001 - not cheap to count: the real build will tell
+        if cfg.arch in ARCHS:
+            raise
+        return
     weights, training = count * 4, count * 4 * TRAINING_COPIES
     if device is not None and device.type == "cpu":
         nbytes, what = training, "to train (weights, gradients, optimizer state)"
@@ -157,9 +316,10 @@ def require_room_for_model(
             nbytes, what = training, "to train (weights, gradients, optimizer state)"
             over = too_big(training, torch.cuda.mem_get_info(device)[0], where=str(device))
     if over:
+        what_model = cfg.arch if cfg.arch in ARCHS else "model"
         keys = [f"model.{k} {getattr(cfg, k)}" for k in _SIZE_KEYS.get(cfg.arch, ())]
         raise ModelError(
-            f"{' and '.join(keys) or f'model.arch {cfg.arch!r}'}: the {cfg.arch} has "
+            f"{' and '.join(keys) or f'model.arch {cfg.arch!r}'}: the {what_model} has "
             f"{count:,} parameters, {format_bytes(nbytes)} {what}, {over}; make the model "
             "smaller"
         )

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from engine.errors import ModelError
+from engine.finetune import parameter_prefixes
 from engine.profile import OptimSection, ScheduleSection
 
 
@@ -55,18 +57,55 @@ OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop, 
 _FUSED = ("sgd", "adam", "adamw")  # optimizers with a fused kernel on CUDA and the CPU
 
 
+def param_groups(model: torch.nn.Module, cfg: OptimSection) -> list[dict[str, Any]]:
+    """The trainable parameters in groups: first the base group (optim.lr; it may be
+    empty), then one per optim.lr_mult prefix, in the profile's order, holding the
+    parameters whose LONGEST matching prefix it is (lr = optim.lr x its multiplier).
+    Frozen parameters (requires_grad False) are in none. The same profile and model always
+    give the same groups, so a checkpoint's optimizer state loads back."""
+    prefixes = sorted(cfg.lr_mult, key=len, reverse=True)  # the longest match wins
+    members: dict[str | None, list[torch.nn.Parameter]] = {None: []}
+    members.update({prefix: [] for prefix in cfg.lr_mult})
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            owner = next((p for p in prefixes if name.startswith(p)), None)
+            members[owner].append(param)
+    for prefix, params in members.items():
+        if prefix is not None and not params:
+            raise ModelError(
+                f"optim.lr_mult {prefix!r} matches no trainable parameter; the model's "
+                f"parameter names start with {', '.join(parameter_prefixes(model)[:5])}"
+                + (" (frozen ones by model.freeze are left out)" if _any_frozen(model) else "")
+            )
+    # "lr_multiplier" (not a profile key, which a resume would write into the groups)
+    # tells the schedule each group's share of a peak it sets itself (onecycle).
+    groups = [{"params": members[None], "lr_multiplier": 1.0}]
+    groups += [
+        {"params": members[p], "lr": cfg.lr * cfg.lr_mult[p], "lr_multiplier": cfg.lr_mult[p]}
+        for p in cfg.lr_mult
+    ]
+    return groups
+
+
+def _any_frozen(model: torch.nn.Module) -> bool:
+    return any(not p.requires_grad for p in model.parameters())
+
+
 def build_optimizer(
     model: torch.nn.Module, cfg: OptimSection, device: torch.device | None = None
 ) -> torch.optim.Optimizer:
-    """The optimizer; on CUDA and the CPU the fused kernel where there is one (one launch
-    per step on CUDA; on the CPU one call instead of a dozen small ops)."""
+    """The optimizer over the trainable parameters, grouped by optim.lr_mult (base group
+    first: its lr is the one reported); on CUDA and the CPU the fused kernel where there
+    is one (one launch per step on CUDA; on the CPU one call instead of a dozen small
+    ops)."""
+    groups = param_groups(model, cfg)
     fused = device is not None and device.type in ("cuda", "cpu") and cfg.name in _FUSED
     if fused:
         try:
-            return OPTIMIZERS[cfg.name](model.parameters(), cfg, fused=True)
+            return OPTIMIZERS[cfg.name](groups, cfg, fused=True)
         except (RuntimeError, ValueError):  # e.g. a user model's parameter dtype it lacks
             pass
-    return OPTIMIZERS[cfg.name](model.parameters(), cfg)
+    return OPTIMIZERS[cfg.name](groups, cfg)
 
 
 class LRFactor:
@@ -116,9 +155,11 @@ class Schedule:
         self.plateau = None
         self.warmup = 0
         if cfg.name == "onecycle":
+            # Each group peaks at its own multiple of the peak (optim.lr_mult).
+            mults = [group.get("lr_multiplier", 1.0) for group in optimizer.param_groups]
             self.per_step = torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
-                max_lr=cfg.max_lr or base_lr,
+                max_lr=[(cfg.max_lr or base_lr) * m for m in mults],
                 total_steps=max(1, total_steps),
                 pct_start=cfg.pct_start,
             )

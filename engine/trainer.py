@@ -35,6 +35,7 @@ from engine.data import (
 from engine.device import require_precision, resolve_device, set_process_switches, wrap_model
 from engine.distributed import Collectives, world_from_env
 from engine.errors import MptError
+from engine.finetune import freeze, load_pretrained
 from engine.gpu import GpuStats
 from engine.memory import is_out_of_memory, out_of_memory_advice
 from engine.models import build_model, check_first_batch, check_precision
@@ -96,6 +97,9 @@ class Trainer:
     def _setup_model(self) -> None:
         p, dev, data = self.p, self.device, self.placement.data
         self.model = build_model(p.model, data.in_shape, data.num_classes, dev).to(dev)
+        if p.model.pretrained and self.resume is None:  # a resume's checkpoint has the weights
+            self.warnings += load_pretrained(self.model, p.model.pretrained, data.num_classes)
+        freeze(self.model, p.model.freeze)
         first = data.train.x[:2]
         first = first.materialize() if isinstance(first, ImageFiles) else first
         sample = self.transform(first.to(dev))
