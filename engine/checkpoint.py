@@ -25,15 +25,17 @@ import torch
 from engine.errors import MptError, ProfileError
 from engine.profile import (
     BUILTIN_ARCHS,
+    DATASETS,
     FIELD_BY_PATH,
     Profile,
     _check_value,
     describe_value,
     profile_from_dict,
 )
+from engine.task_spec import LOSSES
 
 FORMAT = "mpt-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the "task" key (kind, outputs, class names); 1 is still read
 
 # Keys whose change makes a checkpoint meaningless for the new profile: the weights or
 # the optimizer state would not fit, or the position inside the data would point elsewhere.
@@ -42,7 +44,12 @@ REFUSED_CHANGES = (
     "model.hidden",
     "model.channels",
     "model.small_input",
+    "model.options",
+    "model.freeze",
     "data.dataset",
+    "data.options",
+    "task.kind",
+    "optim.lr_mult",
     "data.synthetic_samples",
     "data.synthetic_classes",
     "data.synthetic_shape",
@@ -324,13 +331,14 @@ _YEAR_9999 = 253_402_300_799  # time.localtime fails beyond it
 _TOP_KEYS = (
     "format", "version", "time", "profile", "model", "optimizer", "schedule", "scaler",
     "early_stop", "best_checkpoint", "best_weights", "metrics", "progress", "rng", "ranks",
+    "task",
 )  # fmt: skip
-_OPTIONAL_TOP_KEYS = ("time", "ranks")
+_OPTIONAL_TOP_KEYS = ("time", "ranks", "task")
 # The epoch's and the log window's metric sums: they differ between processes.
 SUMS = ("epoch_loss", "epoch_correct", "epoch_samples", "window_loss", "window_samples")
 # Profile keys whose check depends on this machine (a data file moved, tensorboard not
 # installed): the checkpoint is still usable, for export or with another profile.
-_MACHINE_KEYS = ("data.path", "data.root", "run.out_dir", "log.tensorboard")
+_MACHINE_KEYS = ("data.path", "data.root", "run.out_dir", "log.tensorboard", "model.pretrained")
 
 
 class _Invalid(Exception):
@@ -451,10 +459,27 @@ def _check_state(state: dict[str, Any]) -> None:
             raise _bad("metrics", "must be named by strings", name)
         _maybe(_number, value, f"metrics.{name}", finite=False)
     world = _check_progress(state["progress"])
+    if state.get("task") is not None:
+        _check_task(state["task"])
     _check_rng(state["rng"], "rng", augment=True)
     ranks = state.get("ranks")
     if ranks is not None:
         _check_ranks(ranks, world)
+
+
+def _check_task(value: Any) -> None:
+    """What the model was trained for (deployment): kind, outputs, input shape, names."""
+    task = _table(value, "task")
+    if not isinstance(task.get("kind"), str):
+        raise _bad("task.kind", "must be a string", task.get("kind"))
+    _whole(_field(task, "outputs", "task"), "task.outputs", low=1)
+    shape = _sequence(_field(task, "input_shape", "task"), "task.input_shape")
+    for i, size in enumerate(shape):
+        _whole(size, f"task.input_shape[{i}]", low=1)
+    classes = task.get("classes")
+    names = _sequence(classes, "task.classes") if classes is not None else []
+    if not all(isinstance(c, str) for c in names):
+        raise _bad("task.classes", "must be a list of names", classes)
 
 
 def _check_profile(value: Any) -> None:
@@ -588,7 +613,8 @@ def _check_progress(value: Any) -> int:
 def _check_sums(table: dict, key: str) -> None:
     for name in ("epoch_loss", "window_loss"):
         _tensor(_field(table, name, key), f"{key}.{name}", "float", scalar=True)
-    _tensor(_field(table, "epoch_correct", key), f"{key}.epoch_correct", scalar=True)
+    # the task's train-metric sums: classification's correct count, a vector for regression
+    _tensor(_field(table, "epoch_correct", key), f"{key}.epoch_correct")
     for name in ("epoch_samples", "window_samples"):
         _whole(_field(table, name, key), f"{key}.{name}")
 
@@ -768,14 +794,26 @@ def _first_line(error: Exception) -> str:
 # ---- consent: code named by a checkpoint runs only when the user says so ----
 
 
+# model.arch prefixes that name a library's model zoo, not the user's code.
+ZOO_PREFIXES = ("torchvision:", "timm:")
+
+
 def imported_code(profile: dict[str, Any]) -> str | None:
-    """The "package.module:factory" a profile dict makes mpt import, or None. A zoo model
-    ("torchvision:NAME", "timm:NAME") runs only the installed library's own builders."""
-    model = profile.get("model") if isinstance(profile, dict) else None
-    arch = model.get("arch") if isinstance(model, dict) else None
-    if not isinstance(arch, str) or arch in BUILTIN_ARCHS:
+    """The first "package.module:function" a profile dict makes mpt import (a model
+    factory, a dataset factory, a loss), or None. Zoo models are library code."""
+    if not isinstance(profile, dict):
         return None
-    return None if arch.startswith(("torchvision:", "timm:")) else arch
+    builtin = {
+        ("model", "arch"): BUILTIN_ARCHS,
+        ("data", "dataset"): DATASETS,
+        ("task", "loss"): ("auto", *LOSSES),
+    }
+    for (section, key), names in builtin.items():
+        table = profile.get(section)
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value not in names and not value.startswith(ZOO_PREFIXES):
+            return value
+    return None
 
 
 def require_consent(path: Path, state: dict[str, Any], how: str) -> None:
@@ -784,7 +822,7 @@ def require_consent(path: Path, state: dict[str, Any], how: str) -> None:
     code = imported_code(state["profile"])
     if code is not None:
         raise CheckpointError(
-            f"{path}: its profile imports model code {code!r}; mpt runs code named by a "
+            f"{path}: its profile imports code {code!r}; mpt runs code named by a "
             f"checkpoint only with {how}"
         )
 

@@ -154,6 +154,10 @@ class RunFinished(Event):
     best_val_acc: float | None = None
     final_val_acc: float | None = None
     final_val_loss: float | None = None
+    headline: str = ""  # val_<the task's first metric>, e.g. val_mae
+    final_headline: float | None = None  # its last value
+    best_monitor: str = ""  # checkpoint.monitor, and its best value (best.pt's)
+    best_value: float | None = None
 
 
 @dataclass

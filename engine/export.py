@@ -1,15 +1,18 @@
 """`mpt export`: a checkpoint's model as a plain state_dict, TorchScript or ONNX.
 
 The model is rebuilt from the checkpoint's own profile (`[model]`), so it needs the
-input shape and the number of classes the run trained with. They come from, in order:
-the `--input-shape`/`--num-classes` options, the `run_started` event in the run's
-events.jsonl (the checkpoint's `<run dir>/checkpoints/../events.jsonl`), and, for a
-checkpoint without its run directory, the dataset's fixed shape (digits, mnist,
-fashion_mnist, cifar10, synthetic, image_folder) and the classifier's size in the
-weights. The dataset is never loaded.
+input shape and the model's outputs (classes, labels or targets). They come from, in
+order: the `--input-shape`/`--num-classes` options, the checkpoint's "task" record
+(format version 2), the `run_started` event in the run's events.jsonl (the checkpoint's
+`<run dir>/checkpoints/../events.jsonl`), and, for an older checkpoint without its run
+directory, the dataset's fixed shape (digits, mnist, fashion_mnist, cifar10, synthetic,
+image_folder) and the classifier's size in the weights. The dataset is never loaded.
 
-Every exported model takes float32 input of shape (batch, C, H, W), normalised as in
-training, and returns logits of shape (batch, num_classes).
+Every exported model takes float32 input of one sample's shape with a batch dimension
+first, normalised as in training, and returns the outputs it trained with: logits
+(classification, multilabel) or predictions (regression). A model card
+(`<file>.json`, and inside TorchScript and ONNX files) records the task kind, the
+shapes, the class names and the normalisation.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ _DATASET_SHAPES = {
 
 @dataclass
 class ModelSpec:
-    in_shape: tuple[int, int, int]
-    num_classes: int
+    in_shape: tuple[int, ...]
+    num_classes: int  # the model's outputs: classes, labels or regression targets
     source: str  # where they came from, for the message
+    kind: str = "classification"  # task.kind
+    classes: list[str] | None = None  # class or label names, when the run knew them
 
 
 def _run_started(events: Path) -> dict[str, Any] | None:
@@ -93,6 +98,13 @@ def model_spec(
 ) -> ModelSpec:
     """Find the input shape and class count the checkpoint's model was built for."""
     shape = tuple(input_shape) if input_shape else None
+    task = state.get("task") or {}  # checkpoints since format version 2 record it
+    kind = task.get("kind") or state.get("profile", {}).get("task", {}).get("kind")
+    kind, classes = kind or "classification", task.get("classes")
+    if task and (shape is None or num_classes is None):
+        shape = shape or tuple(task["input_shape"])
+        num_classes = num_classes or int(task["outputs"])
+        return ModelSpec(shape, num_classes, "the checkpoint's task record", kind, classes)
     sources = []
     if shape is not None:
         sources.append("--input-shape")
@@ -125,10 +137,10 @@ def model_spec(
             f"{path}: cannot tell the model's input shape or number of classes (its run's "
             "events.jsonl is not beside it); pass --input-shape C,H,W and --num-classes N"
         )
-    if len(shape) != 3 or any(s < 1 for s in shape):
-        raise MptError(f"--input-shape must be three sizes C,H,W, each >= 1 (got {list(shape)})")
+    if any(s < 1 for s in shape):
+        raise MptError(f"--input-shape sizes must each be >= 1 (got {list(shape)})")
     source = " and ".join(sources)
-    return ModelSpec(tuple(int(s) for s in shape), int(num_classes), source)
+    return ModelSpec(tuple(int(s) for s in shape), int(num_classes), source, kind, classes)
 
 
 def load_model(
@@ -185,8 +197,14 @@ def example_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, *spec.in_shape, generator=torch.Generator().manual_seed(0))
 
 
-def export(model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path) -> Path:
-    """Write `model` to `out` in format `fmt`; returns `out`. Raises MptError."""
+def export(
+    model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path, card: dict | None = None
+) -> Path:
+    """Write `model` to `out` in format `fmt`; returns `out`. Raises MptError. TorchScript
+    and ONNX carry `card` inside too (an extra file "mpt.json"; ONNX metadata "mpt")."""
+    import json
+
+    card_text = json.dumps(card or {})
     if fmt not in FORMATS:
         raise MptError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     if fmt == "onnx" and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript")):
@@ -203,7 +221,7 @@ def export(model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path) -> Path
                 traced = torch.jit.trace(model, x)
             except Exception as e:  # noqa: BLE001 - user models
                 raise ExportFailed(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
-            torch.jit.save(traced, str(out))
+            torch.jit.save(traced, str(out), _extra_files={"mpt.json": card_text})
     else:
         nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         with warnings.catch_warnings():
@@ -223,7 +241,18 @@ def export(model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path) -> Path
             except Exception as e:  # noqa: BLE001 - operators ONNX cannot express, and such
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 raise ExportFailed(f"ONNX export failed: {type(e).__name__}: {first}") from None
+        _onnx_metadata(out, card_text)
     return out
+
+
+def _onnx_metadata(out: Path, card_text: str) -> None:
+    """The card as the ONNX model's metadata property "mpt" (onnxruntime: modelmeta)."""
+    import onnx
+
+    model = onnx.load(str(out), load_external_data=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "mpt", card_text
+    onnx.save(model, str(out))
 
 
 def _parse_shape(text: str) -> list[int]:
@@ -231,8 +260,11 @@ def _parse_shape(text: str) -> list[int]:
         shape = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
     except ValueError:
         shape = []
-    if len(shape) != 3 or any(s < 1 for s in shape):
-        raise MptError(f"--input-shape must be three sizes C,H,W, e.g. 1,28,28 (got {text!r})")
+    if not shape or any(s < 1 for s in shape):
+        raise MptError(
+            f"--input-shape must be one sample's sizes, C,H,W for images (e.g. 1,28,28) or "
+            f"the feature count (e.g. 10) (got {text!r})"
+        )
     return shape
 
 
@@ -250,18 +282,57 @@ def export_checkpoint(
     target = Path(out).expanduser() if out else default_out(path, state, fmt)
     if target.is_dir():
         raise MptError(f"--out {target}: is a folder; give a file name")
-    export(model, spec, fmt, target)
-    c, h, w = spec.in_shape
-    how = "normalised as in training"
-    for events in _events_files(path):
-        started = _run_started(events)
-        if started and started.get("mean") and started.get("std"):
-            mean = ", ".join(f"{m:.4g}" for m in started["mean"])
-            std = ", ".join(f"{s:.4g}" for s in started["std"])
-            how = f"(pixels/255 - mean) / std, mean [{mean}], std [{std}]"
-            break
+    started = next(filter(None, map(_run_started, _events_files(path))), None) or {}
+    card = model_card(spec, started, state)
+    export(model, spec, fmt, target, card)
+    card_path = write_card(card, target)
+    sizes = ", ".join(map(str, spec.in_shape))
+    how = "as in training"
+    if started.get("mean") and started.get("std"):
+        mean = ", ".join(f"{m:.4g}" for m in started["mean"])
+        std = ", ".join(f"{s:.4g}" for s in started["std"])
+        pixels = "pixels/255" if len(spec.in_shape) == 3 else "x"
+        how = f"({pixels} - mean) / std, mean [{mean}], std [{std}]"
     return (
-        f"wrote {target} ({fmt}, from {path})\n"
-        f"input: float32 [batch, {c}, {h}, {w}], {how}; "
-        f"output: logits [batch, {spec.num_classes}]"
+        f"wrote {target} ({fmt}, from {path}) and {card_path.name}\n"
+        f"input: float32 [batch, {sizes}], normalised {how}; output: {_output_text(spec)}"
     )
+
+
+def _output_text(spec: ModelSpec) -> str:
+    """What the exported model's output means, by task kind."""
+    n = spec.num_classes
+    names = f" ({', '.join(spec.classes[:10])}{', ...' if len(spec.classes) > 10 else ''})"
+    names = names if spec.classes else ""
+    if spec.kind == "multilabel":
+        return f"logits [batch, {n}], a label is on where sigmoid > 0.5{names}"
+    if spec.kind == "regression":
+        return f"predictions [batch, {n}] in the targets' units as trained"
+    return f"logits [batch, {n}] over the classes{names}"
+
+
+def model_card(spec: ModelSpec, started: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """What a deployment needs besides the weights: the task, shapes, names, normalisation."""
+    task = state.get("task") or {}
+    return {
+        "format": "mpt-model-card",
+        "task": spec.kind,
+        "input_shape": list(spec.in_shape),
+        "outputs": spec.num_classes,
+        "classes": spec.classes,
+        "loss": task.get("loss") or started.get("loss"),
+        "metrics": task.get("metrics") or started.get("metrics"),
+        "mean": started.get("mean") or None,
+        "std": started.get("std") or None,
+        "arch": state.get("profile", {}).get("model", {}).get("arch"),
+        "step": state.get("progress", {}).get("step"),
+    }
+
+
+def write_card(card: dict[str, Any], target: Path) -> Path:
+    """The card as JSON beside the exported file: `<file>.json`."""
+    import json
+
+    path = target.with_name(target.name + ".json")
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return path

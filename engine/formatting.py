@@ -17,3 +17,14 @@ def number(x: float | None, digits: int = 4) -> str:
 def percent(x: float | None) -> str:
     """A fraction as `97.25%`; `-` for a missing value."""
     return "-" if x is None else f"{100 * x:.2f}%"
+
+
+# Metrics that are fractions, printed as percentages; the others (mae, mse, rmse, r2) as
+# plain numbers.
+FRACTIONS = frozenset({"acc", "top5", "f1", "precision", "recall", "auroc", "hamming"})
+
+
+def metric(name: str, x: float | None) -> str:
+    """A metric's value as it is printed: `97.25%` for acc (or val_acc), `0.4123` for mae."""
+    base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
+    return percent(x) if base in FRACTIONS else number(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import traceback
 
 import torch
@@ -74,8 +75,7 @@ class CNN(nn.Module):
 
 
 def build_mlp(cfg: ModelSection, in_shape, num_classes):
-    c, h, w = in_shape
-    return MLP(c * h * w, cfg.hidden, num_classes, cfg.dropout)
+    return MLP(math.prod(in_shape), cfg.hidden, num_classes, cfg.dropout)  # images or features
 
 
 def build_cnn(cfg: ModelSection, in_shape, num_classes):

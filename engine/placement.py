@@ -60,6 +60,10 @@ class DataPlacement:
                     num_workers=num_workers,
                     pin_memory=device.type == "cuda",
                     persistent_workers=num_workers > 0,
+                    # Its own stream for the workers' base seed: drawn from torch's global
+                    # one, each epoch's iterator would shift dropout's numbers, and a run
+                    # resumed mid-epoch would no longer be the run that never stopped.
+                    generator=torch.Generator().manual_seed(0),
                 )
                 for name, split in (("train", train), ("val", val))
                 if split is not None

@@ -33,6 +33,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CACHE_MODES = ("auto", "device", "memory", "stream")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_ZOO_RE = re.compile(r"^(torchvision|timm):[A-Za-z0-9_][\w.\-]*$")
 BOM = "\ufeff"  # a UTF-8 byte order mark, as some Windows editors write at the start
 
 
@@ -169,8 +170,9 @@ class DataSection:
 class ModelSection:
     arch: str = key(
         "mlp",
-        'mlp, cnn, resnet18, or your own "package.module:factory" called as '
-        "factory(in_shape=(C, H, W), num_classes=N).",
+        'mlp, cnn, resnet18, "torchvision:NAME" (any torchvision.models builder), '
+        '"timm:NAME" (any timm model), or your own "package.module:factory" called as '
+        "factory(in_shape=(C, H, W), num_classes=N, **model.options).",
         "str",
     )
     hidden: list[int] = key([128], "mlp: sizes of the hidden layers.", "int_list")
@@ -715,7 +717,8 @@ def _path_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
 def _model_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     m = p.model
     arch = m.arch
-    if arch not in BUILTIN_ARCHS and not _IMPORT_PATH_RE.match(arch):
+    zoo = _ZOO_RE.match(arch)  # timm's names may carry a tag: timm:resnet18.a1_in1k
+    if arch not in BUILTIN_ARCHS and not zoo and not _IMPORT_PATH_RE.match(arch):
         hint = _close_match(arch, BUILTIN_ARCHS)
         meant = f"; did you mean {hint!r}?" if hint else ""
         choices = 'mlp, cnn, resnet18, "torchvision:NAME", "timm:NAME" or "package.module:factory"'
@@ -795,6 +798,15 @@ def _task_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     else:
         if len(set(t.metrics)) != len(t.metrics):
             yield "task.metrics", "names a metric twice", t.metrics
+    custom = t.loss not in LOSSES and t.loss != "auto"
+    if custom and t.kind == "classification":
+        for key, value in (
+            ("label_smoothing", t.label_smoothing),
+            ("class_weights", t.class_weights),
+        ):
+            if value:
+                message = f"applies to the built-in cross_entropy, not to task.loss {t.loss!r}"
+                yield f"task.{key}", message, value
     if t.kind != "classification":
         if t.label_smoothing:
             message = "applies to classification only; set it to 0"

@@ -24,6 +24,7 @@ from engine.precision import check_skip_streak, nonfinite_loss
 from engine.profile import Profile
 from engine.state import TrainState
 from engine.stop import StopReason
+from engine.task import Task
 
 
 class Progress:
@@ -39,20 +40,27 @@ class Progress:
         schedule: Schedule,
         scaled: bool,
         gpu: GpuStats,
+        task: Task,
     ):
-        self.p, self.log, self.state, self.dist = profile, log, state, dist
+        self.p, self.log, self.state, self.dist, self.task = profile, log, state, dist, task
         self.optimizer, self.schedule, self.scaled, self.gpu = optimizer, schedule, scaled, gpu
         self.window_start = time.monotonic()
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def sums(self, loss: torch.Tensor, correct: torch.Tensor | int, samples: int):
-        """(loss, correct, samples) summed over every process, on the host."""
+    def sums(self, loss: torch.Tensor, metric_sums: torch.Tensor | int, samples: int):
+        """(loss, metric sums, samples) summed over every process, on the host; the metric
+        sums a number (a 0-d tensor's) or a list (a vector's), as the task made them."""
         if self.dist.world.distributed:
-            loss, correct, samples = self.dist.sum(loss, correct, samples)
-            return float(loss), float(correct), int(samples)
-        return loss.item(), correct.item() if torch.is_tensor(correct) else correct, samples
+            shape = metric_sums.shape if torch.is_tensor(metric_sums) else ()
+            parts = metric_sums.reshape(-1).unbind() if shape else (metric_sums,)
+            loss, samples, *parts = self.dist.sum(loss, samples, *parts)
+            values = [float(v) for v in parts]
+            return float(loss), values if shape else values[0], int(samples)
+        if torch.is_tensor(metric_sums):
+            metric_sums = metric_sums.tolist()  # one sync for the vector
+        return loss.item(), metric_sums, samples
 
     def log_step(self, progress: float) -> None:
         """The step event of the log window that ends here; the next window starts."""
@@ -79,15 +87,16 @@ class Progress:
         s.window_samples = 0
         self.window_start = time.monotonic()
 
-    def end_epoch(self, seconds: float, val_loss: float | None, val_acc: float | None) -> None:
+    def end_epoch(
+        self, seconds: float, val_loss: float | None, val_metrics: dict[str, float | None]
+    ) -> None:
         """The epoch's metrics and its epoch_end; the next epoch's sums start at zero."""
         p, s = self.p, self.state
-        loss, correct, samples = self.sums(s.epoch_loss, s.epoch_correct, s.epoch_samples)
+        loss, sums, samples = self.sums(s.epoch_loss, s.epoch_sums, s.epoch_samples)
         train_loss = loss / max(samples, 1)
-        train_acc = correct / max(samples, 1)
-        s.metrics = dict(
-            train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc
-        )
+        metrics = {**self.task.train_metrics(sums, samples), **val_metrics}
+        s.metrics = dict(train_loss=train_loss, val_loss=val_loss, **metrics)
+        val_acc = metrics.get("val_acc")
         if val_acc is not None and (s.best_val_acc is None or val_acc > s.best_val_acc):
             s.best_val_acc = val_acc
         self.schedule.after_validation(val_loss if val_loss is not None else train_loss)
@@ -97,12 +106,13 @@ class Progress:
                 epoch=s.epoch,
                 epochs=p.run.epochs,
                 train_loss=train_loss,
-                train_acc=train_acc,
+                train_acc=metrics.get("train_acc"),
                 val_loss=val_loss,
                 val_acc=val_acc,
                 lr=self.lr(),
                 seconds=seconds,
                 samples_per_s=samples / max(seconds, 1e-9),
+                metrics=metrics,
             )
         )
         s.epochs_done, s.group = s.epoch, 0
@@ -134,6 +144,10 @@ class Progress:
                 best_val_acc=s.best_val_acc,
                 final_val_loss=s.metrics.get("val_loss"),
                 final_val_acc=s.metrics.get("val_acc"),
+                headline=f"val_{self.task.headline}",
+                final_headline=s.metrics.get(f"val_{self.task.headline}"),
+                best_monitor=s.best_ckpt.monitor,
+                best_value=s.best_ckpt.best,
             )
         )
 
@@ -165,6 +179,11 @@ def run_started(trainer) -> ev.RunStarted:
         input_shape=list(d.in_shape),
         arch=p.model.arch,
         parameters=sum(w.numel() for w in t.model.parameters()),
+        trainable_parameters=sum(w.numel() for w in t.model.parameters() if w.requires_grad),
+        task=t.task.kind,
+        loss=t.task.loss_name,
+        metrics=list(t.task.metric_names),
+        classes=list(d.classes or []),
         epochs=p.run.epochs,
         steps_per_epoch=t.steps_per_epoch,
         total_steps=t.total_steps,
@@ -173,8 +192,8 @@ def run_started(trainer) -> ev.RunStarted:
         global_batch=t.global_batch * p.train.grad_accum,
         world_size=t.world.size,
         data_cache=t.placement.mode,
-        mean=list(d.mean),
-        std=list(d.std),
+        mean=list(d.mean or []),
+        std=list(d.std or []),
         resumed_from=str(t.resume[0]) if t.resume else None,
         pid=os.getpid(),
         host=socket.gethostname(),

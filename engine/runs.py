@@ -9,6 +9,7 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.stop import run_state
+from engine.task_spec import lower_is_better
 
 # A run that logs nothing for this long, and ended with no run_finished/run_failed,
 # is taken for dead. Generous: a big model may spend minutes between two step events.
@@ -43,6 +45,9 @@ class RunSummary:
     total_steps: int = 0
     best_val_acc: float | None = None
     last_val_acc: float | None = None
+    headline: str = "val_acc"  # val_<the task's first metric>: what lists show
+    best_headline: float | None = None  # its best value (in its own direction) and last
+    last_headline: float | None = None
     last_checkpoint: Path | None = None
     error: str | None = None  # run_failed's error text
     unreadable: int = 0  # events.jsonl lines that could not be read, or only in part
@@ -68,6 +73,8 @@ class RunHistory:
     last: ev.Event | None = None
     best_val_acc: float | None = None
     last_val_acc: float | None = None
+    best_headline: float | None = None
+    last_headline: float | None = None
     epoch_ends: dict[int, ev.EpochEnd] = field(default_factory=dict)  # the last of each epoch
     checkpoints: list[str] = field(default_factory=list)  # checkpoint_saved paths, in order
 
@@ -82,8 +89,25 @@ class RunHistory:
                 self.last_val_acc = acc
                 if acc is not None and (self.best_val_acc is None or acc > self.best_val_acc):
                     self.best_val_acc = acc
+                own = acc if self.headline == "val_acc" else None  # (runs before metrics)
+                value = event.metrics.get(self.headline, own)
+                self.last_headline = value
+                if value is not None and math.isfinite(value) and self._better(value):
+                    self.best_headline = value
             elif isinstance(event, ev.CheckpointSaved) and event.path:
                 self.checkpoints.append(event.path)
+
+    @property
+    def headline(self) -> str:
+        """val_<the first metric of run_started>; val_acc for runs from before metrics."""
+        metrics = self.started.metrics if self.started is not None else []
+        return f"val_{metrics[0]}" if metrics else "val_acc"
+
+    def _better(self, value: float) -> bool:
+        best = self.best_headline
+        if best is None:
+            return True
+        return value < best if lower_is_better(self.headline) else value > best
 
     def summary(
         self, run_dir: Path, reader: ev.EventsReader, mtime: float, now: float | None = None
@@ -91,6 +115,11 @@ class RunHistory:
         now = time.time() if now is None else now
         s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
         s.best_val_acc, s.last_val_acc = self.best_val_acc, self.last_val_acc
+        s.headline, s.best_headline, s.last_headline = (
+            self.headline,
+            self.best_headline,
+            self.last_headline,
+        )
         if self.started is not None:
             s.started, s.epochs = self.started.time, self.started.epochs
             s.total_steps, s.name = self.started.total_steps, self.started.name or s.name

@@ -18,9 +18,12 @@ from typing import Any, Protocol
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.task_spec import metric_keys
 
 CSV_NAME = "metrics.csv"
 # One row per epoch_end event; lr is the rate at the end of the epoch, time its Unix time.
+# The task's metrics (task_spec.metric_keys) go in between: train_<m> after train_loss,
+# val_<m> after val_loss; a classifier's default is train_acc and val_acc.
 CSV_COLUMNS = (
     "epoch",
     "step",
@@ -33,6 +36,16 @@ CSV_COLUMNS = (
     "samples_per_s",
     "time",
 )
+
+
+def csv_columns(started: ev.RunStarted | None) -> list[str]:
+    """metrics.csv's columns for a run that started as `started` (None: unknown yet)."""
+    if started is None or not started.metrics:
+        return list(CSV_COLUMNS)
+    keys = metric_keys(started.task, started.metrics)
+    train = [k for k in keys if k.startswith("train_")]
+    val = [k for k in keys if k.startswith("val_")]
+    return ["epoch", "step", "train_loss", *train, "val_loss", *val, *CSV_COLUMNS[6:]]
 
 
 class Sink(Protocol):
@@ -54,15 +67,23 @@ class CsvSink:
         self.path = path
         self._file = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._file)
-        self._csv.writerow(CSV_COLUMNS)
-        self._file.flush()
+        self._columns: list[str] | None = None  # written at run_started: the task's metrics
+
+    def _header(self, started: ev.RunStarted | None) -> None:
+        if self._columns is None:
+            self._columns = csv_columns(started)
+            self._csv.writerow(self._columns)
+            self._file.flush()
 
     def write(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            self._header(event)
         if not isinstance(event, ev.EpochEnd):
             return
+        self._header(None)
         row = []
-        for name in CSV_COLUMNS:
-            value = getattr(event, name)
+        for name in self._columns:
+            value = event.metrics.get(name, getattr(event, name, None))
             if isinstance(value, float):
                 value = _finite(value)
             row.append("" if value is None else value)  # str(float) reads back exactly
@@ -71,6 +92,7 @@ class CsvSink:
 
     def close(self) -> None:
         if not self._file.closed:
+            self._header(None)  # a run that never started still leaves the header
             self._file.close()
 
 
@@ -82,8 +104,8 @@ class TensorBoardSink:
 
     From `step` events: train/loss, train/lr, train/samples_per_s and, on CUDA,
     gpu/mem_allocated_mib, gpu/mem_reserved_mib, gpu/mem_peak_mib. From `epoch_end`:
-    epoch/train_loss, epoch/train_acc, epoch/val_loss, epoch/val_acc, epoch/lr,
-    epoch/seconds. Each point keeps its event's wall time.
+    epoch/train_loss, epoch/val_loss, epoch/<each metric> (train_acc, val_acc, val_mae,
+    ...), epoch/lr, epoch/seconds. Each point keeps its event's wall time.
     """
 
     def __init__(self, log_dir: Path):
@@ -112,8 +134,11 @@ class TensorBoardSink:
                 if nbytes is not None:
                     self._scalar(f"gpu/mem_{name}_mib", nbytes / _MIB, event)
         elif isinstance(event, ev.EpochEnd):
-            for name in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"):
-                self._scalar(f"epoch/{name}", getattr(event, name), event)
+            values = {"train_acc": event.train_acc, "val_acc": event.val_acc, **event.metrics}
+            for name in ("train_loss", "val_loss", "lr", "seconds"):
+                values[name] = getattr(event, name)
+            for name, value in values.items():
+                self._scalar(f"epoch/{name}", value, event)
         elif isinstance(event, ev.RunFinished | ev.RunFailed):
             self.writer.flush()  # the run is over: make the last points readable now
 

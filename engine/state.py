@@ -10,6 +10,7 @@ continues as if the run had never stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from engine.monitor import BestTracker
 class TrainState:
     device: torch.device
     world: World
+    zero_sums: Callable[[], torch.Tensor]  # the task's train-metric sums at zero (engine/task.py)
     early: BestTracker  # early_stop.monitor
     best_ckpt: BestTracker  # checkpoint.monitor, for best.pt
     step: int = 0  # optimizer steps done
@@ -32,7 +34,9 @@ class TrainState:
     group: int = 0  # optimizer steps already done inside the next epoch
     # The metric sums stay on the device: the host syncs only to report.
     epoch_loss: torch.Tensor = field(init=False)
-    epoch_correct: torch.Tensor = field(init=False)
+    # The task's train-metric sums (classification: the correct count). The checkpoint
+    # keeps them under their first name, "epoch_correct".
+    epoch_sums: torch.Tensor = field(init=False)
     epoch_samples: int = 0
     window_loss: torch.Tensor = field(init=False)
     window_samples: int = 0
@@ -52,16 +56,14 @@ class TrainState:
 
     def zero_epoch_sums(self) -> None:
         self.epoch_loss = torch.zeros((), device=self.device)
-        self.epoch_correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        self.epoch_sums = self.zero_sums()
         self.epoch_samples = 0
 
-    def add_step(
-        self, loss: torch.Tensor, correct: torch.Tensor, weight: int, samples: int
-    ) -> None:
-        """Add an optimizer step's loss (weighted: a mean loss by its samples), correct
-        predictions and samples to the epoch's and the log window's sums."""
+    def add_step(self, loss: torch.Tensor, sums: torch.Tensor, weight: int, samples: int) -> None:
+        """Add an optimizer step's loss (weighted: a mean loss by its samples), metric
+        sums and samples to the epoch's and the log window's sums."""
         self.epoch_loss.add_(loss, alpha=weight)
-        self.epoch_correct += correct
+        self.epoch_sums += sums
         self.epoch_samples += samples
         self.window_loss.add_(loss, alpha=weight)
         self.window_samples += samples
@@ -80,7 +82,7 @@ class TrainState:
                 "epochs_done": self.epochs_done,
                 "group": self.group,
                 "epoch_loss": self.epoch_loss,
-                "epoch_correct": self.epoch_correct,
+                "epoch_correct": self.epoch_sums,
                 "epoch_samples": self.epoch_samples,
                 "window_loss": self.window_loss,
                 "window_samples": self.window_samples,
@@ -99,7 +101,7 @@ class TrainState:
         """What differs between processes: their metric sums and random streams."""
         return {
             "epoch_loss": self.epoch_loss.cpu(),
-            "epoch_correct": self.epoch_correct.cpu(),
+            "epoch_correct": self.epoch_sums.cpu(),
             "epoch_samples": self.epoch_samples,
             "window_loss": self.window_loss.cpu(),
             "window_samples": self.window_samples,
@@ -144,7 +146,7 @@ class TrainState:
     def _set_sums(self, sums: dict[str, Any]) -> None:
         """The epoch's and the log window's metric sums, as a checkpoint holds them."""
         self.epoch_loss = sums["epoch_loss"].to(self.device)
-        self.epoch_correct = sums["epoch_correct"].to(self.device)
+        self.epoch_sums = sums["epoch_correct"].to(self.device)
         self.epoch_samples = sums["epoch_samples"]
         self.window_loss = sums["window_loss"].to(self.device)
         self.window_samples = sums["window_samples"]

@@ -88,6 +88,18 @@ class Task:
         self._val_sums = self.zero_sums()
         self._val_samples = 0
 
+    def record(self, data: DataBundle) -> dict[str, Any]:
+        """What the model is for, for whoever deploys it: checkpoints carry it as "task",
+        and `mpt export` writes it into the model card."""
+        return {
+            "kind": self.kind,
+            "loss": self.loss_name,
+            "metrics": list(self.metric_names),
+            "outputs": data.num_classes,
+            "input_shape": list(data.in_shape),
+            "classes": list(data.classes) if data.classes else None,
+        }
+
     # ---- the loss ----
     def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         """The batch's loss: "mean" over its samples of the per-sample losses, or their

@@ -68,3 +68,12 @@ def lower_is_better(monitor: str) -> bool:
     """Whether a smaller value of `monitor` (e.g. "val_mae") is the better one."""
     name = monitor.partition("_")[2] if monitor.startswith(("val_", "train_")) else monitor
     return name == "loss" or name.endswith("loss") or name in LOWER_IS_BETTER
+
+
+def metric_keys(kind: str, metrics: list[str]) -> list[str]:
+    """The epoch's metric keys in the order they are shown: train_<m>..., val_<m>...
+    (classification always has train_acc and val_acc)."""
+    names = metric_names(kind, metrics)
+    val = names + (["acc"] if kind == "classification" and "acc" not in names else [])
+    train = [f"train_{m}" for m in train_metric_names(kind, metrics)]
+    return train + [f"val_{m}" for m in val]

@@ -19,19 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from engine import checkpoint as ckpt
 from engine import events as ev
 from engine.checkpoint_writer import CheckpointWriter
 from engine.control import Control, StepBoundary
-from engine.data import (
-    BatchTransform,
-    ImageFiles,
-    epoch_generator,
-    load_data,
-    require_validation,
-)
+from engine.data import BatchTransform, epoch_generator, load_data, require_validation
 from engine.device import require_precision, resolve_device, set_process_switches, wrap_model
 from engine.distributed import Collectives, world_from_env
 from engine.errors import MptError
@@ -48,6 +41,7 @@ from engine.profiler import StepProfiler
 from engine.progress import Progress, run_started
 from engine.state import TrainState
 from engine.stop import ENDINGS, StopReason
+from engine.task import build_task
 
 
 class Trainer:
@@ -87,6 +81,8 @@ class Trainer:
         p = self.p
         data = load_data(p.data, p.run.seed, p.task.kind)
         require_validation(p, data)  # e.g. early stopping on val_loss, and no val split
+        # The loss and the metrics (engine/task.py): what "how good" means for this data.
+        self.task = build_task(p.task, data, self.device, self.world.distributed)
         self.transform = BatchTransform(
             data.mean, data.std, self.device, p.data.random_crop, p.data.hflip
         )
@@ -101,9 +97,10 @@ class Trainer:
             self.warnings += load_pretrained(self.model, p.model.pretrained, data.num_classes)
         freeze(self.model, p.model.freeze)
         first = data.train.x[:2]
-        first = first.materialize() if isinstance(first, ImageFiles) else first
+        first = first.materialize() if hasattr(first, "materialize") else first  # streamed
         sample = self.transform(first.to(dev))
         check_first_batch(self.model, sample, data.num_classes, p.model.arch)  # leaves no trace
+        self.task.check_batch(_eval_forward(self.model, sample), data.train.y[:2].to(dev))
         check_precision(self.model, sample, p.precision.mode)  # fp16/bf16 on this device
         self.model, self.forward, self.ddp, self.channels_last = wrap_model(
             self.model, dev, self.world, p.train.compile, p.run.seed
@@ -130,6 +127,7 @@ class Trainer:
         self.state = TrainState(
             self.device,
             self.world,
+            self.task.zero_sums,
             early=BestTracker(es.monitor, es.mode, es.min_delta),
             best_ckpt=BestTracker(p.checkpoint.monitor),
         )
@@ -144,7 +142,7 @@ class Trainer:
         self.checkpoints = CheckpointWriter(folder, ck.keep_last, ck.on_error, self.log, path, at)
         scaled, gpu = self.scaler is not None, GpuStats(self.device)
         args = (self.log, self.state, self.dist, self.optimizer, self.schedule, scaled, gpu)
-        self.progress = Progress(p, *args)
+        self.progress = Progress(p, *args, self.task)
         self.boundary = StepBoundary(self.control, self.dist, self.log, self.state, p.run.max_time)
 
     # ---- the loop ----
@@ -185,7 +183,7 @@ class Trainer:
                     # weigh it back.
                     mean = len(group) == 1 and not world.distributed
                     weight = step_samples if mean else 1
-                    step_loss = step_correct = None  # over the step's micro-batches
+                    step_loss = step_sums = None  # over the step's micro-batches
                     local_samples = 0
                     for i in range(len(group)):
                         xb, yb = next(fetch)
@@ -195,14 +193,14 @@ class Trainer:
                         with self._no_sync(i < len(group) - 1):
                             with autocast(self.device.type, p.precision.mode):
                                 out = self.forward(xb)
-                                loss = F.cross_entropy(out, yb, reduction="mean" if mean else "sum")
+                                loss = self.task.loss(out, yb, "mean" if mean else "sum")
                             scaled = loss if mean else loss / denominator
                             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                         # Each torch call costs microseconds of dispatch on a small model: no
                         # zero tensors to add into, one add per extra micro-batch.
-                        loss, correct = loss.detach().float(), (out.argmax(1) == yb).sum()
+                        loss, sums = loss.detach().float(), self.task.train_sums(out, yb)
                         step_loss = loss if step_loss is None else step_loss + loss
-                        step_correct = correct if step_correct is None else step_correct + correct
+                        step_sums = sums if step_sums is None else step_sums + sums
                     if (
                         p.train.nonfinite == "skip"
                         and self.scaler is None
@@ -213,7 +211,7 @@ class Trainer:
                         s.skipped += 1
                     else:
                         optimizer_step(self.optimizer, self.scaler, self.model, clip, s)
-                        s.add_step(step_loss, step_correct, weight, local_samples)
+                        s.add_step(step_loss, step_sums, weight, local_samples)
                     s.step += 1
                     s.group += 1
                     self.schedule.after_step(s.step)
@@ -228,8 +226,8 @@ class Trainer:
                 if stop is not None:
                     break  # stopped inside the epoch: the checkpoint continues it on resume
                 s.augment = None  # the epoch's stream ends with it (not in later checkpoints)
-                val_loss, val_acc = self.evaluate()
-                self.progress.end_epoch(time.monotonic() - epoch_start, val_loss, val_acc)
+                val_loss, val_metrics = self.evaluate()
+                self.progress.end_epoch(time.monotonic() - epoch_start, val_loss, val_metrics)
                 stopping = self.progress.watch_early_stop(self.model)
                 self._checkpoints_at_epoch_end()
                 stop = StopReason.EARLY_STOPPED if stopping else self._between_steps()
@@ -239,8 +237,8 @@ class Trainer:
             self.save("final")
         if p.early_stop.restore_best and s.best_weights is not None:
             self.model.load_state_dict(s.best_weights)
-            val_loss, val_acc = self.evaluate()
-            s.metrics.update(val_loss=val_loss, val_acc=val_acc)
+            val_loss, val_metrics = self.evaluate()
+            s.metrics.update(val_loss=val_loss, **val_metrics)
         self.progress.finished(stop, self.boundary.seconds())  # run_finished
         return stop
 
@@ -265,14 +263,14 @@ class Trainer:
             self.checkpoints.link_best(s)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float | None, float | None]:
-        """Validation loss and accuracy of the model as it is (None, None: no val split)."""
+    def evaluate(self) -> tuple[float | None, dict[str, float | None]]:
+        """Validation loss and the task's val_<metric>s of the model as it is (None and
+        no metrics: no val split)."""
         val = self.placement.val
         if val is None:
-            return None, None
+            return None, {}
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
         # Several processes: each validates its share with the plain module (DDP's forward
         # would sync buffers, a collective the others might not be in), then the sums meet.
         forward = self.model if self.world.distributed else self.forward
@@ -280,11 +278,11 @@ class Trainer:
             xb = self._to_input(self.transform(xb))
             with autocast(self.device.type, self.p.precision.mode):
                 out = forward(xb)
-            loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-            correct += (out.argmax(1) == yb).sum()
+            loss_sum += self.task.loss(out.float(), yb, "sum")
+            self.task.val_update(out, yb)  # torchmetrics, on the device
         self.model.train()
-        loss, right, _ = self.progress.sums(loss_sum, correct, 0)
-        return loss / len(val), right / len(val)
+        loss, _, _ = self.progress.sums(loss_sum, 0, 0)
+        return loss / len(val), self.task.val_compute()  # (torchmetrics meets the processes)
 
     # ---- checkpoints ----
     def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -298,6 +296,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "task": self.task.record(self.placement.data),
             **self.state.state_dict(self.log.lines, ranks),
         }
 
@@ -341,6 +340,17 @@ class Trainer:
     def close(self) -> None:
         """Leave torchrun's process group, if the run joined one."""
         self.dist.close()
+
+
+def _eval_forward(model: torch.nn.Module, sample: torch.Tensor) -> torch.Tensor:
+    """The model's output for `sample`, leaving no trace: eval mode (no dropout draws, no
+    batch-norm statistics updated), no gradients."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(sample)
+    finally:
+        model.train()
 
 
 def release_memory() -> None:

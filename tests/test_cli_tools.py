@@ -109,7 +109,7 @@ def test_ls_lists_every_run_newest_first(runs):
     result = run_mpt("ls", cwd=runs)
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["RUN", "STATE", "EPOCH", "BEST", "VAL", "ACC", "LAST", "CHECKPOINT"]
+    assert header.split() == ["RUN", "STATE", "EPOCH", "BEST", "VAL", "LAST", "CHECKPOINT"]
     assert len(rows) == 3
     quick = [r.split() for r in rows if r.startswith("quickstart/")]
     assert [r[1:3] for r in quick] == [["finished", "2/2"], ["finished", "3/3"]]

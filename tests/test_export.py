@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
+import json
 import warnings
 
 import numpy as np
@@ -49,7 +49,8 @@ def test_the_rebuilt_model_is_the_trained_model(trained, trained_model):
     model, spec, path, _ = load_model(run_dir)
     assert path == run_dir / "checkpoints" / "last.pt"
     assert spec.in_shape == (1, 8, 8) and spec.num_classes == 10
-    assert "events.jsonl (run_started)" in spec.source
+    assert spec.source == "the checkpoint's task record"  # format version 2
+    assert spec.kind == "classification" and spec.classes == [str(d) for d in range(10)]
     x = batch(16)
     with torch.no_grad():
         assert torch.equal(model(x), trained_model(x))
@@ -91,8 +92,11 @@ def test_onnx_export_gives_the_same_outputs_with_a_dynamic_batch(trained, traine
     _, run_dir = trained
     out = tmp_path / "model.onnx"
     export_checkpoint(run_dir, "onnx", out)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # one file: weights inside
+    # one model file, weights inside; beside it the card
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.json"]
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    card = json.loads(session.get_modelmeta().custom_metadata_map["mpt"])
+    assert card == json.loads((tmp_path / "model.onnx.json").read_text())
     (inp,) = session.get_inputs()
     assert inp.name == "input" and isinstance(inp.shape[0], str)  # a symbolic batch axis
     assert inp.shape[1:] == [1, 8, 8]
@@ -113,17 +117,27 @@ def test_the_cli_exports_a_run_directory_to_its_exports_folder(trained):
     started = events_jsonl(run_dir)[0]
     (mean,), (std,) = started["mean"], started["std"]  # digits: from its training split
     assert result.stdout.splitlines() == [
-        f"wrote {written} (torchscript, from {run_dir / 'checkpoints' / 'last.pt'})",
-        f"input: float32 [batch, 1, 8, 8], (pixels/255 - mean) / std, mean [{mean:.4g}], "
-        f"std [{std:.4g}]; output: logits [batch, 10]",
+        f"wrote {written} (torchscript, from {run_dir / 'checkpoints' / 'last.pt'}) and "
+        f"{written.name}.json",
+        f"input: float32 [batch, 1, 8, 8], normalised (pixels/255 - mean) / std, mean "
+        f"[{mean:.4g}], std [{std:.4g}]; output: logits [batch, 10] over the classes (0, 1, "
+        "2, 3, 4, 5, 6, 7, 8, 9)",
     ]
+    card = json.loads(written.with_name(written.name + ".json").read_text())
+    assert (card["task"], card["outputs"], card["input_shape"]) == ("classification", 10, [1, 8, 8])
+    assert card["mean"] == [mean] and card["classes"] == [str(d) for d in range(10)]
+    extra = {"mpt.json": ""}
+    torch.jit.load(str(written), _extra_files=extra)  # the card travels inside the file too
+    assert json.loads(extra["mpt.json"]) == card
     assert result.stderr == ""
 
 
 def test_a_checkpoint_away_from_its_run_takes_the_shape_from_its_dataset(trained, tmp_path):
     _, run_dir = trained
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state.pop("task"), state.update(version=1)  # a checkpoint from before the task record
     loose = tmp_path / "model.pt"
-    shutil.copyfile(run_dir / "checkpoints" / "last.pt", loose)
+    torch.save(state, loose)
     model, spec, _, state = load_model(loose)
     assert spec.in_shape == (1, 8, 8) and spec.num_classes == 10
     assert spec.source == "data.dataset = 'digits' and the classifier's weights"
@@ -134,6 +148,7 @@ def test_a_checkpoint_without_a_known_shape_asks_for_the_options(trained, tmp_pa
     _, run_dir = trained
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     state["profile"]["data"]["dataset"] = "npz"  # its shape is in its file, not known here
+    state.pop("task"), state.update(version=1)  # and no task record (format version 1)
     loose = tmp_path / "model.pt"
     torch.save(state, loose)
     with pytest.raises(MptError, match=r"pass --input-shape C,H,W and --num-classes N$"):

@@ -371,7 +371,7 @@ def evil_run(tmp_path_factory):
     return folder, profile, printed_run_dir(r.stdout) / "checkpoints" / "last.pt"
 
 
-REFUSED = "its profile imports model code 'evilmod:f'; mpt runs code named by a checkpoint only"
+REFUSED = "its profile imports code 'evilmod:f'; mpt runs code named by a checkpoint only"
 
 
 def test_a_checkpoint_naming_model_code_imports_nothing_without_consent(evil_run):
