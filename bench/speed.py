@@ -148,26 +148,32 @@ def run_tutorial(arch, epochs, device, precision, seed=0):
     return times, correct / len(xte)
 
 
-def run_mpt(arch, epochs, device, precision, seed=0, live_consumer=True):
+def run_mpt(
+    arch, epochs, device, precision, seed=0, live_consumer=True, sections=None, headline="val_acc"
+):
+    """mpt through Run.start; `sections` replace the profile's (issue 15's workloads)."""
     from engine.profile import profile_from_dict
     from engine.run import Run
 
     profile = profile_from_dict(
         {
-            "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
-            "data": {
-                "dataset": "npz",
-                "path": str(NPZ),
-                "batch_size": 64,
-                "eval_batch_size": 1000,
-                "mean": [MEAN],
-                "std": [STD],
+            **{
+                "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
+                "data": {
+                    "dataset": "npz",
+                    "path": str(NPZ),
+                    "batch_size": 64,
+                    "eval_batch_size": 1000,
+                    "mean": [MEAN],
+                    "std": [STD],
+                },
+                "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
+                "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+                "precision": {"mode": precision},
+                "train": {"log_every": 25},
+                "checkpoint": {"every_epochs": 0, "save_best": False},
             },
-            "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
-            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-            "precision": {"mode": precision},
-            "train": {"log_every": 25},
-            "checkpoint": {"every_epochs": 0, "save_best": False},
+            **(sections or {}),
         }
     )
     run = Run.start(profile, write=False)
@@ -199,7 +205,7 @@ def run_mpt(arch, epochs, device, precision, seed=0, live_consumer=True):
     # Wall time between epoch ends: training, validation and everything else mpt does.
     marks = [next(e.time for e in epochs_seen if e.kind == "run_started")]
     marks += [e.time for e in ends]
-    return [b - a for a, b in zip(marks, marks[1:], strict=False)], ends[-1].val_acc
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)], ends[-1].metrics[headline]
 
 
 VARIANTS = {"floor": run_floor, "mpt": run_mpt, "tutorial": run_tutorial}
@@ -291,7 +297,15 @@ def main():
         help="archs for which the (slow) tutorial loop is not run",
     )
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument(
+        "--workload",
+        default="mnist",
+        choices=["mnist", "factory", "regression"],
+        help="mnist: workload W; factory, regression: issue 15's (bench/workloads.py)",
+    )
     args = ap.parse_args()
+    if args.workload != "mnist":
+        return task_workload(args)
     device = torch.device(args.device)
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
@@ -347,6 +361,51 @@ def main():
         print_targets(arch, med, acc, rss, live)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def task_workload(args) -> None:
+    """Issue 15's workloads: mpt on a factory's data or a regression against the floor, and
+    with every metric of the task against the default one."""
+    import workloads as w
+
+    device, name = torch.device(args.device), args.workload
+    floor = (
+        (lambda e, d, seed: run_floor("mlp", e, d, "fp32", seed))
+        if name == "factory"
+        else (lambda e, d, seed: w.run_regression_floor(e, d, seed))
+    )
+    variants = {
+        "floor": floor,
+        "mpt": lambda e, d, seed: run_mpt(
+            "mlp", e, d, "fp32", seed, False, w.profile_for(name, w.DEFAULT_METRIC[name]),
+            w.HEADLINE[name],
+        ),
+        "mpt-all-metrics": lambda e, d, seed: run_mpt(
+            "mlp", e, d, "fp32", seed, False, w.profile_for(name, w.ALL_METRICS[name]),
+            w.HEADLINE[name],
+        ),
+    }  # fmt: skip
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"workload {name}, {args.epochs} epochs x {args.reps} repetitions"
+    )
+    per = {v: [] for v in variants}
+    for rep in range(args.reps):
+        for v, fn in variants.items():  # interleaved, so drift hits every variant alike
+            t, _ = in_fresh_thread(fn, args.epochs, device, rep)
+            per[v] += t[1:] if len(t) > 1 else t  # the first epoch warms up caches
+    med = {v: statistics.median(per[v]) for v in variants}
+    print(f"\n{name}: median seconds per epoch (epochs 2..{args.epochs}, all repetitions)")
+    for v in variants:
+        print(f"  {v:<16}{med[v]:>9.3f}{med[v] / med['floor']:>9.2f} x floor")
+    ratio, share = med["mpt"] / med["floor"], med["mpt-all-metrics"] / med["mpt"] - 1
+    metrics = ", ".join(w.ALL_METRICS[name])
+    print("  targets:")
+    print(f"    {'met ' if ratio <= 1.10 else 'MISS'}  mpt <= 1.10 x floor{ratio:>32.3f}")
+    print(f"    {'met ' if share <= 0.05 else 'MISS'}  every metric ({metrics}) <= 5% of an "
+          f"epoch{100 * share:>8.1f}%")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({name: {"median_epoch_s": med}}, indent=2))
 
 
 if __name__ == "__main__":
