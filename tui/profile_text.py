@@ -26,14 +26,18 @@ from engine.profile import FIELD_BY_PATH, FIELDS, SECTIONS, FieldSpec, Profile
 MISSING: Any = object()  # an optional key left empty: absent from the profile
 
 
+_TABLES = ("table", "float_table")  # kinds whose value is a TOML table
+_LISTS = ("int_list", "float_list", "str_list")
+
+
 def field_text(spec: FieldSpec, value: Any) -> str:
-    """The text an Input shows for a value."""
+    """The text an Input shows for a value: TOML for lists and tables, a name as it is."""
     if value is None:
         return ""
-    if spec.kind in ("int_list", "float_list"):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
-    if spec.kind in ("int", "float"):
-        return _scalar(value)
+    if spec.kind == "weights" and value == "balanced":
+        return value  # a word, not a quoted string: what a person types
+    if spec.kind in (*_LISTS, *_TABLES, "weights", "int", "float"):
+        return _format_value(value)
     return str(value)
 
 
@@ -44,18 +48,39 @@ def _scalar(v: Any) -> str:
 
 
 def parse_field(spec: FieldSpec, text: str) -> Any:
-    """The value an Input's text stands for (MISSING for an empty optional key)."""
-    if spec.kind in ("str", "choice"):
+    """The value an Input's text stands for (MISSING for an empty optional key).
+
+    Lists and tables may leave out their brackets ("128, 64", "size = 64"), and a list of
+    names its quotes ("mae, r2"); text that is none of these is returned as it is, for
+    the engine to say what is wrong with it.
+    """
+    if spec.kind in ("str", "choice", "name"):
         return text
     stripped = text.strip()
     if not stripped and spec.optional:
         return MISSING
-    if spec.kind in ("int_list", "float_list") and not stripped.startswith("["):
+    if spec.kind == "weights" and stripped in ("balanced", '"balanced"', "'balanced'"):
+        return "balanced"
+    if spec.kind in (*_LISTS, "weights") and not stripped.startswith("["):
         stripped = f"[{stripped}]"  # "128, 64" is fine too
+    if spec.kind in _TABLES and not stripped.startswith("{"):
+        stripped = f"{{{stripped}}}"  # "size = 64" is fine too
+    value = _toml_value(stripped)
+    if value is _UNPARSED and spec.kind == "str_list":
+        inner = stripped[1:-1]
+        if stripped.endswith("]") and not re.search(r"[][\"'{}=#]", inner):
+            return [w.strip() for w in inner.split(",") if w.strip()]  # mae, r2
+    return text if value is _UNPARSED else value
+
+
+_UNPARSED: Any = object()
+
+
+def _toml_value(text: str) -> Any:
     try:
-        return tomllib.loads(f"v = {stripped}")["v"]
+        return tomllib.loads(f"v = {text}")["v"]
     except (tomllib.TOMLDecodeError, RecursionError, ValueError):  # ValueError: 4300+ digits
-        return text  # let the engine say what is wrong with it
+        return _UNPARSED
 
 
 def form_dict(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -200,6 +225,8 @@ def _scan(lines: list[str]) -> list[_Section]:
         if commented:
             head = commented.group(1) + commented.group(2) + commented.group(3)
             span = _value_span(lines, i, head, commented.group(4), max_lines=1)
+            if not commented.group(4):  # `# options = `: a key with no sample value
+                span = _Span(i, i + 1, head, "", _eol(lines[i]))
             if span is not None:  # prose that happens to hold an `=` is left alone
                 current.commented.setdefault(commented.group(2), span)
         i += 1
@@ -234,9 +261,11 @@ def _comment_out(lines: list[str], start: int, end: int) -> list[str]:
 def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
     """The original text edited so that it reads back to exactly `data`.
 
-    Only the text of what changes is touched (see above). Raises EditError when the
-    file is written in a way this editor cannot edit in place (dotted keys at the top,
-    inline tables, a value it cannot follow); the result is checked, never guessed.
+    Only the text of what changes is touched (see above). A table value (data.options)
+    is edited where the file has it: inline on its key's line, or as a [data.options]
+    sub-table; a new one is written inline. Raises EditError when the file is written in
+    a way this editor cannot edit in place (dotted keys at the top, a value it cannot
+    follow); the result is checked, never guessed.
     """
     bom = BOM if original.startswith(BOM) else ""
     body = original[len(bom) :]
@@ -247,6 +276,7 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
     except (tomllib.TOMLDecodeError, RecursionError, ValueError) as e:
         raise EditError(f"the file is not valid TOML ({e})") from None
     sections = _scan(lines)
+    subtables = {s.name for s in sections if s.plain and _is_subtable(s.name)}
     edits: list[tuple[int, int, list[str]]] = []  # (start, end, new lines), end exclusive
 
     def set_value(span: _Span, value: Any) -> None:
@@ -254,12 +284,14 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
 
     seen: set[str | None] = set()
     for n, section in enumerate(sections):
-        wanted = data.get(section.name, {}) if section.plain else None
-        known = section.name in SECTIONS or section.name in data
+        wanted = _walk(data, section.name) if section.plain and section.name else None
+        if wanted is None and (section.name is None or section.name in SECTIONS):
+            wanted = {}  # a section the form leaves at its defaults: its keys commented out
+        known = section.name in SECTIONS or section.name in data or section.name in subtables
         if section.name is not None and (
             section.name in seen or not known or not isinstance(wanted, dict)
         ):
-            # a section the schema does not know: comment all of it out
+            # a section the schema does not know (or a sub-table emptied): comment it out
             edits.append(
                 (section.header, section.end, _comment_out(lines, section.header, section.end))
             )
@@ -268,17 +300,18 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
         table = wanted or {}
         if section.name is None:
             _refuse_dotted_sections(section, data)
+        old_table = _walk(old, section.name) if section.name else old
         for name, span in section.keys.items():
             if name not in table:
                 edits.append((span.start, span.end, _comment_out(lines, span.start, span.end)))
-            elif _differs(old.get(section.name, {}) if section.name else old, name, table[name]):
+            elif _differs(old_table, name, table[name]):
                 set_value(span, table[name])
         if section.name is None:
             continue
         new_lines = []
         for name, value in table.items():
-            if name in section.keys:
-                continue
+            if name in section.keys or f"{section.name}.{name}" in subtables:
+                continue  # (a sub-table of the file is edited under its own header)
             if name in section.commented:  # uncomment `# name = default` where it stands
                 span = section.commented[name]
                 indent = span.head[: len(span.head) - len(span.head.lstrip())]
@@ -291,22 +324,55 @@ def edit_profile_text(original: str, data: dict[str, dict[str, Any]]) -> str:
             if at > 0 and not lines[at - 1].endswith("\n"):
                 new_lines[0] = eol + new_lines[0]
             edits.append((at, at, new_lines))
-    appended: list[str] = []
-    for name in _section_order(data):
-        if name in seen:
-            continue
-        if lines or appended:
-            appended.append(eol)
-        appended.append(f"[{_bare_key(name)}]{eol}")
-        appended += [f"{_bare_key(k)} = {_format_value(v)}{eol}" for k, v in data[name].items()]
+    appended = _new_sections(data, seen, subtables, eol, bool(lines))
     if appended and lines and not lines[-1].endswith("\n"):
         appended.insert(0, eol)
     for start, end, new in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
         lines[start:end] = new
     text = bom + "".join(lines) + "".join(appended)
-    if _without_empty(tomllib.loads(text[len(bom) :])) != _without_empty(data):
+    try:
+        same = _without_empty(tomllib.loads(text[len(bom) :])) == _without_empty(data)
+    except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+        same = False
+    if not same:
         raise EditError("the edited text would not read back to the form's values")
     return text
+
+
+def _new_sections(
+    data: dict[str, Any], seen: set[str | None], subtables: set[str], eol: str, after: bool
+) -> list[str]:
+    """The lines of the sections the file lacks, at its end, in the schema's order."""
+    appended: list[str] = []
+    for name in _section_order(data):
+        if name in seen:
+            continue
+        if after or appended:
+            appended.append(eol)
+        appended.append(f"[{_bare_key(name)}]{eol}")
+        appended += [
+            f"{_bare_key(k)} = {_format_value(v)}{eol}"
+            for k, v in data[name].items()
+            if f"{name}.{k}" not in subtables
+        ]
+    return appended
+
+
+def _is_subtable(name: str | None) -> bool:
+    """Whether a [section] header of the file is a table value of a key: [data.options]."""
+    if name is None or "." not in name:
+        return False
+    section, key, *_ = name.split(".")
+    spec = FIELD_BY_PATH.get(f"{section}.{key}")
+    return spec is not None and spec.kind in _TABLES
+
+
+def _walk(data: dict[str, Any], name: str) -> Any:
+    """The value at a dotted section name (`data.options`), or None."""
+    value: Any = data
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _refuse_dotted_sections(top: _Section, data: dict[str, Any]) -> None:
@@ -332,8 +398,14 @@ def _section_order(data: dict[str, Any]) -> list[str]:
 
 
 def _format_value(value: Any) -> str:
+    """A value on one line: a list as [1, 2], a table as an inline { size = 64 }."""
     if isinstance(value, list):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = (f"{_bare_key(k)} = {_format_value(v)}" for k, v in value.items())
+        return "{ " + ", ".join(items) + " }"
     return _scalar(value)
 
 

@@ -33,6 +33,7 @@ from engine.profile import Profile
 from engine.remote import ControlChannel
 from engine.run import Run
 from engine.runs import summarize_run
+from engine.task_spec import metric_names
 from tui.viewmodel import RunView, build_view
 
 # At most this many events folded at a time, so that a flood (log_every = 1 on a fast
@@ -142,6 +143,8 @@ class RunSession(RunSource):
         profile = run.profile
         if profile is not None and not self.view.name:  # until run_started says more
             self.view.name, self.view.epochs = profile.run.name, profile.run.epochs
+            self.view.task = profile.task.kind
+            self.view.metric_names = metric_names(profile.task.kind, profile.task.metrics)
             self.view.run_dir = str(run.run_dir or "")
             self.view.messages.append("starting: loading the data, building the model")
         self.ended = False  # the terminal event is folded (or the thread is gone)

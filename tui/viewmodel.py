@@ -17,6 +17,7 @@ from pathlib import Path
 from engine import events as ev
 from engine.formatting import number, percent
 from engine.stop import run_state, state_label
+from engine.task_spec import lower_is_better
 
 MAX_POINTS = 500  # per curve; older points are thinned so a long run draws as fast as a short one
 _LINKS = ("last.pt", "best.pt")  # names the engine links to a step-NNNNNN.pt file
@@ -66,6 +67,27 @@ class Series:
 
 
 @dataclass
+class MetricTrack:
+    """One metric over the epochs (`val_mae`, `train_acc`): its curve, last and best value."""
+
+    name: str
+    series: Series = field(default_factory=Series)
+    last: float | None = None  # this epoch's (None: not reported, or not finite)
+    best: float | None = None  # in the metric's own direction (lower is better for mae)
+    best_epoch: int | None = None
+
+    def add(self, epoch: int, value: float | None) -> None:
+        self.series.add(epoch, value)
+        self.last = value
+        if value is None or not math.isfinite(value):
+            return
+        if self.best is None or (
+            value < self.best if lower_is_better(self.name) else value > self.best
+        ):
+            self.best, self.best_epoch = value, epoch
+
+
+@dataclass
 class GpuMemory:
     allocated: int
     reserved: int
@@ -97,6 +119,9 @@ class RunView:
     dataset: str = ""
     arch: str = ""
     parameters: int = 0
+    trainable_parameters: int | None = None  # fewer than `parameters` when some are frozen
+    task: str = ""  # task.kind ("" until run_started says)
+    metric_names: list[str] = field(default_factory=list)  # the task's, headline first
     state: str = "starting"  # starting, running, paused, a state_label of an ending, failed
     epoch: int = 0
     epochs: int = 0
@@ -110,12 +135,9 @@ class RunView:
     train_loss: Series = field(default_factory=Series)  # per step event; x in epochs
     epoch_train_loss: Series = field(default_factory=Series)  # per epoch; x = epoch number
     val_loss: Series = field(default_factory=Series)
-    train_acc: Series = field(default_factory=Series)
-    val_acc: Series = field(default_factory=Series)
+    # every metric epoch_end reported, by name (train_acc, val_mae): acc included
+    metrics: dict[str, MetricTrack] = field(default_factory=dict)
     last_val_loss: float | None = None
-    last_val_acc: float | None = None
-    best_val_acc: float | None = None
-    best_epoch: int | None = None
     gpu: GpuMemory | None = None  # None on the CPU (step events carry gpu_mem_* = None)
     early_stop: EarlyStopView | None = None
     last_checkpoint: str | None = None
@@ -147,6 +169,8 @@ class RunView:
     def _on_run_started(self, e: ev.RunStarted) -> None:
         self.name, self.run_dir, self.device = e.name, e.run_dir, e.device
         self.dataset, self.arch, self.parameters = e.dataset, e.arch, e.parameters
+        self.trainable_parameters, self.task = e.trainable_parameters, e.task
+        self.metric_names = list(e.metrics)
         self.epochs, self.total_steps, self.steps_per_epoch = (
             e.epochs,
             e.total_steps,
@@ -188,12 +212,16 @@ class RunView:
         self.epoch_progress = 1.0
         self.lr = e.lr
         self.epoch_train_loss.add(e.epoch, e.train_loss)
-        self.train_acc.add(e.epoch, e.train_acc)
         self.val_loss.add(e.epoch, e.val_loss)
-        self.val_acc.add(e.epoch, e.val_acc)
-        self.last_val_loss, self.last_val_acc = e.val_loss, e.val_acc
-        if e.val_acc is not None and (self.best_val_acc is None or e.val_acc > self.best_val_acc):
-            self.best_val_acc, self.best_epoch = e.val_acc, e.epoch
+        self.last_val_loss = e.val_loss
+        values = dict(e.metrics)
+        for name, value in (("train_acc", e.train_acc), ("val_acc", e.val_acc)):
+            if name not in values and value is not None:
+                values[name] = value  # an event from before epoch_end had metrics
+        for track in self.metrics.values():
+            track.last = None  # the panel shows this epoch's values only
+        for name, value in values.items():
+            self.metrics.setdefault(name, MetricTrack(name)).add(e.epoch, value)
         self.plot_version += 1
 
     def _on_early_stop(self, e: ev.EarlyStop) -> None:
@@ -243,8 +271,12 @@ class RunView:
         self.state = state_label(run_state(e.reason))
         self._paused_since = None
         text = self.state
-        if e.final_val_acc is not None:
+        headline = self.metric(f"val_{self.headline}")
+        if self.headline == "acc" and e.final_val_acc is not None:
             text += f": val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
+        elif headline.last is not None:
+            last, best = format_metric(headline.name, headline.last), headline.best
+            text += f": val {self.headline} {last}, best {format_metric(headline.name, best)}"
         self._say(e, text)
 
     def _on_run_failed(self, e: ev.RunFailed) -> None:
@@ -270,6 +302,43 @@ class RunView:
     @property
     def live(self) -> bool:
         return self.state in ("starting", "running", "paused")
+
+    @property
+    def headline(self) -> str:
+        """The metric the plot and the lists show: the task's first (acc for runs from
+        before run_started named them)."""
+        return self.metric_names[0] if self.metric_names else "acc"
+
+    def metric(self, name: str) -> MetricTrack:
+        """The track of `name` (`val_mae`); an empty one when no epoch reported it."""
+        return self.metrics.get(name) or MetricTrack(name)
+
+    @property
+    def train_acc(self) -> Series:
+        return self.metric("train_acc").series
+
+    @property
+    def val_acc(self) -> Series:
+        return self.metric("val_acc").series
+
+    @property
+    def best_val_acc(self) -> float | None:
+        return self.metric("val_acc").best
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of the headline's best validation value."""
+        return self.metric(f"val_{self.headline}").best_epoch
+
+    def metric_rows(self) -> list[str]:
+        """The names of the metrics the panel lists: the task's, headline first, then any
+        other an epoch reported (classification's train_acc beside metrics = ["f1"])."""
+        names = list(self.metric_names) or [self.headline]
+        for reported in self.metrics:
+            base = reported.partition("_")[2]
+            if base not in names:
+                names.append(base)
+        return names
 
     @property
     def active_seconds(self) -> float | None:
@@ -351,23 +420,55 @@ def progress_lines(v: RunView, width: int = 40) -> list[str]:
     return [line1, line2]
 
 
+FRACTIONS = frozenset({"acc", "top5", "f1", "precision", "recall", "auroc", "hamming"})
+
+
+def format_metric(name: str, x: float | None) -> str:
+    """`97.25%` for a fraction (acc, f1, val_acc), `0.4123` for the rest (mae, r2)."""
+    base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
+    return percent(x) if base in FRACTIONS and x is not None and math.isfinite(x) else number(x)
+
+
 def title_line(v: RunView) -> str:
     what = " ".join(x for x in (v.dataset, v.arch) if x)
-    params = f" ({v.parameters:,} parameters)" if v.parameters else ""
-    parts = [v.name or "run", v.state.upper(), v.device or "-", what + params]
+    params = ""
+    if v.trainable_parameters is not None and v.trainable_parameters < v.parameters:
+        params = f" ({v.trainable_parameters:,} of {v.parameters:,} parameters train)"
+    elif v.parameters:
+        params = f" ({v.parameters:,} parameters)"
+    parts = [v.name or "run", v.state.upper(), v.device or "-", what + params, v.task]
     if v.warnings:
         parts.append(f"{len(v.warnings)} warning{'s' if len(v.warnings) > 1 else ''}")
     return " · ".join(p for p in parts if p)
 
 
 def stats_lines(v: RunView) -> list[str]:
-    """The left info block: losses, accuracy, learning rate."""
-    best = "-" if v.best_val_acc is None else f"{percent(v.best_val_acc)} (ep {v.best_epoch})"
+    """The left info block's head: losses and learning rate (metric_lines follow it)."""
     return [
         f"loss     {number(v.loss)}  val loss {number(v.last_val_loss)}",
-        f"val acc  {percent(v.last_val_acc)}  best {best}",
         f"lr       {format_lr(v.lr)}",
     ] + ([f"skipped  {v.skipped_steps} steps (non-finite loss)"] if v.skipped_steps else [])
+
+
+def metric_lines(v: RunView, max_lines: int | None = None) -> list[str]:
+    """Every metric of the last epoch, a row each (headline first): train and val value,
+    and the best val so far (in the metric's direction) with its epoch. At most
+    `max_lines` lines, the last then naming what did not fit."""
+    names = v.metric_rows()
+    width = max(6, *(len(n) for n in names))
+    lines = [f"{'metric':<{width}} {'train':>7} {'val':>7}  best val"]
+    for name in names:
+        train, val = v.metric(f"train_{name}"), v.metric(f"val_{name}")
+        best = "-"
+        if val.best is not None:
+            best = f"{format_metric(name, val.best)} (ep {val.best_epoch})"
+        cells = (format_metric(name, train.last), format_metric(name, val.last))
+        lines.append(f"{name:<{width}} {cells[0]:>7} {cells[1]:>7}  {best}")
+    if max_lines is not None and len(lines) > max(2, max_lines):
+        max_lines = max(2, max_lines)  # the header and the line that names the rest
+        hidden = names[max_lines - 2 :]
+        lines = [*lines[: max_lines - 1], f"+{len(hidden)} more: {', '.join(hidden)}"]
+    return lines
 
 
 def memory_lines(v: RunView) -> list[str]:

@@ -138,6 +138,7 @@ def test_the_dashboard_text_is_drawn_from_any_event_lines(lines: list[str]):
         vm.title_line,
         vm.progress_lines,
         vm.stats_lines,
+        vm.metric_lines,
         vm.memory_lines,
         vm.early_stop_lines,
         vm.path_lines,

@@ -14,6 +14,7 @@ from tui.viewmodel import (
     format_bytes,
     format_duration,
     memory_lines,
+    metric_lines,
     path_lines,
     progress_lines,
     stats_lines,
@@ -113,7 +114,7 @@ def test_epoch_metrics_make_the_curves_and_the_best():
     v = build_view([started(), epoch_end(1, 1, 0.8), epoch_end(2, 2, 0.9), epoch_end(3, 3, 0.85)])
     assert v.val_acc.points() == ([1, 2, 3], [0.8, 0.9, 0.85])
     assert (v.best_val_acc, v.best_epoch) == (0.9, 2)
-    assert "best 90.00% (ep 2)" in stats_lines(v)[1]
+    assert metric_lines(v)[1].endswith("  90.00% (ep 2)")  # the acc row's best val
 
 
 def test_step_losses_are_placed_in_epochs_on_the_x_axis():

@@ -1,4 +1,4 @@
-"""The dashboard of one run: progress, curves, learning rate, memory, early stopping.
+"""The dashboard of one run: progress, curves, metrics, learning rate, memory, early stopping.
 
 It shows a `RunSource` (tui/session.py): a run this app trains, or one read from its
 events.jsonl and followed while another process writes it (`mpt run`; the keys reach it
@@ -25,6 +25,7 @@ from tui.viewmodel import (
     RunView,
     early_stop_lines,
     memory_lines,
+    metric_lines,
     path_lines,
     progress_lines,
     stats_lines,
@@ -33,6 +34,8 @@ from tui.viewmodel import (
 from tui.widgets.curves import Curve, CurvesPlot
 
 MESSAGE_LINES = 3
+INFO_LINES = 4  # the info block's least height (memory and early stopping: 2 lines each)
+PLOT_LINES = 8  # the most lines a long metrics list may take from the curves, at the least
 TRACEBACK_LINES = 6
 MIN_WIDTH = 20  # columns the progress bars are laid out for, at the least
 # The curves cost far more to draw than the text: redraw them at most every
@@ -84,8 +87,8 @@ class DashboardScreen(Screen):
         yield Static(id="title")
         yield Static(id="progress", markup=False)
         with Horizontal(id="plots"):
-            yield CurvesPlot("loss (x: epochs)", id="loss-plot")
-            yield CurvesPlot("accuracy", id="acc-plot")
+            yield CurvesPlot("loss", id="loss-plot")  # x: epochs, as the metric's
+            yield CurvesPlot("val_acc", id="acc-plot")  # the task's headline metric
         with Horizontal(id="info"):
             yield Static(id="stats", markup=False)
             yield Static(id="state", markup=False)
@@ -124,7 +127,7 @@ class DashboardScreen(Screen):
         title.highlight_words([v.state.upper()], STATE_STYLES.get(v.state, "bold cyan"))
         self._set("#title", title)
         self._set("#progress", "\n".join(progress_lines(v, width)))
-        self._set("#stats", "\n".join(stats_lines(v)))
+        self._show_info(v)
         self._set("#state", "\n".join(memory_lines(v) + early_stop_lines(v)))
         self._set("#paths", "\n".join(path_lines(v)))
         self._set("#messages", "\n".join(list(v.messages)[-MESSAGE_LINES:]))
@@ -138,6 +141,20 @@ class DashboardScreen(Screen):
             self._plot(v)  # at once: opening, resizing, and the run's last word
         elif v.plot_version != self._plotted and self._plot_timer is None:
             self._plot_timer = self.set_timer(self._next_plot - time.monotonic(), self._plot_due)
+
+    def _show_info(self, v: RunView) -> None:
+        """Losses, lr and every metric; the block grows with the task's metrics, as far as
+        the curves keep PLOT_LINES (the last line then names the metrics left out)."""
+        head = stats_lines(v)
+        others = ("#title", "#progress", "#paths", "#messages", "#error", "Footer")
+        fixed = sum(self.query_one(o).outer_size.height for o in others)  # (the last layout's)
+        room = max(INFO_LINES, self.size.height - fixed - PLOT_LINES)
+        lines = head + metric_lines(v, max_lines=room - len(head))
+        self._set("#stats", "\n".join(lines))
+        height = max(INFO_LINES, len(lines))
+        info = self.query_one("#info")
+        if info.styles.height is None or info.styles.height.value != height:
+            info.styles.height = height  # a layout, only when the number of lines changes
 
     def _set(self, selector: str, content: str | Text) -> None:
         """Update a fixed-size panel only when its text changed, without a new layout."""
@@ -163,12 +180,13 @@ class DashboardScreen(Screen):
             Curve("train", *v.epoch_train_loss.points(), color="blue"),
             Curve("val", *v.val_loss.points(), color="red"),
         ]
-        acc = [
-            Curve("train", *v.train_acc.points(), color="blue"),
-            Curve("val", *v.val_acc.points(), color="red"),
+        headline = v.headline
+        metric = [
+            Curve("train", *v.metric(f"train_{headline}").series.points(), color="blue"),
+            Curve("val", *v.metric(f"val_{headline}").series.points(), color="red"),
         ]
         self.query_one("#loss-plot", CurvesPlot).set_curves(loss)
-        self.query_one("#acc-plot", CurvesPlot).set_curves(acc)
+        self.query_one("#acc-plot", CurvesPlot).set_curves(metric, title=f"val_{headline}")
 
     # ---- controls ----
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:

@@ -35,9 +35,12 @@ from engine.profile import (
     profile_from_dict,
     read_profile_bytes,
 )
+from engine.task_spec import KINDS, METRICS, monitors
 from tui.messages import StartRun
 from tui.profile_text import EditError, form_dict, render_profile, save_dict, write_atomic
 from tui.widgets.field import FieldRow
+
+MONITOR_KEYS = ("early_stop.monitor", "checkpoint.monitor")  # offered the task's monitors
 
 
 class ProfileFormScreen(Screen):
@@ -105,8 +108,13 @@ class ProfileFormScreen(Screen):
                 pane = TabPane(section, id=f"section-{section}")
                 with pane, VerticalScroll(can_focus=False, classes="fields"):
                     for spec in (f for f in FIELDS if f.section == section):
-                        yield FieldRow(spec, self._initial_value(spec.section, spec.name))
+                        value = self._initial_value(spec.section, spec.name)
+                        suggest = self._task_monitors if spec.path in MONITOR_KEYS else None
+                        yield FieldRow(spec, value, suggest=suggest)
         yield Footer()
+
+    def _task_monitors(self) -> list[str]:
+        return task_monitors(self.row("task.kind").value, self.row("task.metrics").value)
 
     def _initial_value(self, section: str, name: str) -> Any:
         table = self.data.get(section)
@@ -332,6 +340,13 @@ class ProfileFormScreen(Screen):
                 self.dismiss()
 
         self.app.push_screen(ConfirmScreen("Discard the unsaved changes?"), answer)
+
+
+def task_monitors(kind: Any, metrics: Any) -> list[str]:
+    """What a monitor key may name for a task (as the form holds it: maybe invalid)."""
+    kind = kind if kind in KINDS else "classification"
+    metrics = metrics if isinstance(metrics, list) else []
+    return monitors(kind, [m for m in metrics if m in METRICS[kind]])
 
 
 def _read_regular_file(path: Path) -> bytes:

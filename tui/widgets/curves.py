@@ -1,4 +1,8 @@
-"""Training curves drawn with plotext (through textual-plotext)."""
+"""Training curves drawn with plotext (through textual-plotext).
+
+The title and the legend share the plot's top line (its border title), in the curves'
+colours: plotext's own legend is drawn over the curves.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 from textual.app import RenderResult
+from textual.content import Content
 from textual_plotext import PlotextPlot
 
 
@@ -37,14 +42,16 @@ class CurvesPlot(PlotextPlot):
         self._drawn_key: tuple | None = None
         self._drawn: Text = Text()
 
-    def set_curves(self, curves: list[Curve]) -> None:
+    def set_curves(self, curves: list[Curve], title: str | None = None) -> None:
+        """Draw these curves (and, when given, under a new title)."""
         self.curves = curves
+        self.title = title if title is not None else self.title
         plt = self.plt
         plt.clear_data()
-        plt.title(self.title)
         for c in curves:
             if c.xs:
-                plt.plot(c.xs, c.ys, label=c.label, color=c.color, marker=c.marker)
+                plt.plot(c.xs, c.ys, color=c.color, marker=c.marker)  # no label: no legend
+        self.border_title = legend(self.title, [c for c in curves if c.xs])
         self._data_version += 1
         self.refresh()
 
@@ -61,3 +68,11 @@ class CurvesPlot(PlotextPlot):
             self.build_seconds = time.perf_counter() - started
             self._drawn_key = key
         return self._drawn
+
+
+def legend(title: str, curves: list[Curve]) -> Content:
+    """`title  ━ train  ━ val`, each mark in its curve's colour."""
+    parts: list[str | tuple[str, str]] = [title]
+    for c in curves:
+        parts += ["  ", ("━", f"ansi_{c.color}"), f" {c.label}"]  # the colour plotext draws
+    return Content.assemble(*parts)

@@ -6,6 +6,7 @@ changes; the form validates the whole profile and sets `error` back on each row.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.text import Text
@@ -13,6 +14,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.reactive import reactive
+from textual.suggester import Suggester
 from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static, Switch
 
@@ -27,12 +29,30 @@ _KIND_NAMES = {
     "choice": "choice",
     "int_list": "list of integers",
     "float_list": "list of numbers",
+    "str_list": "list of strings",
+    "table": "table",
+    "float_table": "table of numbers",
+    "weights": '"balanced" or list of numbers',
 }
+
+
+class SuggestFrom(Suggester):
+    """Completes what is typed with the first of `choices()` it starts (right arrow takes
+    it); asked anew each time, so the choices may follow the rest of the form."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]]):
+        super().__init__(use_cache=False, case_sensitive=True)
+        self.choices = choices
+
+    async def get_suggestion(self, value: str) -> str | None:
+        return next((c for c in self.choices() if c.startswith(value)), None)
 
 
 def describe_spec(spec: FieldSpec) -> str:
     """The type, range and default of a key, for the line under its help text."""
     parts = [_KIND_NAMES.get(spec.kind, spec.kind)]
+    if spec.kind == "name":  # a Select cannot take an import path: the Input's help names them
+        parts[0] = f'{", ".join(spec.choices)}, or "package.module:function"'
     bounds = [
         f"{op} {format_bound(v)}"
         for op, v in ((">=", spec.ge), (">", spec.gt), ("<=", spec.le), ("<", spec.lt))
@@ -65,11 +85,24 @@ class FieldRow(Vertical):
             super().__init__()
             self.row = row
 
-    def __init__(self, spec: FieldSpec, value: Any, *, label: str | None = None):
+    def __init__(
+        self,
+        spec: FieldSpec,
+        value: Any,
+        *,
+        label: str | None = None,
+        suggest: Callable[[], Iterable[str]] | None = None,
+    ):
+        """`suggest`: the values a text key's Input offers as you type (without it, a name
+        key offers its built-in choices, a weights key "balanced")."""
         super().__init__(classes="field-row")
         self.spec = spec
         self.label = label or spec.name
         self._initial = value
+        if suggest is None and spec.kind in ("name", "weights"):
+            own = spec.choices if spec.kind == "name" else ("balanced",)
+            suggest = lambda: own  # noqa: E731 - a constant list, asked as the others
+        self._suggest = suggest
         self._control: Widget | None = None
 
     @property
@@ -94,8 +127,11 @@ class FieldRow(Vertical):
             if value not in spec.choices:  # show what the file says, and let validation flag it
                 options.append((f"{value} (not a choice)", value))
             return Select(options, value=value, allow_blank=False, compact=True, id=cid)
-        text = value if isinstance(value, str) and spec.kind == "str" else field_text(spec, value)
-        return Input(text, placeholder="(none)" if spec.optional else "", compact=True, id=cid)
+        plain = isinstance(value, str) and spec.kind in ("str", "name")
+        text = value if plain else field_text(spec, value)
+        suggester = SuggestFrom(self._suggest) if self._suggest else None
+        placeholder = "(none)" if spec.optional else ""
+        return Input(text, placeholder=placeholder, compact=True, suggester=suggester, id=cid)
 
     @property
     def control(self) -> Widget:
