@@ -32,7 +32,7 @@ from engine.profile import (
     describe_value,
     profile_from_dict,
 )
-from engine.task_spec import LOSSES
+from engine.task_spec import LOSSES, metric_names
 
 FORMAT = "mpt-checkpoint"
 VERSION = 2  # 2: the "task" key (kind, outputs, class names); 1 is still read
@@ -72,9 +72,10 @@ class CheckpointInfo:
     path: str
     epoch: int | None  # epochs completed (None: an unusable checkpoint)
     step: int | None
-    metric: float | None  # val_acc at the time, when known
+    metric: float | None  # the run's headline metric (val_acc, val_mae ...) at the time
     time: float
     problem: str | None = None  # why the checkpoint cannot be used; None when it can
+    metric_name: str = "val_acc"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -181,12 +182,15 @@ def load(path: str | Path) -> dict[str, Any]:
 def info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
     """The picker's line of a checkpoint that `load` accepted."""
     progress = state["progress"]
+    task = {**Profile().to_dict()["task"], **state["profile"].get("task", {})}
+    headline = "val_" + metric_names(task["kind"], task["metrics"])[0]
     return CheckpointInfo(
         path=str(path),
         epoch=progress["epochs_done"],
         step=progress["step"],
-        metric=state["metrics"].get("val_acc"),
+        metric=state["metrics"].get(headline),
         time=state.get("time") or path.stat().st_mtime,
+        metric_name=headline,
     )
 
 
@@ -798,9 +802,13 @@ def _first_line(error: Exception) -> str:
 ZOO_PREFIXES = ("torchvision:", "timm:")
 
 
-def imported_code(profile: dict[str, Any]) -> str | None:
+CODE_KEYS = ("model.arch", "data.dataset", "task.loss")
+
+
+def imported_code(profile: dict[str, Any], keys: tuple[str, ...] = CODE_KEYS) -> str | None:
     """The first "package.module:function" a profile dict makes mpt import (a model
-    factory, a dataset factory, a loss), or None. Zoo models are library code."""
+    factory, a dataset factory, a loss: those of `keys`), or None. Zoo models are library
+    code."""
     if not isinstance(profile, dict):
         return None
     builtin = {
@@ -809,6 +817,8 @@ def imported_code(profile: dict[str, Any]) -> str | None:
         ("task", "loss"): ("auto", *LOSSES),
     }
     for (section, key), names in builtin.items():
+        if f"{section}.{key}" not in keys:
+            continue
         table = profile.get(section)
         value = table.get(key) if isinstance(table, dict) else None
         if isinstance(value, str) and value not in names and not value.startswith(ZOO_PREFIXES):
@@ -816,10 +826,13 @@ def imported_code(profile: dict[str, Any]) -> str | None:
     return None
 
 
-def require_consent(path: Path, state: dict[str, Any], how: str) -> None:
-    """Refuse a checkpoint whose profile would import code, unless the caller has the
-    user's consent (then it does not call this). `how`: how the user gives it."""
-    code = imported_code(state["profile"])
+def require_consent(
+    path: Path, state: dict[str, Any], how: str, keys: tuple[str, ...] = CODE_KEYS
+) -> None:
+    """Refuse a checkpoint whose profile would import code (of `keys`: an export builds
+    only the model), unless the caller has the user's consent (then it does not call
+    this). `how`: how the user gives it."""
+    code = imported_code(state["profile"], keys)
     if code is not None:
         raise CheckpointError(
             f"{path}: its profile imports code {code!r}; mpt runs code named by a "

@@ -158,7 +158,7 @@ def load_model(
     path = ckpt.resolve(spec_path)
     state = ckpt.load(path)
     if not trust_code:
-        ckpt.require_consent(path, state, "--trust-code")
+        ckpt.require_consent(path, state, "--trust-code", ("model.arch",))  # no data loaded
     spec = model_spec(path, state, input_shape, num_classes)
     known = {f.name for f in fields(ModelSection)}
     cfg = ModelSection(**{k: v for k, v in state["profile"].get("model", {}).items() if k in known})
@@ -302,8 +302,9 @@ def export_checkpoint(
 def _output_text(spec: ModelSpec) -> str:
     """What the exported model's output means, by task kind."""
     n = spec.num_classes
-    names = f" ({', '.join(spec.classes[:10])}{', ...' if len(spec.classes) > 10 else ''})"
-    names = names if spec.classes else ""
+    names = ""
+    if spec.classes:
+        names = f" ({', '.join(spec.classes[:10])}{', ...' if len(spec.classes) > 10 else ''})"
     if spec.kind == "multilabel":
         return f"logits [batch, {n}], a label is on where sigmoid > 0.5{names}"
     if spec.kind == "regression":

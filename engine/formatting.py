@@ -27,4 +27,4 @@ FRACTIONS = frozenset({"acc", "top5", "f1", "precision", "recall", "auroc", "ham
 def metric(name: str, x: float | None) -> str:
     """A metric's value as it is printed: `97.25%` for acc (or val_acc), `0.4123` for mae."""
     base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
-    return percent(x) if base in FRACTIONS else number(x)
+    return percent(x) if base in FRACTIONS and x is not None and math.isfinite(x) else number(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,15 @@ def _value(v: Any) -> str:
         return repr(v)
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table on the key's own line: options = { size = 64 }
+        items = ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items())
+        return "{ " + items + " }" if items else "{}"
     return tomli_w.dumps({"v": v})[4:].strip()
+
+
+def _key(k: str) -> str:
+    """A table key as TOML writes it: bare when it can be, else a quoted string."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else tomli_w.dumps({"v": k})[4:].strip()
 
 
 def starter_profile(base: Profile | None = None, name: str = "starter", source: str = "") -> str:

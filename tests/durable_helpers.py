@@ -208,8 +208,8 @@ class Result:
     stderr: str
 
 
-def mpt(*args: str, cwd: Path, timeout: float = 240) -> Result:
-    """Run the `mpt` console script as a user does."""
+def mpt(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) -> Result:
+    """Run the `mpt` console script as a user does (`env`: variables to add)."""
     p = subprocess.run(
         [MPT, *map(str, args)],
         cwd=cwd,
@@ -217,7 +217,7 @@ def mpt(*args: str, cwd: Path, timeout: float = 240) -> Result:
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     return Result(p.returncode, p.stdout, p.stderr)
 

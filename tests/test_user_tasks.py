@@ -28,7 +28,12 @@ from durable_helpers import (
 # A regression factory (tensor pairs, val given) and a multilabel one (a Dataset without
 # `targets`, val None so that data.val_fraction splits it), written where a user would.
 FACTORIES = """
+import os
+
 import torch
+
+if "MPT_TEST_MARKER" in os.environ:  # a test's witness that this module was imported
+    open(os.environ["MPT_TEST_MARKER"], "a").write("imported\\n")
 
 
 def regression(n=600, features=6, seed=0):
@@ -292,3 +297,20 @@ def test_bad_input_is_one_sentence_exit_2_and_no_run_directory(factories, tmp_pa
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not list((tmp_path / "runs").glob("*/*")), "a run directory was left behind"
+
+
+def test_a_checkpoint_naming_dataset_code_is_resumed_only_with_consent(factories, tmp_path):
+    done = train(profile_dict(tmp_path, REGRESSION, {"run": {"epochs": 2}}))
+    first_epoch = min(done.ckpt_dir.glob("step-*.pt"))  # epoch 2 is left to train
+    marker = tmp_path / "imported"
+    env = {"MPT_TEST_MARKER": str(marker)}
+
+    refused = mpt("run", "--resume", str(first_epoch), cwd=factories, env=env)
+
+    assert refused.returncode == 2, refused.stderr
+    assert "its profile imports code 'user_factories:regression'" in refused.stderr
+    assert "--trust-code" in refused.stderr and not marker.exists()
+    trusted = mpt("run", "--resume", str(first_epoch), "--trust-code",
+                  cwd=factories, env=env)  # fmt: skip
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.read_text() == "imported\n"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine import events as ev
+from engine.formatting import metric as format_metric
 from engine.formatting import number, percent
 from engine.stop import run_state, state_label
 from engine.task_spec import lower_is_better
@@ -418,15 +419,6 @@ def progress_lines(v: RunView, width: int = 40) -> list[str]:
         f"elapsed {format_duration(v.active_seconds)}"
     )
     return [line1, line2]
-
-
-FRACTIONS = frozenset({"acc", "top5", "f1", "precision", "recall", "auroc", "hamming"})
-
-
-def format_metric(name: str, x: float | None) -> str:
-    """`97.25%` for a fraction (acc, f1, val_acc), `0.4123` for the rest (mae, r2)."""
-    base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
-    return percent(x) if base in FRACTIONS and x is not None and math.isfinite(x) else number(x)
 
 
 def title_line(v: RunView) -> str:

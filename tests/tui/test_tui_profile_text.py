@@ -262,13 +262,11 @@ def test_a_new_profile_from_the_form_sets_the_keys_mpt_init_sets():
     assert form["task"] == {"kind": "regression", "metrics": ["mae", "r2"], "loss": "huber"}
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engine/starter.py writes a table value as `options = size = 64`"
-)
 def test_a_new_profile_with_tables_from_the_form_sets_the_keys_mpt_init_sets():
     p = Profile()
     p.run.name = "mine"
     p.task.class_weights = "balanced"
-    p.model.options, p.optim.lr_mult = {"weights": "DEFAULT"}, {"fc.": 10.0}
+    p.model.arch, p.model.options = "torchvision:resnet18", {"zero_init_residual": True}
+    p.optim.lr_mult = {"fc.": 10.0, "layer4.0": 2}
     form, init = new_profile_from_the_form_and_from_mpt_init(p)
     assert form == init

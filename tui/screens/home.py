@@ -21,11 +21,11 @@ from textual.widgets import DataTable, Footer, Static
 from textual.widgets.data_table import RowDoesNotExist
 
 from engine.errors import MptError
+from engine.formatting import metric as format_metric
 from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
-from tui.viewmodel import format_metric
 
 if TYPE_CHECKING:
     from tui.session import RunSource
@@ -93,10 +93,7 @@ def runs_folders(runs_dir: Path, profiles: list[ProfileEntry]) -> list[Path]:
 def best_cell(r: RunSummary) -> str:
     """The best validation value of the run's headline metric: `97.25%` (accuracy, named
     by no word: every run before issue 15 has it), `0.3120 mae`, `95.10% f1`."""
-    # RunSummary.headline/best_headline come with issue 15's engine/runs.py: until they
-    # do, every run shows its val_acc  TODO(i15): read them plainly once merged
-    headline = getattr(r, "headline", "val_acc")
-    best = getattr(r, "best_headline", r.best_val_acc)
+    headline, best = r.headline, r.best_headline
     name = headline.removeprefix("val_")
     if best is None or name == "acc":
         return format_metric(headline, best)

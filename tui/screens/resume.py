@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Static
 from textual.widgets.data_table import RowDoesNotExist
 
 from engine.errors import MptError, ProfileError
-from engine.formatting import percent
+from engine.formatting import metric as format_metric
 from engine.profile import (
     FIELD_BY_PATH,
     RESUME_FORM_KEYS,
@@ -88,7 +88,7 @@ class ResumeScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
-        table.add_columns("checkpoint", "epoch", "step", "val acc", "saved")
+        table.add_columns("checkpoint", "epoch", "step", "val", "saved")
         table.focus()
         self._status("reading the checkpoints ...")
         self._load_checkpoints()
@@ -113,7 +113,7 @@ class ResumeScreen(Screen):
                 Path(c.path).name,
                 "unusable" if unusable else str(c.epoch),
                 "-" if unusable else str(c.step),
-                percent(metric),
+                _metric_cell(getattr(c, "metric_name", "val_acc"), metric),
                 format_time(getattr(c, "time", None)),
                 key=str(c.path),
             )
@@ -204,7 +204,7 @@ class ResumeScreen(Screen):
             if yes:
                 self._start(profile, checkpoint.path)
             else:
-                self._status(f"not resumed: the run's profile imports model code {code!r}")
+                self._status(f"not resumed: the run's profile imports code {code!r}")
 
         question = (
             f"This run's profile imports and runs model code {code!r} (Python, from the "
@@ -219,3 +219,9 @@ class ResumeScreen(Screen):
 
     def action_back(self) -> None:
         self.dismiss()
+
+
+def _metric_cell(name: str, value: float | None) -> str:
+    """`97.25%` for val_acc (the column's old meaning), `0.4123 mae` for another metric."""
+    text = format_metric(name, value)
+    return text if name == "val_acc" or value is None else f"{text} {name.removeprefix('val_')}"
