@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import traceback
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -325,9 +326,17 @@ def require_room_for_model(
         )
 
 
-def check_first_batch(model: nn.Module, sample: torch.Tensor, num_classes: int, arch: str) -> None:
+def check_first_batch(
+    model: nn.Module,
+    sample: torch.Tensor,
+    num_classes: int,
+    arch: str,
+    fits_targets: Callable[[torch.Tensor], None] | None = None,
+) -> None:
     """Run one small batch forward and backward, as training will, so that a model that
     does not fit the data, or that the optimizer cannot train, fails before training.
+    `fits_targets(output)`: the task's check of the output against the batch's targets
+    (engine/task.py), in place of the (batch, num_classes) shape check.
     Leaves no trace: the random streams (dropout), the buffers (batch-norm statistics) and
     the gradients are as they were, so a run trains as if it had not been checked."""
     params = [t for t in model.parameters() if t.requires_grad]
@@ -342,7 +351,9 @@ def check_first_batch(model: nn.Module, sample: torch.Tensor, num_classes: int, 
     try:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             out = _forward(model, sample)
-            _check_logits(out, sample, num_classes, arch)
+            _check_logits(out, sample, num_classes if fits_targets is None else None, arch)
+            if fits_targets is not None:
+                fits_targets(out.detach())
             _check_gradients(out, params, arch)
     finally:
         for t in params:
@@ -363,8 +374,9 @@ def _forward(model: nn.Module, sample: torch.Tensor):
         ) from None
 
 
-def _check_logits(out, sample: torch.Tensor, num_classes: int, arch: str) -> None:
-    """forward's result must be what cross_entropy takes: float logits (batch, classes)."""
+def _check_logits(out, sample: torch.Tensor, num_classes: int | None, arch: str) -> None:
+    """forward's result must be one float tensor: logits (batch, classes) when num_classes
+    is given (the task checks the shape otherwise)."""
     if not isinstance(out, torch.Tensor):
         raise ModelError(
             f"model.arch {arch!r}: forward must return one tensor of logits "
@@ -376,7 +388,7 @@ def _check_logits(out, sample: torch.Tensor, num_classes: int, arch: str) -> Non
             f"of {out.dtype} (leave argmax and rounding out of forward)"
         )
     want = (sample.shape[0], num_classes)
-    if tuple(out.shape) != want:
+    if num_classes is not None and tuple(out.shape) != want:
         raise ModelError(
             f"the model's output has shape {tuple(out.shape)} but the data needs "
             f"{want} (batch, num_classes)"

@@ -13,6 +13,7 @@ where the data lives (engine/placement.py), how checkpoints are written
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -99,8 +100,8 @@ class Trainer:
         first = data.train.x[:2]
         first = first.materialize() if hasattr(first, "materialize") else first  # streamed
         sample = self.transform(first.to(dev))
-        check_first_batch(self.model, sample, data.num_classes, p.model.arch)  # leaves no trace
-        self.task.check_batch(_eval_forward(self.model, sample), data.train.y[:2].to(dev))
+        fits = functools.partial(self.task.check_batch, y=data.train.y[:2].to(dev))
+        check_first_batch(self.model, sample, data.num_classes, p.model.arch, fits)  # no trace
         check_precision(self.model, sample, p.precision.mode)  # fp16/bf16 on this device
         self.model, self.forward, self.ddp, self.channels_last = wrap_model(
             self.model, dev, self.world, p.train.compile, p.run.seed
@@ -340,17 +341,6 @@ class Trainer:
     def close(self) -> None:
         """Leave torchrun's process group, if the run joined one."""
         self.dist.close()
-
-
-def _eval_forward(model: torch.nn.Module, sample: torch.Tensor) -> torch.Tensor:
-    """The model's output for `sample`, leaving no trace: eval mode (no dropout draws, no
-    batch-norm statistics updated), no gradients."""
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(sample)
-    finally:
-        model.train()
 
 
 def release_memory() -> None:

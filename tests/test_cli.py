@@ -382,7 +382,8 @@ def test_user_model_with_the_wrong_output_shape_exits_2_naming_the_shapes(tmp_pa
     result = run_mpt("run", QUICKSTART, "--set", "model.arch=mymodel:wrong", *TINY, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: the model's output has shape (2, 3) but the data needs (2, 10) (batch, num_classes)"
+        "error: the model outputs (2, 3) for 2 class indices of 10 classes; it must output "
+        "(2, 10), one score per class"
     )
 
 

@@ -513,7 +513,8 @@ def test_user_model_with_the_wrong_output_shape_fails_at_the_first_batch(train, 
     done = train({"model": {"arch": f"{user_models}:too_few_outputs"}}, check=False)
     assert done.reason == "failed" and done.run.user_error
     assert done.run.error == (
-        "the model's output has shape (2, 9) but the data needs (2, 10) (batch, num_classes)"
+        "the model outputs (2, 9) for 2 class indices of 10 classes; it must output (2, 10), "
+        "one score per class"
     )
     (failed,) = done.of("run_failed")
     assert failed.step == 0 and failed.user_error and failed.traceback == ""

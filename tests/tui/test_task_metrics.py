@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from textual.content import Content
 from textual.widgets import Input, Select
-from tui_helpers import event_line, run_async, wait_for, write_run
+from tui_helpers import event_line, run_async, set_text, wait_for, write_run
 
 from engine import events as ev
 from engine.profile import load_profile
@@ -234,14 +234,6 @@ async def test_an_old_runs_dashboard_keeps_its_accuracy_plot(workdir: Path):
 
 
 # ---- the form ----
-
-
-async def set_text(pilot, path: str, text: str) -> None:
-    form = pilot.app.screen
-    form.show_section(path.partition(".")[0], focus=path)
-    await wait_for(pilot, lambda: form.focused is form.row(path).control)
-    form.row(path).control.value = text
-    await pilot.pause()
 
 
 @run_async

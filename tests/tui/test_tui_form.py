@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textual.widgets import Input, Select, Switch, TabbedContent
-from tui_helpers import run_async, wait_for
+from tui_helpers import run_async, set_text, wait_for
 
 from engine.profile import FIELDS, SECTIONS, load_profile, read_profile_file
 from tui.app import MptApp
@@ -16,16 +16,6 @@ from tui.widgets.field import FieldRow
 
 def form_app(path: str = "profiles/quick.toml") -> MptApp:
     return MptApp("profiles", "runs", open_profile=path)
-
-
-async def set_text(pilot, path: str, text: str) -> None:
-    """Show the key's section, focus its field and replace the text, as a person would."""
-    form = pilot.app.screen
-    form.show_section(path.partition(".")[0], focus=path)
-    # the focus moves after the next refresh: on a busy machine that is more than one pause
-    await wait_for(pilot, lambda: form.focused is form.row(path).control)
-    form.row(path).control.value = text
-    await pilot.pause()
 
 
 @run_async

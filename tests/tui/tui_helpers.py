@@ -69,3 +69,13 @@ async def press(pilot, *keys: str) -> None:
         event.set_sender(app)
         app._driver.send_message(event)
         await pilot.pause(0.05)
+
+
+async def set_text(pilot, path: str, text: str) -> None:
+    """Show the key's section, focus its field and replace the text, as a person would."""
+    form = pilot.app.screen
+    form.show_section(path.partition(".")[0], focus=path)
+    # the focus moves after the next refresh: on a busy machine that is more than one pause
+    await wait_for(pilot, lambda: form.focused is form.row(path).control)
+    form.row(path).control.value = text
+    await pilot.pause()

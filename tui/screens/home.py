@@ -93,7 +93,8 @@ def runs_folders(runs_dir: Path, profiles: list[ProfileEntry]) -> list[Path]:
 def best_cell(r: RunSummary) -> str:
     """The best validation value of the run's headline metric: `97.25%` (accuracy, named
     by no word: every run before issue 15 has it), `0.3120 mae`, `95.10% f1`."""
-    headline, best = r.headline, r.best_headline
+    headline = r.headline
+    best = r.best_val_acc if headline == "val_acc" else r.best_headline
     name = headline.removeprefix("val_")
     if best is None or name == "acc":
         return format_metric(headline, best)
