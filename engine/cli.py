@@ -96,9 +96,9 @@ TrustCodeOpt = Annotated[
     bool,
     typer.Option(
         "--trust-code",
-        help='Import the model code (model.arch = "package.module:factory") that the '
-        "checkpoint's own profile names. Without it mpt refuses to run code named by a "
-        "checkpoint; pass it only for checkpoints you made or trust.",
+        help='Import the code ("package.module:function" as model.arch, data.dataset or '
+        "task.loss) that the checkpoint's own profile names. Without it mpt refuses to run "
+        "code named by a checkpoint; pass it only for checkpoints you made or trust.",
     ),
 ]
 
@@ -158,7 +158,7 @@ def run(
         handle.join()
     if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
         again = " under the same torchrun command" if world.distributed else ""
-        console.line(_resume_hint(handle, again))
+        console.line(_resume_hint(handle, again, profile))
     # 0 only for a run whose run_finished says it ended as asked; 1 for a run that failed
     # or whose thread ended without saying how (2 for a mistake found before training).
     raise typer.Exit(exit_code(handle.reason, handle.user_error))
@@ -194,16 +194,25 @@ def _follow(handle, console) -> None:
             channel.close()
 
 
-def _resume_hint(handle, again: str) -> str:
+def _resume_hint(handle, again: str, profile: Path | None) -> str:
     """After a stop: how to go on from the newest checkpoint, or that there is none.
 
     The newest checkpoint is this run's, if it saved one; else, for a resumed run, the one
-    it started from (its progress is exactly that checkpoint's)."""
+    it started from (its progress is exactly that checkpoint's). A profile that names code
+    (a model, dataset or loss "package.module:function") is named in the command too: a
+    checkpoint alone never makes mpt import code (--trust-code aside)."""
+    from engine.checkpoint import imported_code
+
     if (handle.run_dir / "checkpoints" / "last.pt").is_file():
-        return f"resume with: mpt run --resume {handle.run_dir}{again}"
-    if handle.resumed_from is not None:
-        return f"resume with: mpt run --resume {handle.resumed_from}{again}"
-    return "nothing was saved: the run stopped before its first checkpoint"
+        where = handle.run_dir
+    elif handle.resumed_from is not None:
+        where = handle.resumed_from
+    else:
+        return "nothing was saved: the run stopped before its first checkpoint"
+    consent = ""
+    if imported_code(handle.profile.to_dict()) is not None:
+        consent = f"{profile} " if profile is not None else "--trust-code "
+    return f"resume with: mpt run {consent}--resume {where}{again}"
 
 
 def _apply_commands(handle, commands: list[str], console) -> None:
@@ -298,7 +307,8 @@ RunsArg = Annotated[
 
 @app.command("ls")
 def ls(runs: RunsArg = Path("runs")) -> None:
-    """List the runs in a runs folder, newest first: state, epochs, best val acc, checkpoint."""
+    """List the runs in a runs folder, newest first: state, epochs, the best value of each
+    run's headline metric (val acc by default), checkpoint."""
     from engine.report import runs_table
 
     with _user_errors():
@@ -346,7 +356,7 @@ def export(
             "--format",
             "-f",
             help="state_dict (for model.load_state_dict), torchscript (torch.jit.load), or "
-            "onnx (needs pip install 'mpt[onnx]').",
+            "onnx (needs pip install 'mpt\\[onnx]').",
         ),
     ] = ExportFormat.state_dict,
     out: Annotated[

@@ -39,6 +39,7 @@ def _metrics(e: ev.EpochEnd, prefix: str) -> str:
 def format_started(e: ev.RunStarted) -> str:
     val = f" / {e.val_samples:,} val" if e.val_samples else " (no validation split)"
     outputs = {"classification": "classes", "multilabel": "labels"}.get(e.task, "targets")
+    outputs = outputs.removesuffix("s") if e.num_classes == 1 else outputs
     frozen = ""
     if e.trainable_parameters is not None and e.trainable_parameters < e.parameters:
         frozen = f", {e.trainable_parameters:,} of them trained"
@@ -62,8 +63,8 @@ def format_finished(e: ev.RunFinished) -> str:
         text += f": final val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
     elif e.final_headline is not None:
         text += f": final {e.headline} {metric(e.headline, e.final_headline)}"
-        if e.best_value is not None:
-            text += f", best {e.best_monitor} {metric(e.best_monitor, e.best_value)} (best.pt)"
+        if e.best_value is not None:  # best.pt follows checkpoint.monitor, maybe another
+            text += f"; best.pt {e.best_monitor} {metric(e.best_monitor, e.best_value)}"
     return text
 
 

@@ -232,7 +232,7 @@ def export(
                     (x,),
                     str(out),
                     input_names=["input"],
-                    output_names=["logits"],
+                    output_names=["predictions" if spec.kind == "regression" else "logits"],
                     dynamic_shapes=({0: torch.export.Dim("batch")},),
                     external_data=nbytes > _ONNX_SINGLE_FILE_BYTES,
                     dynamo=True,

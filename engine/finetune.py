@@ -132,7 +132,10 @@ def _read(path: Path) -> Any:
                 f"{where}: the file holds Python objects that need code to load (a whole "
                 "model, not its weights); save model.state_dict() with torch.save instead"
             ) from None
-        raise ModelError(f"{where}: not a file torch.save wrote ({_first_line(e)})") from None
+        # (torch's own text goes on to advise weights_only=False: unsafe, never said here)
+        raise ModelError(
+            f"{where}: not a file torch.save wrote (it does not read as saved tensors)"
+        ) from None
     except OSError as e:
         raise ModelError(f"{where}: cannot be read ({e.strerror or e})") from None
     except Exception as e:  # noqa: BLE001 - not a zip, not a pickle, truncated...

@@ -297,6 +297,8 @@ def _custom_loss(fn: Callable) -> Loss:
         losses = fn(out, y)
         if reduction == "none":  # (check_batch looks at them)
             return losses
+        if losses.ndim > 1:  # elementwise, e.g. F.mse_loss(..., reduction="none"): a
+            losses = losses.flatten(1).mean(1)  # sample's loss is the mean of its elements
         if reduction == "mean":
             return losses.mean(dtype=torch.float32)
         return losses.sum(dtype=torch.float32)
@@ -337,12 +339,13 @@ def _check_shapes(kind: str, out, y, outputs: int) -> None:
 def _check_custom_loss(name: str, got, out: torch.Tensor) -> None:
     batch = out.shape[0]
     must = (
-        f"it must return per-sample losses, a float tensor of shape [{batch}] "
-        '(e.g. reduction="none")'
+        "it must return per-sample losses, a float tensor of shape [batch] (or elementwise "
+        f'losses [batch, ...], averaged per sample; e.g. reduction="none"); the check\'s '
+        f"batch holds {batch} samples"
     )
     if not isinstance(got, torch.Tensor):
         raise ModelError(f"task.loss {name!r} returned {type(got).__name__}; {must}")
-    if not got.is_floating_point() or tuple(got.shape) != (batch,):
+    if not got.is_floating_point() or got.ndim == 0 or got.shape[0] != batch:
         raise ModelError(
             f"task.loss {name!r} returned {got.dtype} of shape {list(got.shape)}; {must}"
         )

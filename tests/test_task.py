@@ -404,6 +404,9 @@ def user_losses(tmp_path, monkeypatch):
 
             def broken(output, target):
                 raise ValueError("no targets like these")
+
+            def elementwise(output, target):
+                return F.mse_loss(output, target, reduction="none")
             """
         )
     )
@@ -430,8 +433,23 @@ def test_a_custom_loss_returning_a_mean_is_refused(digits, user_losses):
         task.check_batch(out[:32], y[:32])
     assert str(e.value) == (
         "task.loss 'my_losses:averaged' returned torch.float32 of shape []; it must return "
-        'per-sample losses, a float tensor of shape [32] (e.g. reduction="none")'
+        "per-sample losses, a float tensor of shape [batch] (or elementwise losses [batch, "
+        '...], averaged per sample; e.g. reduction="none"); the check\'s batch holds 32 samples'
     )
+
+
+def test_an_elementwise_custom_loss_is_averaged_per_sample(user_losses):
+    # F.mse_loss(out, y, reduction="none") as a user writes it: [batch, targets]
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(8, 3, generator=g), torch.randn(8, 3, generator=g)
+    data = DataBundle(Split(torch.randn(8, 4), y), None, 3, (4,), None, None, "regression")
+    task = build_task(
+        TaskSection(kind="regression", loss="my_losses:elementwise"), data, torch.device("cpu")
+    )
+    task.check_batch(out, y)
+    per_sample = ((out - y) ** 2).mean(1)
+    torch.testing.assert_close(task.loss(out, y, "sum"), per_sample.sum())
+    torch.testing.assert_close(task.loss(out, y, "mean"), per_sample.mean())
 
 
 def test_a_custom_loss_that_raises_is_named_with_where(digits, user_losses):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +23,10 @@ from durable_helpers import (
     mpt,
     printed_run_dir,
     profile_dict,
+    run_dir_of,
+    spawn_mpt,
     train,
+    wait_for,
     write_toml,
 )
 
@@ -314,3 +319,30 @@ def test_a_checkpoint_naming_dataset_code_is_resumed_only_with_consent(factories
                   cwd=factories, env=env)  # fmt: skip
     assert trusted.returncode == 0, trusted.stderr
     assert marker.read_text() == "imported\n"
+
+
+def test_the_resume_hint_after_ctrl_c_names_the_profile_that_names_code(factories, tmp_path):
+    # `mpt run --resume RUN_DIR` alone would be refused (a checkpoint never makes mpt
+    # import code): the hint is a command that works.
+    data = profile_dict(tmp_path / "runs", REGRESSION, {"run": {"epochs": 500}})
+    path = write_toml(factories / "mine.toml", data)
+    proc = spawn_mpt("run", path, cwd=factories, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: run_dir_of(tmp_path / "runs" / "tiny"), 120, "the run directory")
+        run_dir = run_dir_of(tmp_path / "runs" / "tiny")
+        wait_for(lambda: "epoch_end" in _text(run_dir / "events.jsonl"), 120, "an epoch")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    hint = f"resume with: mpt run {path} --resume {run_dir}"
+    assert hint in out.decode().splitlines()
+    step = load(run_dir / "checkpoints" / "last.pt")["progress"]["step"]
+    again = mpt(*hint.removeprefix("resume with: mpt ").split(), "--set",
+                f"run.max_steps={step + 3}", cwd=factories)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""

@@ -207,7 +207,7 @@ class ResumeScreen(Screen):
                 self._status(f"not resumed: the run's profile imports code {code!r}")
 
         question = (
-            f"This run's profile imports and runs model code {code!r} (Python, from the "
+            f"This run's profile imports and runs code {code!r} (Python, from the "
             "working folder or an installed package). Run it?"
         )
         self.app.push_screen(ConfirmScreen(question), answer)
