@@ -12,6 +12,13 @@ from typing import Any
 
 import pytest
 
+# One torch thread per process, this one and every `mpt` it starts (they inherit the
+# environment): two test workers share two cores, so a second thread each only waits for
+# a core (OpenMP spins while it waits), and the tiny models here gain nothing from it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file by a plugin: too late for the variable
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # One definition of each for every test module (MNIST_NPZ: ../shared beside the checkout).
 from durable_helpers import MNIST_NPZ, REPO, drain, merge  # noqa: F401
 

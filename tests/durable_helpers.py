@@ -222,6 +222,18 @@ def mpt(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) ->
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+def invoke(*args: Any):
+    """The `mpt` typer app run in this process (typer's CliRunner): exit_code, stdout and
+    stderr as `mpt` would give them, without a new process's seconds importing torch."""
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    # engine.console binds sys.stdout/err when imported: let it bind this runner's.
+    sys.modules.pop("engine.console", None)
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
 def spawn_mpt(
     *args: str, cwd: Path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **env: str
 ) -> subprocess.Popen:

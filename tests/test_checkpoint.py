@@ -22,6 +22,7 @@ import torch
 from durable_helpers import (
     REPO,
     assert_same,
+    invoke,
     load,
     mpt,
     profile_dict,
@@ -336,14 +337,27 @@ def test_loading_a_bad_file_is_one_clear_checkpoint_error_naming_it(bad_file):
     assert not path.with_suffix(".ran").exists(), "the pickle's code ran"
 
 
-def test_mpt_run_resume_of_a_bad_file_exits_2_with_one_line(bad_file, tmp_path):
-    path, phrase = bad_file
-    r = mpt("run", "--resume", path, cwd=tmp_path)
+# One file of each kind of fault goes to the `mpt` console script in a process of its own:
+# bytes that are no checkpoint, a pickle that would run code, another format version. The
+# others go to the same typer app in this process (a new one would only add its start).
+IN_A_PROCESS = ("truncated", "torch_save_running_code", "newer_format_version")
 
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
+
+def test_mpt_run_resume_of_a_bad_file_exits_2_with_one_line(bad_file, tmp_path, monkeypatch):
+    path, phrase = bad_file
+    if path.stem in IN_A_PROCESS:
+        r = mpt("run", "--resume", path, cwd=tmp_path)
+        code, stderr = r.returncode, r.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        result = invoke("run", "--resume", path)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        code, stderr = result.exit_code, result.stderr
+
+    assert code == 2
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ")
     assert_one_clear_sentence(lines[0].removeprefix("error: "), path)
     if phrase:

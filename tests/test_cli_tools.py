@@ -91,17 +91,22 @@ def test_init_from_a_bad_profile_exits_2_naming_the_key(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two quickstart runs (3 and 2 epochs) and one that failed while training (a mistake
-    found in setup leaves no run directory), in one runs folder."""
+    found in setup leaves no run directory), in one runs folder.
+
+    The runs are the engine's own, in this process (what `mpt run` starts, without the
+    seconds a new process spends importing torch): the commands under test read them."""
+    from engine.run import Run
+
     cwd = tmp_path_factory.mktemp("tools")
     quick = PROFILES / "quickstart.toml"
-    for epochs in (3, 2):
-        result = run_mpt("run", quick, "--set", f"run.epochs={epochs}", cwd=cwd)
-        assert result.returncode == 0, result.stderr
-    failed = run_mpt(
-        "run", quick, "--set", "run.name=broken", "--set", "optim.lr=1e30",
-        "--set", "train.log_every=1", cwd=cwd,
-    )  # fmt: skip
-    assert failed.returncode == 1, failed.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)  # run.out_dir "runs", relative, as `mpt run` in that folder has it
+        for epochs in (3, 2):
+            run = Run.start(load_profile(quick, [f"run.epochs={epochs}"]))
+            assert run.join(timeout=240) == "completed", run.error
+        broken = ["run.name=broken", "optim.lr=1e30", "train.log_every=1"]
+        failed = Run.start(load_profile(quick, broken))
+        assert failed.join(timeout=240) == "failed" and not failed.user_error, failed.error
     return cwd
 
 

@@ -43,8 +43,9 @@ PROFILE = {
 }
 TOTAL_STEPS = 46
 SEED = 20261124
-# Forked trials, then trials with the console script.
-KINDS = ["any_time"] * 8 + ["after_step"] * 8 + ["in_write"] * 6
+# Forked trials, then trials with the console script: 15 in all (each moment a few times;
+# a kill lands where the RNG says, so more trials only repeat the same moments).
+KINDS = ["any_time"] * 4 + ["after_step"] * 4 + ["in_write"] * 5
 CONSOLE_KINDS = ["after_step", "in_write"]
 
 
@@ -215,11 +216,11 @@ def _final_weights(run_parent: Path) -> dict:
     return state["model"]
 
 
-def test_twenty_trials_or_more_were_killed_at_their_moment_some_inside_a_write(killed_trials):
+def test_a_dozen_trials_or_more_were_killed_at_their_moment_some_inside_a_write(killed_trials):
     killed = [t for t in killed_trials if t.exit_code == -signal.SIGKILL]
     summary = [(t.index, t.kind, t.target_step, t.exit_code) for t in killed_trials]
     # Only a trial whose moment falls after the run's end may finish before the kill.
-    assert len(killed) >= 20, summary
+    assert len(killed) >= 12, summary
     assert sum(t.killed_in_a_write for t in killed) >= 3, summary
 
 
@@ -253,7 +254,7 @@ def test_resuming_from_the_newest_checkpoint_reaches_the_weights_of_a_run_never_
 ):
     to_resume = [t for t in killed_trials if t.exit_code == -signal.SIGKILL]
     to_resume = [(t, t.newest_checkpoint()) for t in to_resume if t.newest_checkpoint()]
-    assert len(to_resume) >= 12, "too few trials had saved a checkpoint before the kill"
+    assert len(to_resume) >= 8, "too few trials had saved a checkpoint before the kill"
 
     def resume(item) -> tuple[Trial, int]:
         trial, newest = item

@@ -105,10 +105,27 @@ def steps_seen(events: list[dict]) -> int:
     return sum(e["kind"] == "step" for e in events)
 
 
+@pytest.fixture(scope="module")
+def never_stopped(tmp_path_factory):
+    """never_stopped(epochs) -> Done: LONG trained straight to that epoch, in this process;
+    made once for each number of epochs (every signal lands in the first epoch)."""
+    made = {}
+
+    def run(epochs: int):
+        if epochs not in made:
+            out = tmp_path_factory.mktemp(f"straight{epochs}")
+            made[epochs] = train(merge(LONG, {"run": {"epochs": epochs, "out_dir": str(out)}}))
+        return made[epochs]
+
+    return run
+
+
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
 )
-def test_signal_saves_a_mid_epoch_checkpoint_exits_130_and_resumes_exactly(tmp_path, started, sig):
+def test_signal_saves_a_mid_epoch_checkpoint_exits_130_and_resumes_exactly(
+    tmp_path, started, never_stopped, sig
+):
     profile = merge(LONG, {"run": {"out_dir": str(tmp_path / "runs")}})
     run = started(profile)
     run.wait_for_event(lambda ev: steps_seen(ev) >= 5, "a few step events")
@@ -137,7 +154,7 @@ def test_signal_saves_a_mid_epoch_checkpoint_exits_130_and_resumes_exactly(tmp_p
     r = mpt("run", "--resume", run_dir, "--set", f"run.epochs={epochs}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     resumed = printed_run_dir(r.stdout)
-    straight = train(merge(profile, {"run": {"epochs": epochs, "out_dir": str(tmp_path / "ref")}}))
+    straight = never_stopped(epochs)
 
     a = load(resumed / "checkpoints" / "last.pt")
     b = load(straight.ckpt_dir / "last.pt")

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 import torch
-from durable_helpers import mpt, printed_run_dir, profile_dict, train, write_toml
+from durable_helpers import invoke, mpt, printed_run_dir, profile_dict, train, write_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from engine import checkpoint as ckpt
 from engine.checkpoint import CheckpointError
@@ -231,17 +230,6 @@ def test_fuzz_dropping_a_key_or_retyping_a_value_is_one_sentence_or_a_checkpoint
 
 
 # ---- the CLI: exit 2, one line, no run directory ----
-
-
-def invoke(*args: str):
-    """The `mpt` typer app in this process (torch is imported already: no 10 s start)."""
-    import sys
-
-    from engine.cli import app
-
-    # engine.console binds sys.stdout/err when imported: let it bind this runner's.
-    sys.modules.pop("engine.console", None)
-    return CliRunner().invoke(app, list(args))
 
 
 @pytest.mark.parametrize("case", sorted(FOUND_ON_READING))
