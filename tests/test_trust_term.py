@@ -346,4 +346,5 @@ def test_a_resumed_run_stopped_in_setup_names_the_checkpoint_it_resumed_from(tmp
     second_dir = printed_run_dir(stdout)
     assert second_dir != first_dir
     assert not (second_dir / "checkpoints" / "last.pt").exists()
-    assert f"resume with: mpt run --resume {checkpoint}" in stdout.splitlines()
+    # the profile names model code: the hint names it too (the checkpoint alone is refused)
+    assert f"resume with: mpt run {profile} --resume {checkpoint}" in stdout.splitlines()
