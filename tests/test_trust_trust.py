@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from durable_helpers import invoke, mpt, printed_run_dir, profile_dict, train, write_toml
+from durable_helpers import invoke, mpt, profile_dict, train, write_toml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -345,18 +346,23 @@ def f(in_shape, num_classes):
 @pytest.fixture(scope="module")
 def evil_run(tmp_path_factory):
     """A folder holding evilmod.py, and a real checkpoint of a run whose own profile named
-    it (the user's consent then); the marker it wrote on import is removed."""
+    it (the user's consent then); the marker it wrote on import is removed.
+
+    The run is the engine's own, in this process (the `mpt` commands under test come
+    after it); evilmod is imported from the folder, and forgotten after."""
     folder = tmp_path_factory.mktemp("evil")
     (folder / "evilmod.py").write_text(EVILMOD)
-    profile = write_toml(
-        folder / "mine.toml",
-        profile_dict(folder / "runs", {"model": {"arch": "evilmod:f"}, "run": {"max_steps": 2}}),
-    )
-    r = mpt("run", profile, cwd=folder)
-    assert r.returncode == 0, r.stderr
+    data = profile_dict(folder / "runs", {"model": {"arch": "evilmod:f"}, "run": {"max_steps": 2}})
+    profile = write_toml(folder / "mine.toml", data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(folder))
+        try:
+            run_dir = train(data).run_dir
+        finally:
+            sys.modules.pop("evilmod", None)
     assert (folder / "MARKER").exists()
     (folder / "MARKER").unlink()
-    return folder, profile, printed_run_dir(r.stdout) / "checkpoints" / "last.pt"
+    return folder, profile, run_dir / "checkpoints" / "last.pt"
 
 
 REFUSED = "its profile imports code 'evilmod:f'; mpt runs code named by a checkpoint only"
