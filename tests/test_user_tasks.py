@@ -237,15 +237,15 @@ def test_the_regression_example_reaches_r2_0_4_and_exports_with_its_card(tmp_pat
     "profile,headline",
     [("digits-f1.toml", "val_f1"), ("digits-multilabel.toml", "val_f1")],
 )
-def test_the_example_profiles_train_end_to_end(tmp_path, profile, headline):
-    out = str(tmp_path / "runs")
-    r = mpt(
-        "run", f"profiles/{profile}", "--set", f"run.out_dir={out}", "--set", "run.epochs=3",
-        cwd=REPO,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    run_dir = printed_run_dir(r.stdout)
-    last = [e for e in events_jsonl(run_dir) if e["kind"] == "epoch_end"][-1]
+def test_the_example_profiles_train_end_to_end(tmp_path, monkeypatch, profile, headline):
+    from engine.profile import load_profile
+    from engine.run import Run
+
+    monkeypatch.chdir(REPO)  # as its comment says: run from the repository root
+    overrides = [f"run.out_dir={json.dumps(str(tmp_path / 'runs'))}", "run.epochs=3"]
+    run = Run.start(load_profile(f"profiles/{profile}", overrides))  # what `mpt run` starts
+    assert run.join(timeout=240) == "completed", run.error
+    last = [e for e in events_jsonl(run.run_dir) if e["kind"] == "epoch_end"][-1]
     assert last[headline] > 0.5, last
 
 
@@ -304,29 +304,15 @@ def test_bad_input_is_one_sentence_exit_2_and_no_run_directory(factories, tmp_pa
     assert not list((tmp_path / "runs").glob("*/*")), "a run directory was left behind"
 
 
-def test_a_checkpoint_naming_dataset_code_is_resumed_only_with_consent(factories, tmp_path):
-    done = train(profile_dict(tmp_path, REGRESSION, {"run": {"epochs": 2}}))
-    first_epoch = min(done.ckpt_dir.glob("step-*.pt"))  # epoch 2 is left to train
-    marker = tmp_path / "imported"
-    env = {"MPT_TEST_MARKER": str(marker)}
-
-    refused = mpt("run", "--resume", str(first_epoch), cwd=factories, env=env)
-
-    assert refused.returncode == 2, refused.stderr
-    assert "its profile imports code 'user_factories:regression'" in refused.stderr
-    assert "--trust-code" in refused.stderr and not marker.exists()
-    trusted = mpt("run", "--resume", str(first_epoch), "--trust-code",
-                  cwd=factories, env=env)  # fmt: skip
-    assert trusted.returncode == 0, trusted.stderr
-    assert marker.read_text() == "imported\n"
-
-
 def test_the_resume_hint_after_ctrl_c_names_the_profile_that_names_code(factories, tmp_path):
     # `mpt run --resume RUN_DIR` alone would be refused (a checkpoint never makes mpt
     # import code): the hint is a command that works.
     data = profile_dict(tmp_path / "runs", REGRESSION, {"run": {"epochs": 500}})
     path = write_toml(factories / "mine.toml", data)
-    proc = spawn_mpt("run", path, cwd=factories, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    marker = tmp_path / "imported"
+    proc = spawn_mpt(
+        "run", path, cwd=factories, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )  # fmt: skip
     try:
         wait_for(lambda: run_dir_of(tmp_path / "runs" / "tiny"), 120, "the run directory")
         run_dir = run_dir_of(tmp_path / "runs" / "tiny")
@@ -338,10 +324,18 @@ def test_the_resume_hint_after_ctrl_c_names_the_profile_that_names_code(factorie
     assert proc.returncode == 130
     hint = f"resume with: mpt run {path} --resume {run_dir}"
     assert hint in out.decode().splitlines()
+    env = {"MPT_TEST_MARKER": str(marker)}  # the factory module writes it when imported
+
+    alone = mpt("run", "--resume", run_dir, cwd=factories, env=env)  # the checkpoint alone
+
+    assert alone.returncode == 2, alone.stderr
+    assert "its profile imports code 'user_factories:regression'" in alone.stderr
+    assert "--trust-code" in alone.stderr and not marker.exists()
     step = load(run_dir / "checkpoints" / "last.pt")["progress"]["step"]
     again = mpt(*hint.removeprefix("resume with: mpt ").split(), "--set",
-                f"run.max_steps={step + 3}", cwd=factories)  # fmt: skip
+                f"run.max_steps={step + 3}", cwd=factories, env=env)  # fmt: skip
     assert again.returncode == 0, again.stderr
+    assert marker.read_text() == "imported\n"  # the user's own profile: their consent
 
 
 def _text(path: Path) -> str:
