@@ -106,6 +106,38 @@ def profile_for(workload: str, metrics: list[str]) -> dict:
     }
 
 
+def metric_seconds(workload: str, metrics: list[str], device, reps: int = 30) -> float:
+    """The fastest of `reps` validation passes' metric work alone: Task.val_update on every
+    validation batch (the real model's outputs for the factory, targets plus noise for the
+    regression) and the epoch's val_compute. What `metrics` cost an epoch, without the
+    epoch's training, so the noise of a shared VM does not swamp a few per cent."""
+    from engine.data import DataBundle, Split
+    from engine.profile import TaskSection
+    from engine.task import build_task
+
+    torch.manual_seed(0)
+    if workload == "factory":
+        val = mnist_factory()[1]
+        y = val.y.to(device)
+        out = torch.randn(len(y), 10, device=device) + 4 * F.one_hot(y, 10)
+        bundle = DataBundle(Split(val.x, val.y), None, 10, (1, 28, 28), None, None)
+        cfg, batch = TaskSection(metrics=metrics), 1000
+    else:
+        y = regression_tensors()[1][1].to(device)
+        out = y + 0.3 * torch.randn_like(y)
+        bundle = DataBundle(Split(y, y), None, 1, (FEATURES,), None, None, kind="regression")
+        cfg, batch = TaskSection(kind="regression", loss="mse", metrics=metrics), 512
+    task = build_task(cfg, bundle, device)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        for o, t in zip(out.split(batch), y.split(batch), strict=True):
+            task.val_update(o, t)
+        task.val_compute()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 ALL_METRICS = {"factory": ["acc", "top5", "f1", "precision", "recall", "auroc"],
                "regression": ["mae", "mse", "rmse", "r2"]}  # fmt: skip
 DEFAULT_METRIC = {"factory": ["acc"], "regression": ["mae"]}

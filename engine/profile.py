@@ -270,7 +270,7 @@ class TaskSection:
         [],
         "Metrics per epoch, the first one the headline (empty: acc, or mae for regression). "
         "classification: acc, top5, f1, precision, recall, auroc; multilabel: acc, f1, "
-        "auroc, hamming; regression: mae, mse, rmse, r2.",
+        "precision, recall, auroc, hamming; regression: mae, mse, rmse, r2.",
         "str_list",
     )
     label_smoothing: float = key(

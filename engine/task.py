@@ -23,7 +23,14 @@ from engine.data import DataBundle
 from engine.errors import DataError, ModelError
 from engine.memory import is_out_of_memory
 from engine.profile import TaskSection
-from engine.task_spec import LOSSES, TRAIN_METRICS, loss_name, metric_names, train_metric_names
+from engine.task_spec import (
+    LOSSES,
+    STAT_METRICS,
+    TRAIN_METRICS,
+    loss_name,
+    metric_names,
+    train_metric_names,
+)
 from engine.user_code import import_callable, where_raised
 
 Loss = Callable[[torch.Tensor, torch.Tensor, str], torch.Tensor]
@@ -37,7 +44,7 @@ def build_task(
     the process group must exist by then (engine/distributed.py makes it)."""
     loss, name, weights = _build_loss(cfg, data, device)
     names = metric_names(cfg.kind, cfg.metrics)
-    epoch = _epoch_metrics(cfg.kind, names, data.num_classes, device, world_distributed)
+    epoch = _epoch_metrics(names, data.num_classes, device, world_distributed)
     return Task(
         kind=cfg.kind,
         loss_name=name,
@@ -87,6 +94,13 @@ class Task:
             self._val_names.append("val_acc")  # epoch_end has always had it
         self._val_sums = self.zero_sums()
         self._val_samples = 0
+        # Counts summed on the device like acc's (and, under torchrun, over the processes
+        # with it): top5's hits, and per class (label) the true positives, the predictions
+        # and the targets that f1, precision and recall are made of.
+        self._top_k = min(5, outputs) if kind == "classification" and "top5" in names else 0
+        self._stat_names = [n for n in STAT_METRICS if n in names and kind != "regression"]
+        counts = (1 if self._top_k else 0) + (3 * outputs if self._stat_names else 0)
+        self._val_counts = torch.zeros(counts, device=device, dtype=torch.int64)
 
     def record(self, data: DataBundle) -> dict[str, Any]:
         """What the model is for, for whoever deploys it: checkpoints carry it as "task",
@@ -126,8 +140,9 @@ class Task:
             return (out.argmax(1) == y).sum()  # as the loop always had it: checkpoints keep it
         if self.kind == "multilabel":
             return ((out > 0) == y).sum() / self.outputs  # (y holds 0/1: 1.0 == True)
-        err = out.detach().float() - y
-        return torch.stack((err.abs().sum(), err.square().sum())) / self.outputs
+        err = out.detach() - y  # float32: y is, and bf16/fp16 outputs promote to it
+        sums = torch.stack((err.abs().sum(), err.square().sum()))
+        return sums / self.outputs if self.outputs != 1 else sums  # (a step's op saved)
 
     def train_metrics(
         self, sums: torch.Tensor | float | list, samples: int
@@ -143,6 +158,8 @@ class Task:
         out = out.detach()  # (the loop validates under no_grad; the states must hold no graph)
         self._val_sums = self._val_sums + self.train_sums(out, y)
         self._val_samples += y.shape[0]
+        if self._val_counts.numel():
+            self._val_counts = self._val_counts + self._batch_counts(out, y)
         inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for metric, source in self._epoch.values():
             if source not in inputs:
@@ -153,35 +170,64 @@ class Task:
         """{"val_<name>": value} for metric_names (classification: val_acc too), over every
         process under torchrun; None where undefined (no samples, or NaN). Resets."""
         sums = self._val_sums.reshape(-1).to(self._exact)
+        counts = self._val_counts.to(self._exact)
         samples = torch.tensor([self._val_samples], dtype=self._exact, device=self.device)
-        packed = torch.cat((sums, samples))
+        packed = torch.cat((sums, counts, samples))
         if self.distributed:
             torch.distributed.all_reduce(packed)
-        computed = self._compute_epoch_metrics()
-        # the epoch's one host sync (some torchmetrics, e.g. exact auroc, sync inside too)
+        k, m = sums.numel(), counts.numel()
+        stats = self._stat_scores(packed[k : k + m]) if self._stat_names else []
+        computed = [*stats, *self._compute_epoch_metrics()]
+        # the epoch's one host sync (some torchmetrics sync inside their compute too)
         values = torch.cat([packed, *(v.reshape(1).to(self._exact) for v in computed)]).tolist()
-        k = sums.numel()
-        n = int(values[k])
+        n = int(values[k + m])
         found = {f"val_{name}": v for name, v in _from_sums(self.kind, values[:k], n).items()}
-        found |= dict(zip(self._epoch, values[k + 1 :], strict=True))
+        found["val_top5"] = values[k] / n if self._top_k and n else None
+        epoch_names = [f"val_{name}" for name in self._stat_names] + list(self._epoch)
+        found |= dict(zip(epoch_names, values[k + m + 1 :], strict=True))
         self._val_sums, self._val_samples = self.zero_sums(), 0
+        self._val_counts = torch.zeros_like(self._val_counts)
         for metric, _ in self._epoch.values():
             metric.reset()
         return {name: _finite(found[name]) if n else None for name in self._val_names}
+
+    def _batch_counts(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A batch's counts (int64, in _val_counts' layout), with no host sync."""
+        parts = []
+        if self._top_k:
+            hits = out.topk(self._top_k, dim=1).indices == y.unsqueeze(1)
+            parts.append(hits.any(dim=1).sum().reshape(1))
+        if self._stat_names:
+            parts.append(_stat_counts(self.kind, out, y, self.outputs).reshape(-1))
+        return torch.cat(parts)
+
+    def _stat_scores(self, counts: torch.Tensor) -> list[torch.Tensor]:
+        """Macro f1, precision and recall (those asked for, in STAT_METRICS' order) from the
+        epoch's counts, as scikit-learn's: a class's score is 0 where undefined (no
+        predictions, or no targets), and a class absent from both the targets and the
+        predictions is left out of a classification's average (a label never is)."""
+        tp, predicted, actual = counts[1 if self._top_k else 0 :].view(3, self.outputs)
+        scores = {
+            "f1": _ratio(2 * tp, predicted + actual),
+            "precision": _ratio(tp, predicted),
+            "recall": _ratio(tp, actual),
+        }
+        seen = (predicted + actual > 0) if self.kind == "classification" else tp >= 0
+        weight = seen.to(counts.dtype)
+        return [(scores[n] * weight).sum() / weight.sum() for n in self._stat_names]
 
     def _compute_epoch_metrics(self) -> list[torch.Tensor]:
         if not self._epoch or (self._val_samples == 0 and not self.distributed):
             return [torch.full((), math.nan, device=self.device) for _ in self._epoch]
         with warnings.catch_warnings():
             if self._val_samples == 0:
-                # This process's validation share is empty; its states still join the sync.
-                # The stat-score metrics' states have fixed shapes; those that grow with the
-                # data (auroc's predictions, r2's per-target sums) get an empty update.
+                # This process's validation share is empty; its states still join the sync,
+                # and they grow with the data (auroc's predictions, r2's per-target sums):
+                # they get an empty update.
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update")
                 empty = torch.zeros(0, self.outputs, device=self.device)
                 for metric, source in self._epoch.values():
-                    if source in ("scores", "values"):
-                        metric.update(*_INPUTS[self.kind, source](empty, _empty_target(self)))
+                    metric.update(*_INPUTS[self.kind, source](empty, _empty_target(self)))
             return [metric.compute() for metric, _ in self._epoch.values()]
 
     # ---- before training ----
@@ -371,6 +417,25 @@ def _from_sums(kind: str, values: list[float], samples: int) -> dict[str, float 
     return {"acc": acc, "hamming": 1.0 - acc}
 
 
+def _stat_counts(kind: str, out: torch.Tensor, y: torch.Tensor, outputs: int) -> torch.Tensor:
+    """(3, outputs) int64: per class (label) the true positives, the predictions, the targets.
+    Classes by index_add_ into fixed-size counts (bincount and one_hot sync with the host)."""
+    if kind == "multilabel":
+        predicted, actual = out > 0, y > 0.5
+        return torch.stack(((predicted & actual).sum(0), predicted.sum(0), actual.sum(0)))
+    predicted = out.argmax(1)
+    counts = torch.zeros(3, outputs, dtype=torch.int64, device=out.device)
+    counts[0].index_add_(0, y, (predicted == y).long())
+    counts[1].index_add_(0, predicted, torch.ones_like(predicted))
+    counts[2].index_add_(0, y, torch.ones_like(y))
+    return counts
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den, 0 where den is 0."""
+    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -389,49 +454,36 @@ def _empty_target(task: Task) -> torch.Tensor:
     return torch.zeros(0, task.outputs, device=task.device)
 
 
-# What each torchmetrics metric is given. auroc gets probabilities made here: torchmetrics
-# applies softmax/sigmoid only to a batch with a value outside [0, 1], so a batch of small
-# logits would be ranked raw. Multilabel labels are thresholded here (logit > 0, the
-# training sums' rule, sigmoid > 0.5 but for rounding) and the 0/1 targets made integers.
+# What each epoch metric is given. auroc ranks probabilities (softmax over the classes,
+# sigmoid per label), as scikit-learn's is given them, against 0/1 integer targets.
 _INPUTS: dict[tuple[str, str], Callable] = {
-    ("classification", "logits"): lambda out, y: (out.float(), y),
-    ("classification", "labels"): lambda out, y: (out.argmax(1), y),
     ("classification", "scores"): lambda out, y: (out.float().softmax(1), y),
-    ("multilabel", "labels"): lambda out, y: ((out > 0).long(), (y > 0.5).long()),
     ("multilabel", "scores"): lambda out, y: (out.float().sigmoid(), (y > 0.5).long()),
     ("regression", "values"): lambda out, y: (out.float(), y.float()),
 }
 
 
 def _epoch_metrics(
-    kind: str, names: list[str], outputs: int, device: torch.device, distributed: bool
+    names: list[str], outputs: int, device: torch.device, distributed: bool
 ) -> dict[str, tuple[Any, str]]:
-    """The metrics the sums cannot give, as {"val_<name>": (torchmetrics metric on the
-    device, the input it takes)}; torchmetrics is imported only for them."""
-    wanted = [n for n in names if n not in TRAIN_METRICS]
+    """The metrics that need the epoch's predictions (auroc, r2), as {"val_<name>":
+    (torchmetrics metric on the device, the input it takes)}; torchmetrics is imported only
+    for them."""
+    wanted = [n for n in names if n in ("auroc", "r2")]
     if not wanted:
         return {}
-    from torchmetrics import classification as tc
-    from torchmetrics import regression as tr
+    from torchmetrics.regression import R2Score
+
+    from engine.auroc import MacroAUROC
 
     # Under torchrun the processes' states meet once, at compute (not at every update).
     sync = {"sync_on_compute": distributed, "dist_sync_on_step": False}
-    check = {**sync, "validate_args": False}  # its argument checks sync with the host
-    c = {"num_classes": outputs, "average": "macro", **check}
-    lab = {"num_labels": outputs, "average": "macro", **check}
-    top5 = {**c, "top_k": min(5, outputs), "average": "micro"}  # fewer classes: top-all
     table = {
-        ("classification", "top5"): (tc.MulticlassAccuracy, top5, "logits"),
-        ("classification", "f1"): (tc.MulticlassF1Score, c, "labels"),
-        ("classification", "precision"): (tc.MulticlassPrecision, c, "labels"),
-        ("classification", "recall"): (tc.MulticlassRecall, c, "labels"),
-        ("classification", "auroc"): (tc.MulticlassAUROC, {**c, "thresholds": None}, "scores"),
-        ("multilabel", "f1"): (tc.MultilabelF1Score, lab, "labels"),
-        ("multilabel", "auroc"): (tc.MultilabelAUROC, {**lab, "thresholds": None}, "scores"),
-        ("regression", "r2"): (tr.R2Score, {**sync, "multioutput": "uniform_average"}, "values"),
+        "auroc": (MacroAUROC, {**sync, "num_classes": outputs}, "scores"),
+        "r2": (R2Score, {**sync, "multioutput": "uniform_average"}, "values"),
     }
     metrics = {}
     for name in wanted:
-        metric, kwargs, source = table[kind, name]
+        metric, kwargs, source = table[name]
         metrics[f"val_{name}"] = (metric(**kwargs).to(device), source)
     return metrics

@@ -17,19 +17,23 @@ LOSSES = {
 }
 DEFAULT_LOSS = {"classification": "cross_entropy", "multilabel": "bce", "regression": "mse"}
 
-# The metrics of each kind, from torchmetrics (engine/task.py).
+# The metrics of each kind (engine/task.py makes them).
 METRICS = {
     "classification": ("acc", "top5", "f1", "precision", "recall", "auroc"),
-    "multilabel": ("acc", "f1", "auroc", "hamming"),
+    "multilabel": ("acc", "f1", "precision", "recall", "auroc", "hamming"),
     "regression": ("mae", "mse", "rmse", "r2"),
 }
 DEFAULT_METRICS = {"classification": ("acc",), "multilabel": ("acc",), "regression": ("mae",)}
 ALL_METRICS = tuple(dict.fromkeys(m for names in METRICS.values() for m in names))
 
 # Metrics the loop also reports for the training data (train_<name>): those it can sum
-# per step on the device at the cost of a few ops. The others need every prediction of
-# the epoch (auroc, r2, top5, the F1 family) and are validation-only.
+# per step on the device at the cost of a few ops. The others are validation-only: auroc
+# and r2 need the epoch's predictions, and top5 and the F1 family (counts, summed in
+# validation like acc) would add a top-k or per-class counts to every training step.
 TRAIN_METRICS = frozenset({"acc", "hamming", "mae", "mse", "rmse"})
+
+# Made from per-class counts of true positives, predictions and targets (macro averages).
+STAT_METRICS = ("f1", "precision", "recall")
 
 # Lower is better for losses and these; higher for the rest.
 LOWER_IS_BETTER = frozenset({"mae", "mse", "rmse", "hamming"})

@@ -280,10 +280,10 @@ class Trainer:
             with autocast(self.device.type, self.p.precision.mode):
                 out = forward(xb)
             loss_sum += self.task.loss(out.float(), yb, "sum")
-            self.task.val_update(out, yb)  # torchmetrics, on the device
+            self.task.val_update(out, yb)  # on the device
         self.model.train()
         loss, _, _ = self.progress.sums(loss_sum, 0, 0)
-        return loss / len(val), self.task.val_compute()  # (torchmetrics meets the processes)
+        return loss / len(val), self.task.val_compute()  # (the processes meet here)
 
     # ---- checkpoints ----
     def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:

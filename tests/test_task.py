@@ -290,6 +290,54 @@ def test_auroc_ranks_batches_of_small_logits_like_the_others(digits):
     assert got["val_auroc"] == pytest.approx(want, abs=1e-6)
 
 
+def test_auroc_counts_tied_scores_a_half_as_sklearn_does(digits):
+    data, out, y = digits
+    coarse = (out * 2).round() / 2  # many ties within every class's scores
+    probs = coarse.softmax(1).double()  # the float32 probabilities the task ranks, ties and all
+    got = _epoch(_task(data, metrics=["auroc"]), coarse, y)
+    want = skm.roc_auc_score(y.numpy(), probs.numpy(), multi_class="ovr")
+    assert got["val_auroc"] == pytest.approx(want, abs=1e-6)
+
+
+def test_auroc_leaves_out_a_class_missing_from_the_validation_data(digits):
+    data, out, y = digits
+    keep = y != 3  # no positive sample of class 3: its AUROC is undefined
+    got = _epoch(_task(data, metrics=["auroc"]), out[keep], y[keep])
+    probs, yk = out[keep].double().softmax(1).numpy(), y[keep].numpy()
+    per_class = [skm.roc_auc_score(yk == c, probs[:, c]) for c in range(10) if c != 3]
+    assert got["val_auroc"] == pytest.approx(sum(per_class) / 9, abs=1e-6)
+
+
+def test_auroc_with_no_class_defined_is_none():
+    y = torch.zeros(4, dtype=torch.int64)  # every sample one class: no negatives for it
+    got = _epoch(_task(_bundle("classification", 3, y), metrics=["auroc"]), torch.randn(4, 3), y)
+    assert got["val_auroc"] is None
+
+
+@pytest.mark.parametrize("name", ["f1", "precision", "recall"])
+def test_f1_family_leaves_out_a_class_neither_predicted_nor_present(digits, name):
+    data, out, y = digits
+    out = out.clone()
+    out[:, 3] = -1e4  # class 3 is never predicted ...
+    keep = y != 3  # ... nor present: scikit-learn leaves it out of the average
+    out[:40, 5] = 1e4  # class 5 predicted where it is not: its precision falls
+    out[y == 7, 7] = -1e4  # class 7 present but never predicted: precision 0, recall 0
+    want = _sk_classification(name, out[keep].double(), y[keep])
+    got = _epoch(_task(data, metrics=[name]), out[keep], y[keep])
+    assert got[f"val_{name}"] == pytest.approx(want, abs=1e-9)
+
+
+def test_multilabel_precision_and_recall_count_every_label(multilabel):
+    data, out, y = multilabel
+    out = out.clone()
+    out[:, 2] = -10.0  # label 2 never predicted: precision 0 (scikit-learn's zero_division)
+    got = _epoch(_task(data, metrics=["precision", "recall"]), out, y)
+    p, yt = (out > 0).numpy(), y.numpy().astype(int)
+    want = skm.precision_score(yt, p, average="macro", zero_division=0)
+    assert got["val_precision"] == pytest.approx(want, abs=1e-9)
+    assert got["val_recall"] == pytest.approx(skm.recall_score(yt, p, average="macro"), abs=1e-9)
+
+
 def test_top5_with_fewer_than_five_classes_is_top_all():
     y = torch.tensor([0, 1, 2, 0])
     got = _epoch(_task(_bundle("classification", 3, y), metrics=["top5"]), torch.randn(4, 3), y)
