@@ -24,15 +24,14 @@ import torch
 
 from engine.errors import MptError, ProfileError
 from engine.profile import (
-    BUILTIN_ARCHS,
-    DATASETS,
     FIELD_BY_PATH,
     Profile,
     _check_value,
     describe_value,
     profile_from_dict,
 )
-from engine.task_spec import LOSSES, metric_names
+from engine.task_spec import metric_names
+from engine.user_code import CODE_KEYS, imported_code
 
 FORMAT = "mpt-checkpoint"
 VERSION = 2  # 2: the "task" key (kind, outputs, class names); 1 is still read
@@ -796,34 +795,6 @@ def _first_line(error: Exception) -> str:
 
 
 # ---- consent: code named by a checkpoint runs only when the user says so ----
-
-
-# model.arch prefixes that name a library's model zoo, not the user's code.
-ZOO_PREFIXES = ("torchvision:", "timm:")
-
-
-CODE_KEYS = ("model.arch", "data.dataset", "task.loss")
-
-
-def imported_code(profile: dict[str, Any], keys: tuple[str, ...] = CODE_KEYS) -> str | None:
-    """The first "package.module:function" a profile dict makes mpt import (a model
-    factory, a dataset factory, a loss: those of `keys`), or None. Zoo models are library
-    code."""
-    if not isinstance(profile, dict):
-        return None
-    builtin = {
-        ("model", "arch"): BUILTIN_ARCHS,
-        ("data", "dataset"): DATASETS,
-        ("task", "loss"): ("auto", *LOSSES),
-    }
-    for (section, key), names in builtin.items():
-        if f"{section}.{key}" not in keys:
-            continue
-        table = profile.get(section)
-        value = table.get(key) if isinstance(table, dict) else None
-        if isinstance(value, str) and value not in names and not value.startswith(ZOO_PREFIXES):
-            return value
-    return None
 
 
 def require_consent(

@@ -76,9 +76,25 @@ def _load(profile: Path, overrides: list[str] | None):
 
 @app.command()
 def validate(profile: ProfileArg, set_: SetOpt = None) -> None:
-    """Check a profile without running it: exit 0 if it is valid, 2 with every problem if not."""
-    _load(profile, set_)
+    """Check a profile without running it: exit 0 if it is valid, 2 with every problem if not.
+    The code it names ("package.module:function") is looked up and read, not run."""
+    loaded = _load(profile, set_)
+    problems = _code_problems(loaded.to_dict())
+    if problems:
+        _fail("\n".join(f"{profile}: {problem}" for problem in problems))
     say(f"{profile}: ok")
+
+
+def _code_problems(profile: dict) -> list[str]:
+    """A sentence for each "package.module:function" of the profile (model.arch, data.dataset,
+    task.loss) whose module cannot be found or does not define the function: read, never
+    run (a profile is checked before anyone decides to run its code)."""
+    from engine.user_code import CODE_KEYS, code_problem, imported_code
+
+    found = (
+        code_problem(path, key) for key in CODE_KEYS if (path := imported_code(profile, (key,)))
+    )
+    return [problem for problem in found if problem]
 
 
 ResumeOpt = Annotated[
@@ -156,6 +172,8 @@ def run(
         if handle.is_alive():
             handle.stop("interrupted")
         handle.join()
+    if handle.user_error and handle.run_dir is not None and not handle.run_dir.exists():
+        console.line(f"removed {handle.run_dir}: the run stopped before training")
     if handle.reason in ("interrupted", "stopped") and handle.run_dir is not None:
         again = " under the same torchrun command" if world.distributed else ""
         console.line(_resume_hint(handle, again, profile))

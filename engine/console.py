@@ -52,8 +52,12 @@ def format_started(e: ev.RunStarted) -> str:
         + (f" per process x {e.world_size} processes" if e.world_size > 1 else "")
         + (f" x {e.grad_accum} accumulated" if e.grad_accum > 1 else "")
         + (f" = {e.global_batch} a step" if e.global_batch != e.batch_size else "")
-        + f", {e.steps_per_epoch} steps/epoch, {e.total_steps} steps"
+        + f", {_count(e.steps_per_epoch, 'step')}/epoch, {_count(e.total_steps, 'step')}"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def format_finished(e: ev.RunFinished) -> str:

@@ -290,6 +290,7 @@ class Run:
     ):
         self.profile = profile
         self.run_dir = run_dir
+        self._made_folders: list[Path] = []
         self.resumed_from: Path | None = resume[0] if resume else None
         self.events: queue.Queue[ev.Event] = queue.Queue()
         self.control = Control()
@@ -338,11 +339,14 @@ class Run:
             )
         if profile is None:
             raise MptError("Run.start needs a profile or a checkpoint to resume")
-        run_dir = None
+        run_dir, made = None, []
         if write and world_from_env().main:  # under torchrun, rank 0 alone writes
+            out = Path(profile.run.out_dir).expanduser()
+            made = [f for f in (out, out / profile.run.name) if not f.exists()]
             run_dir = make_run_dir(profile)
             _write_profile(run_dir, profile)
         run = cls(profile, run_dir, resume_pair, history, warnings, profile_steps)
+        run._made_folders = made  # removed with a refused run's directory, when left empty
         run._thread.start()
         return run
 
@@ -430,6 +434,9 @@ class Run:
         ending = self._log.ending
         if isinstance(ending, ev.RunFailed) and ending.user_error and self.run_dir is not None:
             remove_run_dir(self.run_dir)
+            for folder in reversed(self._made_folders):  # <name>/, then out_dir, if mpt made them
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty: another run's folders stay
 
     @property
     def reason(self) -> str | None:

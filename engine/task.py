@@ -26,7 +26,6 @@ from engine.profile import TaskSection
 from engine.task_spec import (
     LOSSES,
     STAT_METRICS,
-    TRAIN_METRICS,
     loss_name,
     metric_names,
     train_metric_names,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ if "torch" in sys.modules:  # imported before this file by a plugin: too late fo
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # One definition of each for every test module (MNIST_NPZ: ../shared beside the checkout).
+import warm_mpt
 from durable_helpers import MNIST_NPZ, REPO, drain, merge  # noqa: F401
 
 PROFILES = REPO / "profiles"
@@ -108,15 +108,7 @@ class Result:
 
 
 def run_mpt(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout=240):
-    """Run the `mpt` command as a user does, in a subprocess with pipes for stdout/stderr."""
+    """Run the `mpt` command as a user does, in a process of its own, stdout and stderr
+    captured (forked from a warm process that has imported torch: tests/warm_mpt.py)."""
     full_env = {**os.environ, **(env or {})}
-    p = subprocess.run(
-        [*MPT, *map(str, args)],
-        cwd=cwd or REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(p.returncode, p.stdout, p.stderr)
+    return Result(*warm_mpt.run(MPT[0], [str(a) for a in args], cwd or REPO, full_env, timeout))

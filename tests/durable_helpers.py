@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import warm_mpt
+
 REPO = Path(__file__).resolve().parents[1]
 MNIST_NPZ = REPO.parent / "shared" / "data" / "mnist-t10k.npz"
 MPT = str(Path(sys.executable).with_name("mpt"))
@@ -209,17 +211,10 @@ class Result:
 
 
 def mpt(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None) -> Result:
-    """Run the `mpt` console script as a user does (`env`: variables to add)."""
-    p = subprocess.run(
-        [MPT, *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    return Result(p.returncode, p.stdout, p.stderr)
+    """Run the `mpt` console script as a user does (`env`: variables to add), in a process
+    of its own (forked from a warm process that has imported torch: tests/warm_mpt.py)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return Result(*warm_mpt.run(MPT, [str(a) for a in args], Path(cwd), full_env, timeout))
 
 
 def invoke(*args: Any):

@@ -1,5 +1,5 @@
-"""Issue 15 through the command line: a profile naming the user's dataset factory is valid
-to `mpt validate` (which imports no user code), and `mpt run` refuses the factory's bad data
+"""Issue 15 through the command line: `mpt validate` finds a factory that is not there by
+reading the user's module, never running it, and `mpt run` refuses the factory's bad data
 with one `error:` line naming data.dataset, exit 2, before any training; good data trains,
 cached or streamed from the user's Dataset."""
 
@@ -88,11 +88,12 @@ def error_line(stderr: str) -> str:
 )
 def test_mpt_run_refuses_bad_factory_data_in_one_line_exit_2(tmp_path, data, says):
     toml = write_profile(tmp_path, data)
-    assert run_mpt("validate", toml, cwd=tmp_path).returncode == 0  # a name is valid
     result = run_mpt("run", toml, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert error_line(result.stderr).startswith(says)
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.pt"))
+    # the run directory mpt made for it is gone, with the folders it made to hold it
+    assert f"removed {tmp_path / 'runs' / 'run'}/" in result.stdout
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("cache", ["auto", "stream"])
@@ -106,3 +107,26 @@ def test_a_factory_dataset_trains_cached_or_streamed(tmp_path, cache):
     assert started["data_cache"] == ("device" if cache == "auto" else "stream")
     assert (started["train_samples"], started["val_samples"]) == (72, 24)
     assert started["input_shape"] == [1, 8, 8] and started["num_classes"] == 2
+
+
+def test_mpt_validate_reads_the_code_a_profile_names_without_running_it(tmp_path):
+    toml = write_profile(tmp_path, 'dataset = "my_data:nowhere"')
+    (tmp_path / "my_data.py").write_text(
+        FACTORIES + "\nopen('RAN', 'w').close()  # what running the module would do\n"
+    )
+    loss = tmp_path / "losses.py"
+    loss.write_text("import torch\n\nif True:\n    def focal(out, y):\n        return out\n")
+    toml.write_text(toml.read_text() + '[task]\nloss = "losses:focal"\n')
+    result = run_mpt("validate", toml, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert result.stderr.splitlines() == [
+        f"{toml}: data.dataset 'my_data:nowhere': {tmp_path / 'my_data.py'} defines no 'nowhere'"
+    ]
+    assert not (tmp_path / "RAN").exists()
+    toml.write_text(toml.read_text().replace("my_data:nowhere", "my_data:stripes"))
+    assert run_mpt("validate", toml, cwd=tmp_path).returncode == 0
+    toml.write_text(toml.read_text().replace("losses:focal", "lossess:focal"))
+    result = run_mpt("validate", toml, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "task.loss 'lossess:focal': cannot find module 'lossess' in " in result.stderr
+    assert not (tmp_path / "RAN").exists()

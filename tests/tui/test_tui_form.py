@@ -213,3 +213,23 @@ def test_a_fields_range_is_written_as_the_engine_writes_it():
 
     assert "<= 1e+30" in describe_spec(FIELD_BY_PATH["optim.lr"])  # not 31 digits
     assert "<= 4294967295" in describe_spec(FIELD_BY_PATH["run.seed"])
+
+
+@run_async
+async def test_keys_that_arrive_together_act_in_the_order_typed(workdir: Path):
+    # A laggy SSH link delivers keystrokes in bursts; Textual's Input ran its bound keys
+    # (backspace, arrows) after the printable ones of the same burst (textual #6605).
+    from textual import events
+
+    app = form_app()
+    async with app.run_test() as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen))
+        row = app.screen.row("run.out_dir")
+        row.control.focus()
+        await pilot.press("end")
+        typed = [*["backspace"] * 12, *"myruns/abc", "left", "left", "backspace", "X", "end", "!"]
+        for key in typed:  # posted at once, as one read of the terminal delivers them
+            character = key if len(key) == 1 else None
+            app.post_message(events.Key("slash" if key == "/" else key, character))
+        await wait_for(pilot, lambda: row.control.value.endswith("!"))
+        assert row.control.value == "myruns/Xbc!"

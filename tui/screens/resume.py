@@ -190,7 +190,7 @@ class ResumeScreen(Screen):
         if profile is None:
             self.app.bell()
             return
-        from engine.checkpoint import imported_code  # torch: loaded with the list already
+        from engine.user_code import imported_code
 
         code = imported_code(profile.to_dict())
         if code is None:

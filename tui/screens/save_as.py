@@ -10,6 +10,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from tui.widgets.ordered_input import OrderedInput
+
 
 class SaveAsScreen(ModalScreen[Path | None]):
     """enter saves under the typed name (in the profiles folder), escape cancels."""
@@ -25,7 +27,7 @@ class SaveAsScreen(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(f"Save as a new profile in {self.folder}/", id="question")
-            yield Input(self.suggestion, placeholder="name.toml", id="name")
+            yield OrderedInput(self.suggestion, placeholder="name.toml", id="name")
             yield Static("enter: save    escape: cancel", id="keys")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -20,6 +20,7 @@ from textual.widgets import Input, Label, Select, Static, Switch
 
 from engine.profile import FieldSpec, format_bound
 from tui.profile_text import field_text, parse_field
+from tui.widgets.ordered_input import OrderedInput
 
 _KIND_NAMES = {
     "int": "integer",
@@ -131,7 +132,9 @@ class FieldRow(Vertical):
         text = value if plain else field_text(spec, value)
         suggester = SuggestFrom(self._suggest) if self._suggest else None
         placeholder = "(none)" if spec.optional else ""
-        return Input(text, placeholder=placeholder, compact=True, suggester=suggester, id=cid)
+        return OrderedInput(
+            text, placeholder=placeholder, compact=True, suggester=suggester, id=cid
+        )
 
     @property
     def control(self) -> Widget:
