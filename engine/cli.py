@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +15,7 @@ import typer
 
 from engine.console import Console, say, silence
 from engine.errors import ExportFailed, MptError
+from engine.follow import follow
 from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code
 
 app = typer.Typer(
@@ -27,7 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-CONTROL_POLL_S = 0.2  # how often `mpt run` looks for `mpt-tui --attach`'s commands and events
 
 # readable=False: an unreadable profile is the loader's one sentence, not click's box.
 ProfileArg = Annotated[
@@ -165,7 +163,7 @@ def run(
     if world.main:
         console.line(f"run directory: {handle.run_dir}  (events.jsonl, profile.toml)")
     try:
-        _follow(handle, console)
+        follow(handle, console)
     finally:
         # Whatever ended the loop, the training thread ends first, with its checkpoint:
         # a process that exits under a running torch thread aborts (std::terminate).
@@ -180,36 +178,6 @@ def run(
     # 0 only for a run whose run_finished says it ended as asked; 1 for a run that failed
     # or whose thread ended without saying how (2 for a mistake found before training).
     raise typer.Exit(exit_code(handle.reason, handle.user_error))
-
-
-def _follow(handle, console) -> None:
-    """Show the run's events and take `mpt-tui --attach`'s commands until the run ends."""
-    from engine import events as ev
-    from engine.remote import ControlChannel
-
-    # Commands from `mpt-tui --attach` (files in RUN_DIR/control/), taken every CONTROL_POLL_S.
-    warn = lambda message: console.line(f"warning: {message}", err=True)  # noqa: E731
-    channel = ControlChannel(handle.run_dir, warn) if handle.run_dir is not None else None
-    if channel is not None:
-        channel.listen()
-    next_poll = 0.0
-    try:
-        while True:
-            if channel is not None and time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + CONTROL_POLL_S
-                _apply_commands(handle, channel.take(), console)
-            try:
-                event = handle.events.get(timeout=CONTROL_POLL_S)
-            except queue.Empty:
-                if not handle.is_alive() and handle.events.empty():
-                    return
-                continue
-            console.show(event)
-            if isinstance(event, ev.RunFinished | ev.RunFailed):
-                return
-    finally:
-        if channel is not None:
-            channel.close()
 
 
 def _resume_hint(handle, again: str, profile: Path | None) -> str:
@@ -231,21 +199,6 @@ def _resume_hint(handle, again: str, profile: Path | None) -> str:
     if imported_code(handle.profile.to_dict()) is not None:
         consent = f"{profile} " if profile is not None else "--trust-code "
     return f"resume with: mpt run {consent}--resume {where}{again}"
-
-
-def _apply_commands(handle, commands: list[str], console) -> None:
-    actions = {
-        "pause": handle.pause,
-        "resume": handle.resume,
-        "checkpoint": handle.checkpoint,
-        "stop": handle.stop,
-    }
-    for command in commands:
-        if command in actions:
-            console.line(f"control: {command} requested (RUN_DIR/control)")
-            actions[command]()
-        else:
-            console.line(f"control: ignored an unknown command {command!r}", err=True)
 
 
 def _install_interrupt_handlers(console):

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -33,6 +34,12 @@ from tui.messages import EventsArrived, OpenDashboard, OpenRun, StartRun
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
 from tui.session import AttachedRun, RunSession, RunSource
+
+
+class OnHangup(StrEnum):
+    detach = "detach"
+    stop = "stop"
+
 
 HANGUP_POLL = 0.2  # seconds between two looks at whether the terminal is still there
 NOTICE_SECONDS, ERROR_SECONDS = 3, 10  # how long a notice and an error stay up
@@ -55,6 +62,7 @@ class MptApp(App):
         run_profile: Profile | None = None,
         resume: str | Path | None = None,
         attach: str | Path | None = None,
+        on_hangup: str = "detach",
     ):
         super().__init__()
         self.profiles_dir = Path(profiles_dir)
@@ -66,10 +74,14 @@ class MptApp(App):
         self._resume = resume
         self._attach = attach
         self._quitting = False
+        self.on_hangup = on_hangup  # "detach": a live run trains on; "stop": checkpoint, end
+        self.detached: RunSession | None = None  # the run the process follows after the app
+        self.handed_over = threading.Event()  # the main thread has taken the detached run
+        self.event_loop: asyncio.AbstractEventLoop | None = None
 
     def on_mount(self) -> None:
         self.push_screen(HomeScreen(self.profiles_dir, self.runs_dir, lambda: self.session))
-        loop = asyncio.get_running_loop()
+        loop = self.event_loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP):  # kill, or the SSH link dropped
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.on_signal, sig)
@@ -166,13 +178,21 @@ class MptApp(App):
 
     # ---- quitting: never leave a live run behind without stopping it cleanly ----
     def on_signal(self, sig: int) -> None:
-        """SIGTERM/SIGHUP: stop the run as `mpt run` does (a checkpoint first), then quit.
+        """SIGHUP (the terminal is gone): a live run detaches and trains on (tui/detach.py),
+        unless --on-hangup stop. SIGTERM, and SIGHUP with --on-hangup stop: stop the run as
+        `mpt run` does (a checkpoint first), then quit.
 
         After SIGHUP the terminal is gone and Textual cannot restore it (it would wait
         on it for ever): the process ends by itself once the run has stopped.
         """
         session = self.session
         live = session is not None and session.live
+        if live and sig == signal.SIGHUP and self.on_hangup == "detach":
+            from tui.detach import silence_terminal
+
+            silence_terminal()  # before the next screen update writes to the dead terminal
+            self.detach()
+            return
         if live:
             session.stop("interrupted")
         if sig == signal.SIGHUP:
@@ -192,17 +212,34 @@ class MptApp(App):
         if self._quitting:  # asked twice: the run is taking long to stop; go now
             self.exit()
             return
-        from tui.screens.confirm import ConfirmScreen
+        from tui.screens.choice import ChoiceScreen
 
-        def answer(yes: bool | None) -> None:
-            if yes:
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
                 self._quitting = True
                 session.stop()
                 self.notify("stopping the run (saving a checkpoint), then quitting...")
+            elif choice == "detach":
+                self.detach()
 
-        self.push_screen(
-            ConfirmScreen("A run is live. Stop it (saving a checkpoint) and quit?"), answer
+        question = (
+            "A run is live. Stop it (saving a checkpoint) and quit, or detach: quit and let "
+            "it train on (mpt ls lists it; mpt-tui --attach and mpt ctl reach it)?"
         )
+        choices = [("s", "stop and quit", "stop"), ("d", "detach", "detach")]
+        self.push_screen(ChoiceScreen(question, choices), answer)
+
+    def action_detach(self) -> None:
+        """Quit and let the live run train on in this process, its lines in console.log."""
+        session = self.session
+        if session is None or not session.live or session.run_dir is None:
+            self.notify("no run of this console is live: nothing to detach")
+            return
+        self.detached = session
+        self.exit(return_code=EXIT_OK)
+
+    def detach(self) -> None:
+        self.action_detach()
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -228,7 +265,17 @@ def _watch_for_hangup(app: MptApp, fd: int) -> None:
     """
     while os.isatty(fd):
         time.sleep(HANGUP_POLL)
+    if app.detached is not None:  # SIGHUP came first: the app is detaching already
+        return
     session = app.session
+    if session is not None and session.live and app.on_hangup == "detach":
+        from tui.detach import detach_or_exit_later, silence_terminal
+
+        silence_terminal()
+        if app.event_loop is not None:  # ask the app's loop (it may be stuck: never wait on it)
+            app.event_loop.call_soon_threadsafe(app.detach)
+        detach_or_exit_later(session.run, app.handed_over)
+        return
     if session is not None and session.live:
         session.stop("interrupted")
     else:
@@ -289,6 +336,15 @@ def _cli(
             show_default=False,
         ),
     ] = None,
+    on_hangup: Annotated[
+        OnHangup,
+        typer.Option(
+            "--on-hangup",
+            help="When the terminal goes away (SSH dropped, tmux kill-session) with a run "
+            "live: detach (it trains on; its lines go to RUN_DIR/console.log) or stop it "
+            "with a checkpoint and exit 129.",
+        ),
+    ] = OnHangup.detach,
 ) -> None:
     """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
     profiles_dir, open_profile = Path("profiles"), None
@@ -319,12 +375,25 @@ def _cli(
         run_profile=profile,
         resume=resume,
         attach=attach,
+        on_hangup=on_hangup.value,
     )
     _start_hangup_watch(app)
     try:
         app.run()
-    finally:
+    except BaseException:
         RunSession.stop_all()  # e.g. the app crashed: still end the run with a checkpoint
+        raise
+    if app.detached is not None:  # the app is gone; the run trains on in this process
+        from tui.detach import follow_detached
+
+        app.handed_over.set()
+        run = app.detached.detach()
+        if sys.__stdout__ is not None and sys.__stdout__.isatty():
+            print(f"detached: the run trains on (pid {os.getpid()}); its lines go to "
+                  f"{run.run_dir}/console.log; mpt ls, mpt-tui --attach {run.run_dir}, "
+                  f"mpt ctl {run.run_dir} stop")  # fmt: skip
+        raise typer.Exit(follow_detached(run))
+    RunSession.stop_all()  # a run still training (none should be): stop it with a checkpoint
     if app.return_code:
         raise typer.Exit(app.return_code)
 

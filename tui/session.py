@@ -224,6 +224,14 @@ class RunSession(RunSource):
     def join(self, timeout: float | None = None) -> str | None:
         return self.run.join(timeout)
 
+    def detach(self) -> Run:
+        """Stop following the run here (the console is going away) and hand over its Run
+        handle: the events not read yet stay on its queue for whoever follows it next."""
+        self.close()
+        if self._watcher is not None:
+            self._watcher.join(timeout=2 * WATCH_INTERVAL + 1)
+        return self.run
+
     @classmethod
     def stop_all(cls, timeout: float = 60.0) -> None:
         """Stop every run still training (with a checkpoint) and wait for it: the last

@@ -1,4 +1,5 @@
-"""mpt-tui whose terminal goes away stops its run with a checkpoint and ends (129).
+"""mpt-tui --on-hangup stop whose terminal goes away stops its run with a checkpoint and
+ends (129); without the flag the run detaches (tests/tui/test_detach.py).
 
 A real pseudo-terminal, closed by the test: with the terminal as the app's controlling
 terminal (the kernel sends SIGHUP) and without (no signal at all, as under a shell that
@@ -53,7 +54,7 @@ def test_a_closed_terminal_stops_the_tuis_run_with_a_checkpoint_and_exits_129(tm
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-c", EXEC, ctty, MPT_TUI, "--run", str(profile)],
+        [sys.executable, "-c", EXEC, ctty, MPT_TUI, "--on-hangup", "stop", "--run", str(profile)],
         cwd=tmp_path,
         stdin=slave,
         stdout=slave,

@@ -13,6 +13,7 @@ from tui_helpers import press, run_async, wait_for
 
 from engine.profile import load_profile
 from tui.app import MptApp
+from tui.screens.choice import ChoiceScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
@@ -166,13 +167,13 @@ async def test_quit_with_a_live_run_asks_then_stops_it_cleanly(workdir: Path):
         await start_long_run(pilot)
         run_dir = app.session.run_dir
         await press(pilot, "q")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await press(pilot, "n")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await press(pilot, "escape")
         await pilot.pause(0.2)
         assert app.session.live and app.is_running
         await press(pilot, "q")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await press(pilot, "y")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await press(pilot, "s")  # stop and quit (d: detach, tests/tui/test_detach.py)
         await wait_for(pilot, lambda: not app.is_running)
     assert app.session.run.join(30) == "stopped"
     events = events_of(run_dir)
@@ -353,7 +354,8 @@ async def test_early_stopping_state_is_shown_as_the_engine_reports_it(workdir: P
 
 
 def test_sighup_in_a_real_terminal_stops_the_run_with_a_checkpoint_and_exits(workdir: Path):
-    """The SSH link drops: mpt-tui gets SIGHUP, saves a checkpoint, stops, and exits."""
+    """The SSH link drops: mpt-tui --on-hangup stop gets SIGHUP, saves a checkpoint, stops,
+    and exits."""
     import os
     import pty
     import signal
@@ -364,7 +366,7 @@ def test_sighup_in_a_real_terminal_stops_the_run_with_a_checkpoint_and_exits(wor
     master, slave = pty.openpty()
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "80", "LINES": "24"}
     proc = subprocess.Popen(
-        [str(mpt_tui), "--run", "profiles/long.toml"],
+        [str(mpt_tui), "--on-hangup", "stop", "--run", "profiles/long.toml"],
         stdin=slave,
         stdout=slave,
         stderr=slave,

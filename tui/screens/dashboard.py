@@ -20,7 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from tui.screens.confirm import ConfirmScreen
-from tui.session import RunSource
+from tui.session import RunSession, RunSource
 from tui.viewmodel import (
     RunView,
     early_stop_lines,
@@ -60,6 +60,7 @@ class DashboardScreen(Screen):
         Binding("p", "pause", "Pause/resume"),
         Binding("c", "checkpoint", "Checkpoint"),
         Binding("s", "stop", "Stop"),
+        Binding("d", "detach", "Detach"),
         Binding("escape", "back", "Back"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -192,7 +193,12 @@ class DashboardScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "checkpoint", "stop"):
             return self.live  # a finished or replayed run has no controls
+        if action == "detach":  # only a run this console trains can be left training
+            return self.live and isinstance(self.source, RunSession)
         return True
+
+    def action_detach(self) -> None:
+        self.app.action_detach()
 
     def _say(self, text: str) -> None:
         self.view.messages.append(text)
