@@ -367,7 +367,13 @@ def ctl(
     ],
     command: Annotated[
         str,
-        typer.Argument(help="pause, continue, checkpoint or stop.", show_default=False),
+        typer.Argument(
+            help="pause, continue, checkpoint or stop.",
+            show_default=False,
+            autocompletion=lambda incomplete: [
+                c for c in ("pause", "continue", "checkpoint", "stop") if c.startswith(incomplete)
+            ],
+        ),
     ],
     timeout: Annotated[
         float,
@@ -379,8 +385,10 @@ def ctl(
         Path, typer.Option("--runs", help="The runs folder that run names are looked up in.")
     ] = Path("runs"),
 ) -> None:
-    """Send a command to a live run (started by mpt run) and wait until its events say it
-    was done: exit 0 then, 1 if the run is not live or did not acknowledge in time."""
+    """Pause, continue, checkpoint or stop a live run; waits for the run to acknowledge.
+
+    Exit 0 once the run's events say it was done, 1 if the run is not live or did not
+    acknowledge within --timeout (the command is then taken back if it was not taken)."""
     from engine.ctl import NotLive, steer
     from engine.report import find_run
 
@@ -413,7 +421,9 @@ def rm(
     ] = Path("runs"),
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
 ) -> None:
-    """Remove run directories (never a live run); asks first unless --yes."""
+    """Remove run directories (never a live run); asks first unless --yes.
+
+    Off a terminal (a script, cron) it removes nothing without --yes (exit 2)."""
     from engine.ctl import RunIsLive, describe, plan_removal, remove
     from engine.memory import format_bytes
 

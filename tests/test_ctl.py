@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -99,7 +100,9 @@ def test_mpt_ctl_pauses_continues_checkpoints_and_stops_a_live_run(live, tmp_pat
     )
 
 
-def test_a_live_run_is_listed_with_its_pid_and_host_and_never_removed(live, tmp_path: Path):
+def test_a_live_run_is_listed_with_its_pid_never_removed_and_gets_no_late_command(
+    live, tmp_path: Path
+):
     proc, run_dir = live
     listed = mpt("ls", tmp_path / "runs", cwd=tmp_path, timeout=60)
     assert listed.returncode == 0, listed.stderr
@@ -113,6 +116,24 @@ def test_a_live_run_is_listed_with_its_pid_and_host_and_never_removed(live, tmp_
         f"stop it first (mpt ctl {run_dir} stop), then remove it\n"
     )
     assert (run_dir / "events.jsonl").is_file()
+
+    # A run that answers nothing (here: stopped by SIGSTOP) gets no late command: what it
+    # did not take in time is taken back.
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        stuck = ctl(run_dir, "pause", "--timeout", "1", cwd=tmp_path)
+        assert not list((run_dir / "control").iterdir())
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert stuck.returncode == 1
+    assert stuck.stderr == (
+        f"error: {run_dir}: the run did not acknowledge the pause within 1 s (the command "
+        "was taken back); a long validation or checkpoint delays it: try again with a "
+        "longer --timeout\n"
+    )
+    steps = kinds(run_dir).count("step")
+    wait_for(lambda: kinds(run_dir).count("step") > steps + 5, timeout=60, what="more steps")
+    assert "paused" not in kinds(run_dir)
 
     # A run name is looked up in --runs, as mpt show does: its newest run.
     by_name = mpt("ctl", "tiny", "stop", "--runs", tmp_path / "runs", cwd=tmp_path, timeout=120)
@@ -300,3 +321,25 @@ def _rm_at_a_terminal(run_dir: Path, answer: str, cwd: Path) -> str:
         assert proc.wait(timeout=60) == 0
         os.close(main)
     return shown.decode().replace("\r\n", "\n")
+
+
+def test_a_paused_run_that_saves_a_checkpoint_is_still_paused_in_the_runs_list(tmp_path: Path):
+    from durable_helpers import finish, next_event, start
+
+    from engine.runs import summarize_run
+
+    run = start(profile_dict(tmp_path / "runs", LONG))
+    try:
+        next_event(run, "step", timeout=120)
+        run.pause()
+        next_event(run, "paused", timeout=60)
+        run.checkpoint()
+        next_event(run, "checkpoint_saved", timeout=60)
+        summary = summarize_run(run.run_dir)
+        assert (summary.state, summary.process) == (
+            "paused",
+            f"pid {os.getpid()} on {socket.gethostname()}",
+        )
+    finally:
+        run.stop()
+        finish(run)
