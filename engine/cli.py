@@ -398,7 +398,7 @@ def ctl(
             done = steer(run_dir, command, timeout)
         except NotLive as e:
             _fail(f"error: {e}", EXIT_FAILED)
-    say(done.line)
+    say(done)
 
 
 @app.command("rm")

@@ -38,15 +38,9 @@ class NotLive(MptError):
     """The run takes no commands now (ended, crashed, never listened) or did not answer."""
 
 
-@dataclass
-class Acknowledged:
-    """What the run did, in one line: `paused at step 123 (epoch 2)`."""
-
-    line: str
-
-
-def steer(run_dir: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> Acknowledged:
-    """Send `word` to the live run in `run_dir` and wait up to `timeout` s for its event.
+def steer(run_dir: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:
+    """Send `word` to the live run in `run_dir`, wait up to `timeout` s for its event, and
+    say what the run did in one line: `paused at step 123 (epoch 2)`.
 
     Raises MptError for an unknown word (a usage mistake), NotLive when the run is not
     live, takes no commands, ends first or does not answer in time."""
@@ -60,7 +54,7 @@ def steer(run_dir: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> Ackno
         raise NotLive(f"{run_dir}: {_not_live(summary)}; it takes no commands")
     already = _already(summary, command)
     if already:
-        return Acknowledged(already)
+        return already
     reader = ev.EventsReader(run_dir / "events.jsonl")
     reader.read_all()  # what came before the command is not its answer
     try:
@@ -91,7 +85,7 @@ def _already(summary: RunSummary, command: str) -> str | None:
 
 def _await(
     run_dir: Path, reader: ev.EventsReader, sent: Path, command: str, word: str, timeout: float
-) -> Acknowledged:
+) -> str:
     """Read the run's new events until one answers `command`, the run ends, or `timeout`."""
     answer = _Answer(command, word, run_dir)
     deadline = time.monotonic() + timeout
@@ -125,29 +119,29 @@ class _Answer:
     run_dir: Path
     checkpoint: str = ""  # the last checkpoint_saved's path: a stop names its own
 
-    def read(self, events: list[ev.Event]) -> Acknowledged | None:
+    def read(self, events: list[ev.Event]) -> str | None:
         for event in events:
             found = self._one(event)
             if found is not None:
                 return found
         return None
 
-    def _one(self, event: ev.Event) -> Acknowledged | None:
+    def _one(self, event: ev.Event) -> str | None:
         at = f"step {event.step} (epoch {event.epoch})"
         command = self.command
         if isinstance(event, ev.CheckpointSaved):
             self.checkpoint = event.path
             if command == "checkpoint" and event.reason == "requested":
-                return Acknowledged(f"checkpoint saved at {at}: {event.path}")
+                return f"checkpoint saved at {at}: {event.path}"
         elif command == "pause" and isinstance(event, ev.Paused):
-            return Acknowledged(f"paused at {at}")
+            return f"paused at {at}"
         elif command == "resume" and isinstance(event, ev.Resumed):
-            return Acknowledged(f"continued at {at}")
+            return f"continued at {at}"
         elif isinstance(event, ev.RunFinished) and command == "stop":
             saved = f"; checkpoint {self.checkpoint}" if self.checkpoint else ""
             if event.reason != "stopped":  # it ended on its own meanwhile: stopped all the same
-                return Acknowledged(f"the run ended ({_label(event.reason)}) at {at}{saved}")
-            return Acknowledged(f"stopped at {at}{saved}")
+                return f"the run ended ({_label(event.reason)}) at {at}{saved}"
+            return f"stopped at {at}{saved}"
         elif isinstance(event, ev.RunFinished | ev.RunFailed):
             ended = "failed" if isinstance(event, ev.RunFailed) else _label(event.reason)
             raise NotLive(f"{self.run_dir}: the run ended ({ended}) before it took the {self.word}")
@@ -179,8 +173,7 @@ class Removal:
 def plan_removal(paths: list[Path], failed_of: str | None, runs_dir: Path) -> list[Removal]:
     """The run directories to remove: each of `paths`, and with `failed_of` every failed or
     crashed run of that name under `runs_dir`. Raises MptError (exit 2) for a path that is
-    not a run directory, NotLive's sibling RunIsLive (exit 1) for a live run; nothing is
-    removed then."""
+    not a run directory, RunIsLive (exit 1) for a live run: then nothing is removed."""
     chosen = [_run_dir(p) for p in paths]
     if failed_of is not None:
         chosen += [s.run_dir for s in _failed_runs(failed_of, runs_dir)]
