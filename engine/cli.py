@@ -306,6 +306,116 @@ def show(
         say(run_report(run, runs))
 
 
+# ---- steering and tidying from a shell: ctl and rm (engine/ctl.py) ----
+
+
+@app.command()
+def ctl(
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="A live run's directory, or a run name under --runs (its newest run).",
+            show_default=False,
+        ),
+    ],
+    command: Annotated[
+        str,
+        typer.Argument(
+            help="pause, continue, checkpoint or stop.",
+            show_default=False,
+            autocompletion=lambda incomplete: [
+                c for c in ("pause", "continue", "checkpoint", "stop") if c.startswith(incomplete)
+            ],
+        ),
+    ],
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", min=0.0, help="Seconds to wait for the run to acknowledge the command."
+        ),
+    ] = 10.0,
+    runs: Annotated[
+        Path, typer.Option("--runs", help="The runs folder that run names are looked up in.")
+    ] = Path("runs"),
+) -> None:
+    """Pause, continue, checkpoint or stop a live run; waits for the run to acknowledge.
+
+    Exit 0 once the run's events say it was done, 1 if the run is not live or did not
+    acknowledge within --timeout (the command is then taken back if it was not taken)."""
+    from engine.ctl import NotLive, steer
+    from engine.report import find_run
+
+    with _user_errors(also=(OSError,)):
+        run_dir = find_run(run, runs)
+        try:
+            done = steer(run_dir, command, timeout)
+        except NotLive as e:
+            _fail(f"error: {e}", EXIT_FAILED)
+    say(done)
+
+
+@app.command("rm")
+def rm(
+    run_dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run directories to remove.", show_default=False),
+    ] = None,
+    failed: Annotated[
+        str | None,
+        typer.Option(
+            "--failed",
+            help="Also remove every failed or crashed run of this name (a profile's run.name).",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out-dir", "--runs", help="The runs folder that --failed looks in."),
+    ] = Path("runs"),
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Remove without asking.")] = False,
+) -> None:
+    """Remove run directories (never a live run); asks first unless --yes.
+
+    Off a terminal (a script, cron) it removes nothing without --yes (exit 2)."""
+    from engine.ctl import RunIsLive, describe, plan_removal, remove
+    from engine.memory import format_bytes
+
+    if not run_dirs and failed is None:
+        _fail("mpt rm: give run directories to remove, or --failed NAME")
+    with _user_errors():
+        try:
+            removals = plan_removal(run_dirs or [], failed, out_dir)
+        except RunIsLive as e:
+            _fail(f"error: {e}", EXIT_FAILED)
+    if not removals:
+        say(f"no failed or crashed runs of {failed} in {out_dir}")
+        return
+    if not yes and not _confirmed(f"remove {describe(removals)}?", removals):
+        say("nothing removed")
+        return
+    for removal in removals:
+        try:
+            remove(removal)
+        except OSError as e:
+            _fail(f"error: {removal.run_dir}: cannot remove it ({e.strerror or e})", EXIT_FAILED)
+        say(f"removed {removal.run_dir} ({format_bytes(removal.size)})")
+
+
+def _confirmed(question: str, removals) -> bool:
+    """The user's yes at a terminal; off one there is nobody to ask: exit 2."""
+    if not sys.stdin.isatty():
+        _fail(
+            f"mpt rm: {question.removesuffix('?')} needs a yes, and stdin is not a terminal "
+            "to ask on; pass --yes"
+        )
+    for removal in removals:
+        say(f"  {removal.run_dir}", err=True)
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except typer.Abort:  # end of input (Ctrl-D): no
+        return False
+
+
 class ExportFormat(StrEnum):
     state_dict = "state_dict"
     torchscript = "torchscript"

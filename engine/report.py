@@ -71,7 +71,7 @@ def runs_table(runs_dir: str | Path) -> str:
     rows = [
         [
             _printable(f"{s.name}/{s.stamp}", 80),
-            _printable(s.state_text, 60),
+            _printable(_state(s), 80),
             f"{s.epoch}/{s.epochs}" if s.epochs else "-",  # no run_started: unknown
             _best(s),
             _printable(_checkpoint(s)),
@@ -79,6 +79,11 @@ def runs_table(runs_dir: str | Path) -> str:
         for s in runs
     ]
     return _table(["RUN", "STATE", "EPOCH", "BEST VAL", "LAST CHECKPOINT"], rows, {2, 3})
+
+
+def _state(s: RunSummary) -> str:
+    """The state, and for a live run where it trains: `running (pid 1234 on gpubox)`."""
+    return f"{s.state_text} ({s.process})" if s.process else s.state_text
 
 
 def _best(s) -> str:

@@ -52,10 +52,19 @@ class RunSummary:
     error: str | None = None  # run_failed's error text
     unreadable: int = 0  # events.jsonl lines that could not be read, or only in part
     problems: str | None = None  # which, in a sentence (EventsReader.describe)
+    pid: int = 0  # the training process and its host (run_started's), 0 and "" unknown
+    host: str = ""
 
     @property
     def live(self) -> bool:
         return self.state in ("running", "paused")
+
+    @property
+    def process(self) -> str | None:
+        """`pid 1234 on gpubox` for a live run whose run_started names its process."""
+        if not self.live or not 0 < self.pid < _PID_MAX or not self.host:
+            return None
+        return f"pid {self.pid} on {self.host}"
 
     @property
     def state_text(self) -> str:
@@ -77,10 +86,13 @@ class RunHistory:
     last_headline: float | None = None
     epoch_ends: dict[int, ev.EpochEnd] = field(default_factory=dict)  # the last of each epoch
     checkpoints: list[str] = field(default_factory=list)  # checkpoint_saved paths, in order
+    paused: bool = False  # a paused event not yet followed by resumed (a checkpoint may come)
 
     def add(self, events: list[ev.Event]) -> None:
         for event in events:
             self.last = event
+            if isinstance(event, ev.Paused | ev.Resumed | ev.RunStarted):
+                self.paused = isinstance(event, ev.Paused)
             if isinstance(event, ev.RunStarted):
                 self.started = event
             elif isinstance(event, ev.EpochEnd):
@@ -123,9 +135,10 @@ class RunHistory:
         if self.started is not None:
             s.started, s.epochs = self.started.time, self.started.epochs
             s.total_steps, s.name = self.started.total_steps, self.started.name or s.name
+            s.pid, s.host = self.started.pid, self.started.host
         if self.last is not None:
             s.step, s.epoch = self.last.step, self.last.epoch
-        s.state = _state(self.last, self.started, mtime, now)
+        s.state = _state(self.last, self.started, self.paused, mtime, now)
         if isinstance(self.last, ev.RunFailed):
             s.error = self.last.error or "failed"
         s.last_checkpoint = _last_checkpoint(run_dir, self.checkpoints)
@@ -205,7 +218,9 @@ def _head(path: Path, n: int) -> bytes:
         return f.read(n)
 
 
-def _state(last: ev.Event | None, started: ev.RunStarted | None, mtime: float, now: float) -> str:
+def _state(
+    last: ev.Event | None, started: ev.RunStarted | None, paused: bool, mtime: float, now: float
+) -> str:
     if isinstance(last, ev.RunFinished):
         return run_state(last.reason)
     if isinstance(last, ev.RunFailed):
@@ -214,13 +229,13 @@ def _state(last: ev.Event | None, started: ev.RunStarted | None, mtime: float, n
     pid, host = (started.pid, started.host) if started else (0, "")
     if 0 < pid < _PID_MAX and host == socket.gethostname():
         alive = _pid_alive(pid)
-    elif isinstance(last, ev.Paused):
+    elif paused:
         alive = True  # a paused run writes nothing; it may wait for hours
     else:
         alive = now - mtime < STALE_AFTER_S
     if not alive:
         return "crashed"
-    return "paused" if isinstance(last, ev.Paused) else "running"
+    return "paused" if paused else "running"
 
 
 def _last_checkpoint(run_dir: Path, announced: list[str]) -> Path | None:
