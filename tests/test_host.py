@@ -74,6 +74,23 @@ def test_a_sample_costs_well_under_a_millisecond(tmp_path):
     assert statistics.median(costs) < 1e-3, f"median {statistics.median(costs) * 1e6:.0f} us"
 
 
+def test_the_figures_are_psutils(tmp_path):
+    import psutil
+
+    from engine.host import HostSampler
+
+    sampler = HostSampler(tmp_path)
+    figures = sampler.sample(1.0)
+    rss, available = psutil.Process().memory_info().rss, psutil.virtual_memory().available
+    assert abs(figures["rss"] - rss) < 16 * MiB  # read a moment apart
+    assert abs(figures["mem_available"] - available) < 256 * MiB
+    assert abs(figures["disk_free"] - psutil.disk_usage(str(tmp_path)).free) < 64 * MiB
+    busy = time.process_time() + 0.05
+    while time.process_time() < busy:  # a twentieth of a second of one core's work
+        pass
+    assert 0 < sampler.sample(1.0)["cpu_percent"] <= 100 * (os.cpu_count() or 1)
+
+
 # ---- the disk running out of room, on a real small filesystem ----
 
 
