@@ -21,8 +21,8 @@ GPU = dict(
 
 def view_of(*steps: dict) -> vm.RunView:
     started = ev.RunStarted(step=0, epoch=1, name="quick", device="cpu", total_steps=90)
-    return vm.build_view([started, *(ev.Step(step=5 * (i + 1), epoch=1, **s) for i, s in
-                                     enumerate(steps))])  # fmt: skip
+    events = [ev.Step(step=5 * (i + 1), epoch=1, **fields) for i, fields in enumerate(steps)]
+    return vm.build_view([started, *events])
 
 
 def test_a_cpu_runs_step_event_shows_the_hosts_figures():
