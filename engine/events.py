@@ -81,6 +81,13 @@ class Step(Event):
     gpu_util: int | None = None  # percent, from NVML where available (engine/gpu.py)
     gpu_temp: int | None = None  # degrees C
     gpu_power: float | None = None  # watts
+    # The host (engine/host.py), sampled with this event; None where the system gives none.
+    cpu_percent: float | None = None  # this process since the last step event; 100 = one core
+    rss: int | None = None  # bytes: this process's resident memory
+    mem_available: int | None = None  # bytes: the memory the system can still give
+    disk_free: int | None = None  # bytes free on the disk of the run directory (None: no run dir)
+    data_wait: float | None = None  # share of the window spent waiting for a DataLoader's batch
+    # (0..1, data.cache = "stream"); None when the batches come from a cached copy
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from engine import events as ev
 from engine.distributed import Collectives
 from engine.gpu import GpuStats
+from engine.host import HostSampler
 from engine.monitor import watch_early_stop
 from engine.optim import Schedule
 from engine.precision import check_skip_streak, nonfinite_loss
@@ -44,7 +45,19 @@ class Progress:
     ):
         self.p, self.log, self.state, self.dist, self.task = profile, log, state, dist, task
         self.optimizer, self.schedule, self.scaled, self.gpu = optimizer, schedule, scaled, gpu
+        # the run directory (events.jsonl's folder): None when this process writes nothing
+        self.host = HostSampler(log.path.parent if log.path else None)
         self.window_start = time.monotonic()
+
+    @property
+    def window_start(self) -> float:
+        """When the log window began (time.monotonic); setting it starts a new window."""
+        return self._window_start
+
+    @window_start.setter
+    def window_start(self, at: float) -> None:
+        self._window_start = at
+        self.host.start_window()
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -70,6 +83,7 @@ class Progress:
             check_skip_streak(s.skip_streak, s.step)
         elif not math.isfinite(loss_sum) and self.p.train.nonfinite == "fail":
             raise nonfinite_loss(loss_sum, s.step)
+        seconds = max(time.monotonic() - self.window_start, 1e-9)
         self.log.emit(
             ev.Step(
                 step=s.step,
@@ -77,12 +91,14 @@ class Progress:
                 # None: every step since the last report was skipped (no loss, not a zero).
                 loss=loss_sum / samples if samples else None,
                 lr=self.lr(),
-                samples_per_s=samples / max(time.monotonic() - self.window_start, 1e-9),
+                samples_per_s=samples / seconds,
                 epoch_progress=progress,
                 skipped_steps=int(s.skipped),
                 **self.gpu.figures(),
+                **self.host.sample(seconds),
             )
         )
+        self.warn_low_disk(self.host.disk_warning())
         s.window_loss.zero_()
         s.window_samples = 0
         self.window_start = time.monotonic()
@@ -117,8 +133,14 @@ class Progress:
         )
         s.epochs_done, s.group = s.epoch, 0
         s.zero_epoch_sums()
+        self.warn_low_disk(self.host.disk_warning(fresh=True))  # the epoch's checkpoint is next
         if not math.isfinite(train_loss) and p.train.nonfinite == "fail" and not self.scaled:
             raise nonfinite_loss(train_loss, s.step)
+
+    def warn_low_disk(self, message: str | None) -> None:
+        if message is not None:
+            s = self.state
+            self.log.emit(ev.Warning(step=s.step, epoch=s.epoch, message=message))
 
     def watch_early_stop(self, model: torch.nn.Module) -> bool:
         """Whether early stopping ends the run at this validation (early_stop event)."""

@@ -170,6 +170,8 @@ class Trainer:
                 steps, fetch = self.placement.train_epoch(
                     p.run.seed, s.epoch, self.global_batch, accum, world, start=s.group
                 )
+                if self.placement.mode == "stream":  # step events say how long it waited
+                    fetch = self.progress.host.data_wait.timed(fetch)
                 if not augments:
                     s.augment = None
                 elif s.augment is None:  # (else: resuming inside this epoch, its stream as saved)

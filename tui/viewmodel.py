@@ -100,6 +100,17 @@ class GpuMemory:
 
 
 @dataclass
+class HostFigures:
+    """The machine beside the training, from the last step event (engine/host.py)."""
+
+    cpu_percent: float | None  # this process; 100 = one core busy
+    rss: int | None
+    mem_available: int | None
+    disk_free: int | None
+    data_wait: float | None  # share of the window waiting for data; None: cached data
+
+
+@dataclass
 class EarlyStopView:
     monitor: str
     value: float | None
@@ -140,6 +151,7 @@ class RunView:
     metrics: dict[str, MetricTrack] = field(default_factory=dict)
     last_val_loss: float | None = None
     gpu: GpuMemory | None = None  # None on the CPU (step events carry gpu_mem_* = None)
+    host: HostFigures | None = None  # None until a step event reports them (older runs: never)
     early_stop: EarlyStopView | None = None
     last_checkpoint: str | None = None
     checkpoint_reason: str = ""
@@ -204,6 +216,9 @@ class RunView:
                 getattr(e, "gpu_temp", None),
                 getattr(e, "gpu_power", None),
             )
+        host = HostFigures(e.cpu_percent, e.rss, e.mem_available, e.disk_free, e.data_wait)
+        if any(value is not None for value in vars(host).values()):  # (older runs: none)
+            self.host = host
         if self.state in ("starting", "paused"):
             self.state = "running"
         self.plot_version += 1
@@ -463,10 +478,27 @@ def metric_lines(v: RunView, max_lines: int | None = None) -> list[str]:
     return lines
 
 
+def host_lines(h: HostFigures) -> list[str]:
+    """The host's figures in two short lines (a half-width panel at 80 columns): this
+    process's CPU (100% = one core, as top says it) and resident memory, the share of the
+    time spent waiting for a DataLoader (streamed data only), and what is still free."""
+    cpu = "-" if h.cpu_percent is None else f"{h.cpu_percent:.0f}%"
+    wait = "" if h.data_wait is None else f"  data wait {100 * h.data_wait:.0f}%"
+    return [
+        f"CPU {cpu}  RSS {format_bytes(h.rss)}{wait}",
+        f"free: memory {format_bytes(h.mem_available)}, disk {format_bytes(h.disk_free)}",
+    ]
+
+
 def memory_lines(v: RunView) -> list[str]:
+    """The memory panel: the GPU's memory (and NVML's figures) on a GPU run, with the
+    host's in one line beneath; the host's figures alone on a CPU run."""
     if v.gpu is None:
+        if v.host is not None:
+            return host_lines(v.host)
         where = "CPU" if not v.device or v.device == "cpu" else f"{v.device} (not measured)"
         return [f"memory  {where}", ""]
+    host = ["  ".join(host_lines(v.host))] if v.host is not None else []
     g = v.gpu
     total = f"  total {format_bytes(g.total)}" if g.total else ""
     nvml = ""
@@ -477,6 +509,7 @@ def memory_lines(v: RunView) -> list[str]:
     return [
         f"GPU mem alloc {format_bytes(g.allocated)}  reserved {format_bytes(g.reserved)}",
         f"        peak {format_bytes(g.peak)}{total}{nvml}",
+        *host,
     ]
 
 

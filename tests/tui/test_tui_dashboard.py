@@ -67,7 +67,7 @@ async def test_a_run_started_from_the_form_shows_its_epoch_metrics(workdir: Path
         assert text_of(dash, "#title").startswith("quick · FINISHED · cpu · digits mlp")
         assert "epoch 3/3" in text_of(dash, "#progress")
         assert f"run dir     {app.session.run_dir}" in text_of(dash, "#paths")
-        assert "memory  CPU" in text_of(dash, "#state")
+        assert "RSS " in text_of(dash, "#state")  # the host figures (engine/host.py)
         assert "lr       1.00e-03" in text_of(dash, "#stats")
         assert "finished: val acc" in text_of(dash, "#messages")
         loss_plot = dash.query_one("#loss-plot", CurvesPlot)

@@ -128,8 +128,9 @@ class DashboardScreen(Screen):
         title.highlight_words([v.state.upper()], STATE_STYLES.get(v.state, "bold cyan"))
         self._set("#title", title)
         self._set("#progress", "\n".join(progress_lines(v, width)))
-        self._show_info(v)
-        self._set("#state", "\n".join(memory_lines(v) + early_stop_lines(v)))
+        state = memory_lines(v) + early_stop_lines(v)  # a GPU run's host line makes it 5
+        self._show_info(v, least=len(state))
+        self._set("#state", "\n".join(state))
         self._set("#paths", "\n".join(path_lines(v)))
         self._set("#messages", "\n".join(list(v.messages)[-MESSAGE_LINES:]))
         error = self.query_one("#error", Static)
@@ -143,16 +144,17 @@ class DashboardScreen(Screen):
         elif v.plot_version != self._plotted and self._plot_timer is None:
             self._plot_timer = self.set_timer(self._next_plot - time.monotonic(), self._plot_due)
 
-    def _show_info(self, v: RunView) -> None:
+    def _show_info(self, v: RunView, least: int = INFO_LINES) -> None:
         """Losses, lr and every metric; the block grows with the task's metrics, as far as
-        the curves keep PLOT_LINES (the last line then names the metrics left out)."""
+        the curves keep PLOT_LINES (the last line then names the metrics left out), and is
+        at least `least` lines high (the memory and early-stopping panel beside it)."""
         head = stats_lines(v)
         others = ("#title", "#progress", "#paths", "#messages", "#error", "Footer")
         fixed = sum(self.query_one(o).outer_size.height for o in others)  # (the last layout's)
         room = max(INFO_LINES, self.size.height - fixed - PLOT_LINES)
         lines = head + metric_lines(v, max_lines=room - len(head))
         self._set("#stats", "\n".join(lines))
-        height = max(INFO_LINES, len(lines))
+        height = max(INFO_LINES, least, len(lines))
         info = self.query_one("#info")
         if info.styles.height is None or info.styles.height.value != height:
             info.styles.height = height  # a layout, only when the number of lines changes
