@@ -93,7 +93,8 @@ def test_step_epoch_and_time_never_go_backwards(short_run):
 DESIGN_FIELDS = {  # what DESIGN.md promises each kind carries, beyond kind/time/step/epoch
     "run_started": {"world_size", "global_batch", "mean", "std"},
     "step": {"loss", "lr", "samples_per_s", "gpu_mem_allocated", "gpu_mem_reserved",
-             "gpu_mem_peak", "gpu_util", "gpu_temp", "gpu_power"},
+             "gpu_mem_peak", "gpu_util", "gpu_temp", "gpu_power", "cpu_percent", "rss",
+             "mem_available", "disk_free", "data_wait"},
     "epoch_end": {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"},
     "early_stop": {"monitor", "best", "wait", "patience"},
     "checkpoint_saved": {"path", "reason"},
