@@ -132,3 +132,27 @@ def test_cli_refuses_a_bad_profile_before_starting(workdir: Path, launched):
     assert "run.epochs: must be >= 1 (got 0)" in result.output
     assert invoke("--set", "run.epochs=2").exit_code == 2
     assert launched == []
+
+
+@run_async
+async def test_r_on_a_live_run_opens_its_dashboard_never_a_second_copy(workdir: Path):
+    # a run another process trains (mpt run in tmux, a detached console): this test's own
+    # process stands in for it, alive on this host
+    import os
+    import socket
+
+    from tui.screens.resume import ResumeScreen
+
+    started = event_line(
+        "run_started", name="quick", epochs=3, pid=os.getpid(), host=socket.gethostname()
+    )
+    write_run(Path("runs"), "quick", "20260103-000000", [started], ["last.pt"])
+    app = MptApp("profiles", "runs")
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        runs = app.screen.query_one("#runs", DataTable)
+        assert rows(runs)[0][1] == "running"
+        runs.focus()
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        assert not any(isinstance(s, ResumeScreen) for s in app.screen_stack)

@@ -289,8 +289,13 @@ class HomeScreen(Screen):
         from tui.screens.resume import ResumeScreen
 
         run = self.highlighted_run()
-        if run is not None:
-            self.app.push_screen(ResumeScreen(run.run_dir))
+        if run is None:
+            return
+        if run.live:  # resuming it would train a second copy beside it: watch it instead
+            self.notify("this run is live: its dashboard, not a second copy of it")
+            self.post_message(OpenRun(run.run_dir))
+            return
+        self.app.push_screen(ResumeScreen(run.run_dir))
 
     def view_run(self) -> None:
         run = self.highlighted_run()
