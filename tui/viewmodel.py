@@ -20,6 +20,7 @@ from engine.formatting import number, percent
 from engine.stop import run_state, state_label
 from engine.task_spec import lower_is_better
 
+RATE_SMOOTHING_S = 5.0  # seconds over which the dashboard's samples/s is averaged
 MAX_POINTS = 500  # per curve; older points are thinned so a long run draws as fast as a short one
 _LINKS = ("last.pt", "best.pt")  # names the engine links to a step-NNNNNN.pt file
 
@@ -143,7 +144,7 @@ class RunView:
     epoch_progress: float = 0.0
     loss: float | None = None  # the last step event's training loss
     lr: float | None = None
-    samples_per_s: float | None = None
+    samples_per_s: float | None = None  # smoothed over ~RATE_SMOOTHING_S seconds of events
     train_loss: Series = field(default_factory=Series)  # per step event; x in epochs
     epoch_train_loss: Series = field(default_factory=Series)  # per epoch; x = epoch number
     val_loss: Series = field(default_factory=Series)
@@ -166,6 +167,8 @@ class RunView:
     _paused_total: float = 0.0
     _paused_since: float | None = None
     _last_time: float | None = None
+    _rate_time: float | None = None  # the step event samples_per_s last took in
+    _rate_seen: bool = False  # the session's first step event (its window holds the warm-up)
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite = "skip")
     _ckpt_step: tuple[int, int] | None = None
     version: int = 0  # bumped by every event: the screen redraws only when it moved
@@ -193,6 +196,7 @@ class RunView:
         self.state = "running"
         self.error, self.finish_reason = None, None
         self._t_start, self._start_step = e.time, e.step
+        self.samples_per_s, self._rate_time, self._rate_seen = None, None, False
         self._paused_total, self._paused_since = 0.0, None
         what = f"{e.dataset}, {e.arch}, {e.parameters:,} parameters on {e.device}"
         if e.step:
@@ -200,9 +204,27 @@ class RunView:
         else:
             self._say(e, f"started: {what}")
 
+    def _take_rate(self, e: ev.Step) -> None:
+        """samples/s as an exponential average over ~RATE_SMOOTHING_S seconds: one step
+        event's own window jumps (2,524 -> 146,070 -> 3,626 a second apart, when a window
+        holds a validation or a cached epoch's start)."""
+        rate = e.samples_per_s
+        if rate is None or not math.isfinite(rate):
+            return
+        if not self._rate_seen:  # 699 samples/s right after a resume: start-up, not pace
+            self._rate_seen, self._rate_time = True, e.time
+            return
+        if self.samples_per_s is None or self._rate_time is None:
+            self.samples_per_s = rate
+        else:
+            weight = 1.0 - math.exp(-max(0.0, e.time - self._rate_time) / RATE_SMOOTHING_S)
+            self.samples_per_s += weight * (rate - self.samples_per_s)
+        self._rate_time = e.time
+
     def _on_step(self, e: ev.Step) -> None:
         self.step, self.epoch, self.epoch_progress = e.step, e.epoch, e.epoch_progress
-        self.loss, self.lr, self.samples_per_s = e.loss, e.lr, e.samples_per_s
+        self.loss, self.lr = e.loss, e.lr
+        self._take_rate(e)
         self.skipped_steps = getattr(e, "skipped_steps", 0) or 0
         x = (e.epoch - 1) + e.epoch_progress
         self.train_loss.add(x, e.loss)

@@ -274,3 +274,20 @@ def test_formatting_helpers():
     assert format_duration(3725) == "1:02:05"
     assert MAX_POINTS >= 100
     assert RunView().state == "starting"
+
+
+def test_samples_per_s_is_averaged_over_seconds_not_one_window():
+    # issue 16: the dashboard jumped 2,524 -> 146,070 -> 3,626 one second apart
+    def rate(n: int, t: float, value: float) -> ev.Step:
+        return ev.Step(step=n, epoch=1, time=T0 + t, loss=1.0, lr=1e-3, samples_per_s=value)
+
+    v = build_view([started(), rate(1, 1, 699.0)])
+    assert v.samples_per_s is None  # the first window holds the start-up: no pace yet
+    shown = []
+    for i, value in enumerate([2524.0, 146070.0, 3626.0, 2600.0, 2500.0], start=2):
+        v.apply(rate(i, i, value))
+        shown.append(v.samples_per_s)
+    assert shown[0] == 2524.0
+    assert max(shown) < 40_000  # one outlier moves it by a fifth of its jump at most
+    assert 2500 < shown[-1] < 30_000 and shown[-1] < shown[1]
+    assert "samples/s" in progress_lines(v)[1]
