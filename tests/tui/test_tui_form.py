@@ -120,8 +120,12 @@ async def test_save_as_creates_a_new_profile_and_leaves_the_old_one(workdir: Pat
         await wait_for(pilot, lambda: app.screen is form)
         assert form.path == Path("profiles/faster.toml")
         assert str(form.query_one("#title").render()) == "profile: profiles/faster.toml"
+        status = str(form.query_one("#status").render())
+        assert "run.name is now 'faster', so its runs go to their own folder" in status
     assert Path("profiles/quick.toml").read_text() == before
     assert load_profile("profiles/faster.toml").optim.lr == 0.02
+    # its runs do not mix with quick.toml's in runs/quick/ (issue 16)
+    assert load_profile("profiles/faster.toml").run.name == "faster"
     assert Path("profiles/faster.toml").read_text().startswith("# A small digits run")
 
 

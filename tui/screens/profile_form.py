@@ -21,7 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Select, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Select, Static, TabbedContent, TabPane
 
 from engine.errors import MptError, Problem, ProfileError
 from engine.profile import (
@@ -282,11 +282,37 @@ class ProfileFormScreen(Screen):
             suggestion = f"{self.profile.run.name}-copy.toml"
 
         def chosen(path: Path | None) -> None:
-            if path is not None and self._write(path):
+            if path is None:
+                return
+            renamed = self._name_runs_after(path)
+            if self._write(path):
                 self.path = path
                 self._show_title()
+                if renamed:
+                    self._show_status(
+                        text=f"saved {path}; run.name is now {renamed!r}, so its runs go to "
+                        f"their own folder ({self.profile.run.out_dir}/{renamed}/), not the "
+                        "old profile's"
+                    )
 
         self.app.push_screen(SaveAsScreen(folder, suggestion), chosen)
+
+    def _name_runs_after(self, path: Path) -> str | None:
+        """A profile saved as a new file would share the old one's runs folder (run.name):
+        name its runs after the new file instead, when that is a valid run.name. The new
+        name, or None when run.name stays."""
+        control = self.row("run.name").control
+        old = control.value
+        if path.stem == old or self.profile is None:
+            return None
+        with control.prevent(Input.Changed):  # validated here, not again after the save
+            control.value = path.stem
+            self._validate()
+            if self.profile is None:  # not a valid run.name: keep the old one
+                control.value = old
+                self._validate()
+                return None
+        return path.stem
 
     def _refuse(self, what: str) -> None:
         n = len(self.problems)
