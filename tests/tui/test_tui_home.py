@@ -156,3 +156,16 @@ async def test_r_on_a_live_run_opens_its_dashboard_never_a_second_copy(workdir: 
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
         assert not any(isinstance(s, ResumeScreen) for s in app.screen_stack)
+
+
+@run_async
+async def test_a_run_started_elsewhere_appears_without_g(workdir: Path):
+    app = MptApp("profiles", "runs")
+    async with app.run_test() as pilot:
+        await pilot.pause()
+        runs = app.screen.query_one("#runs", DataTable)
+        before = runs.row_count
+        lines = [event_line("run_started", name="quick", epochs=3)]
+        lines.append(event_line("run_finished", epoch=3, reason="completed"))
+        write_run(Path("runs"), "quick", "20260104-000000", lines)  # mpt run in another pane
+        await wait_for(pilot, lambda: runs.row_count == before + 1, timeout=10)

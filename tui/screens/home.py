@@ -7,6 +7,7 @@ the run (its dashboard), `r` resumes it from a checkpoint. tab moves between the
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class HomeScreen(Screen):
         self.own_run = own_run
         self.profiles: list[ProfileEntry] = []
         self.runs: list[RunSummary] = []
+        self._folders_seen: frozenset[str] = frozenset()  # the run folders last listed
 
     def compose(self) -> ComposeResult:
         yield Static(f"mpt · profiles in {self.profiles_dir}/", id="profiles-title", markup=False)
@@ -172,6 +174,7 @@ class HomeScreen(Screen):
             self._hint("")
 
     def _refresh_runs(self) -> None:
+        self._folders_seen = self._run_folders()
         now = time.time()
         runs: list[RunSummary] = []
         for folder in runs_folders(self.runs_dir, self.profiles):
@@ -203,9 +206,23 @@ class HomeScreen(Screen):
 
     def _refresh_if_live(self) -> None:
         # only while shown: under the dashboard, re-reading a busy events.jsonl every
-        # 2 s would cost the trainer time for nothing
-        if self.is_current and any(r.live for r in self.runs):
+        # 2 s would cost the trainer time for nothing. A run started elsewhere (mpt run in
+        # tmux) shows up by its new folder: two levels of folder names, no file read.
+        if not self.is_current:
+            return
+        folders = self._run_folders()
+        if folders != self._folders_seen or any(r.live for r in self.runs):
             self._refresh_runs()
+
+    def _run_folders(self) -> frozenset[str]:
+        found = set()
+        for folder in runs_folders(self.runs_dir, self.profiles):
+            with contextlib.suppress(OSError):
+                for name in os.scandir(folder):
+                    if name.is_dir(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            found.update(e.path for e in os.scandir(name.path))
+        return frozenset(found)
 
     @staticmethod
     def _cursor_key(table: DataTable) -> str | None:
