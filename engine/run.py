@@ -372,7 +372,8 @@ class Run:
             # TensorBoard's import is slow. A resumed run replays its history into them.
             from engine.sinks import open_sinks
 
-            self._log.attach(open_sinks(self.profile.log, self.run_dir), self._history)
+            sinks = open_sinks(self.profile.log, self.run_dir, self.profile.notify, self.events)
+            self._log.attach(sinks, self._history)
             self._history = []
             self._trainer = loop.Trainer(
                 self.profile,
