@@ -104,7 +104,9 @@ class NotifySink:
         self.run_dir = run_dir
         self.run_name = run_dir.parent.name
         self._events = events  # the run's queue: a failed notification is a warning there
-        self._opened = time.time()  # a resumed run's replayed history is older: never notified
+        # A resumed run replays its history into its sinks: never notify an older ending (a
+        # history ends at its checkpoint today, before any run_finished, but need not).
+        self._opened = time.time()
         self._last_epoch: ev.EpochEnd | None = None
         self._threads: list[tuple[threading.Thread, float]] = []
         self._sent = False

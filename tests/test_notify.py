@@ -15,7 +15,16 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from durable_helpers import events_jsonl, mpt, profile_dict, train, write_toml
+from durable_helpers import (
+    events_jsonl,
+    finish,
+    mpt,
+    profile_dict,
+    start,
+    train,
+    wait_for,
+    write_toml,
+)
 
 from engine.errors import ProfileError
 from engine.profile import profile_from_dict
@@ -187,8 +196,6 @@ def test_a_failed_run_notifies_failed_with_its_error(tmp_path):
 
 
 def test_a_stop_notifies_stopped_when_on_names_it(tmp_path):
-    from durable_helpers import finish, start, wait_for
-
     notify = {"command": recording_command(tmp_path), "on": ["stopped"]}
     run = start(profile_dict(tmp_path / "runs", {"run": {"epochs": 50}}, {"notify": notify}))
     wait_for(
@@ -240,3 +247,34 @@ def test_mpt_validate_names_a_bad_notify_key_and_exits_2(tmp_path):
     assert r.returncode == 2
     assert "notify.webhook: must be an http:// or https:// URL" in r.stderr + r.stdout
     assert "did you mean 'finished'?" in r.stderr + r.stdout
+
+
+def test_a_resumed_run_notifies_its_own_ending_once(tmp_path):
+    told = tmp_path / "told.jsonl"
+    notify = {"command": f"cat >> {shlex.quote(str(told))}"}
+    first = train(profile_dict(tmp_path / "runs", {"notify": notify}), write=True)
+
+    again = train(resume=first.run_dir, overrides=["run.epochs=2"])
+
+    messages = [json.loads(line) for line in told.read_text().splitlines()]
+    assert [m["run_dir"] for m in messages] == [str(first.run_dir), str(again.run_dir)]
+    assert messages[1]["epoch"] == 2
+
+
+def test_a_webhook_that_never_answers_is_given_up_after_its_timeout(tmp_path, monkeypatch):
+    import engine.notify
+
+    monkeypatch.setattr(engine.notify, "WEBHOOK_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # takes the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        run = start(profile_dict(tmp_path / "runs", {"notify": {"webhook": url}}))
+        done = finish(run)
+        ended = time.time()
+
+    assert done.reason == "completed"
+    assert notify_warnings(done.events) == [
+        f"[notify] the webhook at {url.removesuffix('/hook')} did not answer within 0.5 s"
+    ]
+    assert ended - done.of("run_finished")[0].time < 0.5 + 2  # the timeout, and no more
