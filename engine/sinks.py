@@ -1,4 +1,5 @@
-"""Logging sinks chosen in the profile's `[log]`: a CSV of epoch metrics and TensorBoard.
+"""Logging sinks chosen in the profile's `[log]`: a CSV of epoch metrics and TensorBoard;
+and `[notify]`'s, which tells a command or a webhook how the run ended (engine/notify.py).
 
 Sinks are fed from events (DESIGN.md: profile -> Trainer -> events -> sinks), by the
 EventLog that writes events.jsonl, so the training loop knows nothing of them. Each
