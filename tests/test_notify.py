@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -21,8 +22,10 @@ from durable_helpers import (
     mpt,
     next_event,
     profile_dict,
+    spawn_mpt,
     start,
     train,
+    wait_for,
     write_toml,
 )
 
@@ -275,3 +278,21 @@ def test_a_webhook_that_never_answers_is_given_up_after_its_timeout(tmp_path, mo
         f"[notify] the webhook at {url.removesuffix('/hook')} did not answer within 0.5 s"
     ]
     assert ended - done.of("run_finished")[0].time < 0.5 + 2  # the timeout, and no more
+
+
+def test_ctrl_c_on_mpt_run_notifies_interrupted_before_the_process_exits(tmp_path):
+    slow = {"run": {"epochs": 200}, "notify": {"command": recording_command(tmp_path)}}
+    profile = write_toml(tmp_path / "p.toml", profile_dict(tmp_path / "runs", slow))
+    proc = spawn_mpt("run", profile, cwd=tmp_path)
+    try:
+        training = lambda: list((tmp_path / "runs").glob("tiny/*/checkpoints"))  # noqa: E731
+        wait_for(lambda: proc.poll() is not None or training(), 120, "training")
+        assert proc.poll() is None, "mpt run ended before it was interrupted"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+
+    message, env = recorded(tmp_path)  # written before mpt exited
+    assert message["kind"] == "run_finished" and message["reason"] == "interrupted"
+    assert env["MPT_EVENT"] == "interrupted" and env["MPT_REASON"] == "interrupted"
