@@ -58,6 +58,25 @@ def ending_of(event: ev.Event) -> str | None:
     return None
 
 
+def drop_checkpoint_command(profile: Any, overrides: list[str], path: Path) -> list[str]:
+    """A resume that takes its profile from a checkpoint never runs the checkpoint's
+    notify.command by itself: a run folder can come from anyone, and a shell command is
+    code (as a model factory is: --trust-code). Clears it; the warning to show, if any.
+    A command the user sets (`--set notify.command=...`) is theirs and stays."""
+    from engine.profile import parse_override
+
+    if not profile.notify.command:
+        return []
+    if any(parse_override(o)[0] == "notify.command" for o in overrides):
+        return []
+    profile.notify.command = ""
+    return [
+        f"[notify] the command that {path}'s profile names is not run: mpt runs a command "
+        "from a checkpoint only with --trust-code (or pass your profile, or "
+        "--set notify.command=...)"
+    ]
+
+
 def webhook_problem(url: str) -> str | None:
     """What is wrong with `url` as notify.webhook (None: fine, or empty)."""
     if not url:

@@ -254,7 +254,7 @@ def test_a_resumed_run_notifies_its_own_ending_once(tmp_path):
     notify = {"command": f"cat >> {shlex.quote(str(told))}"}
     first = train(profile_dict(tmp_path / "runs", {"notify": notify}), write=True)
 
-    again = train(resume=first.run_dir, overrides=["run.epochs=2"])
+    again = train(resume=first.run_dir, overrides=["run.epochs=2"], trust_code=True)
 
     messages = [json.loads(line) for line in told.read_text().splitlines()]
     assert [m["run_dir"] for m in messages] == [str(first.run_dir), str(again.run_dir)]
@@ -296,3 +296,17 @@ def test_ctrl_c_on_mpt_run_notifies_interrupted_before_the_process_exits(tmp_pat
     message, env = recorded(tmp_path)  # written before mpt exited
     assert message["kind"] == "run_finished" and message["reason"] == "interrupted"
     assert env["MPT_EVENT"] == "interrupted" and env["MPT_REASON"] == "interrupted"
+
+
+def test_a_resume_from_a_checkpoint_alone_does_not_run_its_command_without_consent(tmp_path):
+    told = tmp_path / "told.jsonl"
+    notify = {"command": f"cat >> {shlex.quote(str(told))}"}
+    first = train(profile_dict(tmp_path / "runs", {"notify": notify}), write=True)
+    told.unlink()
+
+    again = train(resume=first.run_dir, overrides=["run.epochs=2"])
+
+    assert not told.exists()  # a run folder can come from anyone: its command is code
+    assert any("--trust-code" in m for m in notify_warnings(again.events))
+    trusted = train(resume=first.run_dir, overrides=["run.epochs=2"], trust_code=True)
+    assert json.loads(told.read_text())["run_dir"] == str(trusted.run_dir)
