@@ -283,7 +283,9 @@ def test_a_webhook_that_never_answers_is_given_up_after_its_timeout(tmp_path, mo
 def test_ctrl_c_on_mpt_run_notifies_interrupted_before_the_process_exits(tmp_path):
     slow = {"run": {"epochs": 200}, "notify": {"command": recording_command(tmp_path)}}
     profile = write_toml(tmp_path / "p.toml", profile_dict(tmp_path / "runs", slow))
-    proc = spawn_mpt("run", profile, cwd=tmp_path)
+    output = tmp_path / "output.txt"
+    with open(output, "wb") as out:
+        proc = spawn_mpt("run", profile, cwd=tmp_path, stdout=out, stderr=out)
     try:
         training = lambda: list((tmp_path / "runs").glob("tiny/*/checkpoints"))  # noqa: E731
         wait_for(lambda: proc.poll() is not None or training(), 120, "training")
@@ -296,6 +298,8 @@ def test_ctrl_c_on_mpt_run_notifies_interrupted_before_the_process_exits(tmp_pat
     message, env = recorded(tmp_path)  # written before mpt exited
     assert message["kind"] == "run_finished" and message["reason"] == "interrupted"
     assert env["MPT_EVENT"] == "interrupted" and env["MPT_REASON"] == "interrupted"
+    # The resume it suggests names the profile: the checkpoint alone would not run the command.
+    assert f"resume with: mpt run {profile} --resume " in output.read_text()
 
 
 def test_a_resume_from_a_checkpoint_alone_does_not_run_its_command_without_consent(tmp_path):
