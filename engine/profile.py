@@ -927,7 +927,7 @@ def _tensorboard_installed(p: Profile, unusable: Unusable) -> Iterator[Finding]:
 
 
 def _notify_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
-    """notify.on names endings; notify.webhook is a web address; the command can be run."""
+    """notify.on names endings; notify.webhook is a web address; the command has no NUL."""
     n = p.notify
     for name in n.on:
         if name not in NOTIFY_EVENTS:
