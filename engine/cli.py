@@ -186,7 +186,8 @@ def _resume_hint(handle, again: str, profile: Path | None) -> str:
     The newest checkpoint is this run's, if it saved one; else, for a resumed run, the one
     it started from (its progress is exactly that checkpoint's). A profile that names code
     (a model, dataset or loss "package.module:function") is named in the command too: a
-    checkpoint alone never makes mpt import code (--trust-code aside)."""
+    checkpoint alone never makes mpt import code or run a [notify] command (--trust-code
+    aside)."""
     from engine.checkpoint import imported_code
 
     if (handle.run_dir / "checkpoints" / "last.pt").is_file():
@@ -196,7 +197,7 @@ def _resume_hint(handle, again: str, profile: Path | None) -> str:
     else:
         return "nothing was saved: the run stopped before its first checkpoint"
     consent = ""
-    if imported_code(handle.profile.to_dict()) is not None:
+    if imported_code(handle.profile.to_dict()) is not None or handle.profile.notify.command:
         consent = f"{profile} " if profile is not None else "--trust-code "
     return f"resume with: mpt run {consent}--resume {where}{again}"
 

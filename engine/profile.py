@@ -23,6 +23,7 @@ from typing import Any
 import tomli_w
 
 from engine.errors import Problem, ProfileError
+from engine.notify import DEFAULT_ON, NOTIFY_EVENTS, webhook_problem
 from engine.task_spec import ALL_METRICS, KINDS, LOSSES, METRICS, monitors
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz", "synthetic")
@@ -387,6 +388,29 @@ class LogSection:
     )
 
 
+@dataclass
+class NotifySection:
+    command: str = key(
+        "",
+        "A shell command run (by /bin/sh) when the run ends as notify.on says; it gets the "
+        "event as one JSON line on stdin and MPT_EVENT, MPT_REASON, MPT_RUN_NAME, "
+        "MPT_RUN_DIR, MPT_HEADLINE in its environment; killed after 30 s (empty: none).",
+        "str",
+    )
+    webhook: str = key(
+        "",
+        "An http:// or https:// URL that gets the event as a JSON POST, with a one-line "
+        '"text" for Slack-style hooks; 5 s timeout (empty: none).',
+        "str",
+    )
+    on: list[str] = key(
+        DEFAULT_ON,
+        "Which endings notify: finished (completed or max_time), early_stopped, stopped "
+        "(a stop you asked for), interrupted (Ctrl-C, SIGTERM, a closed terminal), failed.",
+        "str_list",
+    )
+
+
 SECTIONS: dict[str, type] = {
     "run": RunSection,
     "data": DataSection,
@@ -399,6 +423,7 @@ SECTIONS: dict[str, type] = {
     "early_stop": EarlyStopSection,
     "checkpoint": CheckpointSection,
     "log": LogSection,
+    "notify": NotifySection,
 }
 
 
@@ -415,6 +440,7 @@ class Profile:
     early_stop: EarlyStopSection = field(default_factory=EarlyStopSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     log: LogSection = field(default_factory=LogSection)
+    notify: NotifySection = field(default_factory=NotifySection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict, keys that are None left out (TOML has no null)."""
@@ -900,6 +926,23 @@ def _tensorboard_installed(p: Profile, unusable: Unusable) -> Iterator[Finding]:
         yield "log.tensorboard", message, True
 
 
+def _notify_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
+    """notify.on names endings; notify.webhook is a web address; the command has no NUL."""
+    n = p.notify
+    for name in n.on:
+        if name not in NOTIFY_EVENTS:
+            hint = _close_match(name, NOTIFY_EVENTS)
+            meant = f"; did you mean {hint!r}?" if hint else ""
+            message = f"unknown ending {name!r}; use {', '.join(NOTIFY_EVENTS)}{meant}"
+            yield "notify.on", message, n.on
+            break
+    wrong = webhook_problem(n.webhook)
+    if wrong:
+        yield "notify.webhook", wrong, n.webhook
+    if "\x00" in n.command:
+        yield "notify.command", "must not hold a NUL character", n.command
+
+
 # In the order `mpt validate` lists their problems.
 CROSS_CHECKS = (
     _run_keys,
@@ -916,6 +959,7 @@ CROSS_CHECKS = (
     _early_stop_needs_validation,
     _onecycle_warms_up_alone,
     _tensorboard_installed,
+    _notify_keys,
 )
 
 

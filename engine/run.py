@@ -78,6 +78,7 @@ def _prepare_resume(
 ):
     """Find and check the checkpoint; return (profile, (path, state), history, warnings)."""
     from engine import checkpoint as ckpt  # imports torch: only when resuming
+    from engine.notify import drop_checkpoint_command
     from engine.profile import apply_overrides, parse_override, profile_from_dict
 
     run = profile.run if profile else None
@@ -88,10 +89,13 @@ def _prepare_resume(
     named = profile is not None or any(parse_override(o)[0] == "model.arch" for o in overrides)
     if not (trust_code or named):
         ckpt.require_consent(path, state, "--trust-code (or pass the profile that names it)")
+    from_checkpoint = profile is None
     if profile is None:
         data = apply_overrides(state["profile"], overrides)
         profile = profile_from_dict(data, source=f"{path} (its profile)")
     warnings = ckpt.check_resume(path, state, profile.to_dict(), world_from_env().size)
+    if from_checkpoint and not trust_code:  # a shell command is code too (engine/notify.py)
+        warnings += drop_checkpoint_command(profile, overrides, path)
     _refuse_nothing_left(path, state, profile)
     events = path.resolve().parent.parent / "events.jsonl"
     history = []
@@ -372,7 +376,8 @@ class Run:
             # TensorBoard's import is slow. A resumed run replays its history into them.
             from engine.sinks import open_sinks
 
-            self._log.attach(open_sinks(self.profile.log, self.run_dir), self._history)
+            sinks = open_sinks(self.profile.log, self.run_dir, self.profile.notify, self.events)
+            self._log.attach(sinks, self._history)
             self._history = []
             self._trainer = loop.Trainer(
                 self.profile,

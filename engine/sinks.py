@@ -1,4 +1,5 @@
-"""Logging sinks chosen in the profile's `[log]`: a CSV of epoch metrics and TensorBoard.
+"""Logging sinks chosen in the profile's `[log]`: a CSV of epoch metrics and TensorBoard;
+and `[notify]`'s, which tells a command or a webhook how the run ended (engine/notify.py).
 
 Sinks are fed from events (DESIGN.md: profile -> Trainer -> events -> sinks), by the
 EventLog that writes events.jsonl, so the training loop knows nothing of them. Each
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import csv
 import math
+import queue
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.notify import NotifySink
 from engine.task_spec import metric_keys
 
 CSV_NAME = "metrics.csv"
@@ -146,11 +149,14 @@ class TensorBoardSink:
         self.writer.close()
 
 
-def open_sinks(log: Any, run_dir: Path | None) -> list[Sink]:
-    """The sinks `log` (the profile's LogSection) asks for, writing into `run_dir`.
+def open_sinks(
+    log: Any, run_dir: Path | None, notify: Any = None, events: queue.Queue | None = None
+) -> list[Sink]:
+    """The sinks `log` (the profile's LogSection) asks for, writing into `run_dir`, and
+    the notifications `notify` (its NotifySection) asks for, warning on `events`.
 
-    None without a run directory. Raises MptError when tensorboard is asked for but
-    cannot be imported.
+    None without a run directory (under torchrun: on every rank but 0). Raises MptError
+    when tensorboard is asked for but cannot be imported.
     """
     if run_dir is None:
         return []
@@ -159,4 +165,6 @@ def open_sinks(log: Any, run_dir: Path | None) -> list[Sink]:
         sinks.append(TensorBoardSink(run_dir))
     if log.csv:
         sinks.append(CsvSink(run_dir / CSV_NAME))
+    if notify is not None and (notify.command or notify.webhook):
+        sinks.append(NotifySink(notify, run_dir, events))
     return sinks

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ProfileError
+from engine.notify import NOTIFY_EVENTS
 from engine.profile import (
     FIELDS,
     SECTIONS,
@@ -180,6 +181,11 @@ _SPECIAL = {
     "optim.betas": st.lists(st.floats(0.0, 0.999), min_size=2, max_size=2),
     "optim.nesterov": st.just(False),
     "model.pretrained": st.just(""),
+    "notify.on": st.lists(st.sampled_from(NOTIFY_EVENTS), max_size=3),
+    "notify.webhook": st.sampled_from(["", "https://hooks.example.com/T0/B0", "http://h:8080/"]),
+    "notify.command": st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).filter(
+        lambda s: "\x00" not in s
+    ),
 }
 
 

@@ -190,26 +190,37 @@ class ResumeScreen(Screen):
         if profile is None:
             self.app.bell()
             return
+        from engine.profile import describe_value
         from engine.user_code import imported_code
 
         code = imported_code(profile.to_dict())
-        if code is None:
+        command = profile.notify.command  # [notify]'s shell command is code too
+        if code is None and not command:
             self._start(profile, checkpoint.path)
             return
-        # The run's profile names code to import: a run folder can come from anyone
-        # (a shared out_dir, a download), so import it only when the user says yes.
+        # The run's profile names code to import or a command to run: a run folder can
+        # come from anyone (a shared out_dir, a download), so run it only when the user
+        # says yes.
         from tui.screens.confirm import ConfirmScreen
+
+        runs, refused = [], []
+        if code is not None:
+            runs.append(
+                f"imports and runs code {code!r} (Python, from the working folder or an "
+                "installed package)"
+            )
+            refused.append(f"imports code {code!r}")
+        if command:
+            runs.append(f"runs the shell command {describe_value(command)} when the run ends")
+            refused.append("runs a shell command ([notify])")
 
         def answer(yes: bool | None) -> None:
             if yes:
                 self._start(profile, checkpoint.path)
             else:
-                self._status(f"not resumed: the run's profile imports code {code!r}")
+                self._status(f"not resumed: the run's profile {' and '.join(refused)}")
 
-        question = (
-            f"This run's profile imports and runs code {code!r} (Python, from the "
-            "working folder or an installed package). Run it?"
-        )
+        question = f"This run's profile {' and '.join(runs)}. Run it?"
         self.app.push_screen(ConfirmScreen(question), answer)
 
     def _start(self, profile, path: str) -> None:
