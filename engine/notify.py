@@ -32,8 +32,6 @@ from urllib.parse import urlsplit
 
 from engine import events as ev
 
-NOTIFY_EVENTS = ("finished", "early_stopped", "stopped", "interrupted", "failed")
-DEFAULT_ON = ["finished", "failed", "early_stopped", "interrupted"]
 # run_finished.reason -> the ending `notify.on` names; a reason not here (a newer mpt's)
 # notifies as "finished".
 ENDING_OF_REASON = {
@@ -75,21 +73,6 @@ def drop_checkpoint_command(profile: Any, overrides: list[str], path: Path) -> l
         "from a checkpoint only with --trust-code (or pass your profile, or "
         "--set notify.command=...)"
     ]
-
-
-def webhook_problem(url: str) -> str | None:
-    """What is wrong with `url` as notify.webhook (None: fine, or empty)."""
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        return 'must be an http:// or https:// URL, e.g. "https://hooks.example.com/T0"'
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return "must not hold spaces or control characters"
-    return None
 
 
 def _headline(event: ev.Event, last_epoch: ev.EpochEnd | None) -> str:

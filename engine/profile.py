@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 
 from engine.errors import Problem, ProfileError
-from engine.notify import DEFAULT_ON, NOTIFY_EVENTS, webhook_problem
+from engine.notify_spec import DEFAULT_ON, NOTIFY_EVENTS, webhook_problem
 from engine.task_spec import ALL_METRICS, KINDS, LOSSES, METRICS, monitors
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder", "npz", "synthetic")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.errors import ProfileError
-from engine.notify import NOTIFY_EVENTS
+from engine.notify_spec import NOTIFY_EVENTS
 from engine.profile import (
     FIELDS,
     SECTIONS,

@@ -76,7 +76,7 @@ class MptApp(App):
         self._quitting = False
         self.on_hangup = on_hangup  # "detach": a live run trains on; "stop": checkpoint, end
         self.detached: RunSession | None = None  # the run the process follows after the app
-        self.handed_over = threading.Event()  # the main thread has taken the detached run
+        self.takeover = threading.Lock()  # held by whoever follows the detached run
         self.event_loop: asyncio.AbstractEventLoop | None = None
 
     def on_mount(self) -> None:
@@ -235,7 +235,13 @@ class MptApp(App):
         if session is None or not session.live or session.run_dir is None:
             self.notify("no run of this console is live: nothing to detach")
             return
-        self.detached = session
+        if self.detached is None:
+            from tui.detach import follow_unless_taken
+
+            self.detached = session
+            name = "mpt-detach-watch"
+            args = (session, self.takeover)
+            threading.Thread(target=follow_unless_taken, args=args, name=name, daemon=True).start()
         self.exit(return_code=EXIT_OK)
 
     def detach(self) -> None:
@@ -269,12 +275,12 @@ def _watch_for_hangup(app: MptApp, fd: int) -> None:
         return
     session = app.session
     if session is not None and session.live and app.on_hangup == "detach":
-        from tui.detach import detach_or_exit_later, silence_terminal
+        from tui.detach import follow_unless_taken, silence_terminal
 
         silence_terminal()
         if app.event_loop is not None:  # ask the app's loop (it may be stuck: never wait on it)
             app.event_loop.call_soon_threadsafe(app.detach)
-        detach_or_exit_later(session.run, app.handed_over)
+        follow_unless_taken(session, app.takeover)  # the loop may never get to it
         return
     if session is not None and session.live:
         session.stop("interrupted")
@@ -292,6 +298,20 @@ def _start_hangup_watch(app: MptApp) -> None:
     if os.isatty(fd):
         name = "mpt-hangup-watch"
         threading.Thread(target=_watch_for_hangup, args=(app, fd), name=name, daemon=True).start()
+
+
+def _train_on(app: MptApp) -> int:
+    """After a detach: say where the run's lines go, follow it to its end; the exit code."""
+    from tui.detach import follow_detached
+
+    if not app.takeover.acquire(blocking=False):  # a watcher follows it (the app was slow
+        threading.Event().wait()  # to shut down); it ends the process when the run ends
+    run = app.detached.detach()
+    if sys.__stdout__ is not None and sys.__stdout__.isatty():
+        print(f"detached: the run trains on (pid {os.getpid()}); its lines go to "
+              f"{run.run_dir}/console.log; mpt ls, mpt-tui --attach {run.run_dir}, "
+              f"mpt ctl {run.run_dir} stop")  # fmt: skip
+    return follow_detached(run)
 
 
 def _cli(
@@ -384,15 +404,7 @@ def _cli(
         RunSession.stop_all()  # e.g. the app crashed: still end the run with a checkpoint
         raise
     if app.detached is not None:  # the app is gone; the run trains on in this process
-        from tui.detach import follow_detached
-
-        app.handed_over.set()
-        run = app.detached.detach()
-        if sys.__stdout__ is not None and sys.__stdout__.isatty():
-            print(f"detached: the run trains on (pid {os.getpid()}); its lines go to "
-                  f"{run.run_dir}/console.log; mpt ls, mpt-tui --attach {run.run_dir}, "
-                  f"mpt ctl {run.run_dir} stop")  # fmt: skip
-        raise typer.Exit(follow_detached(run))
+        raise typer.Exit(_train_on(app))
     RunSession.stop_all()  # a run still training (none should be): stop it with a checkpoint
     if app.return_code:
         raise typer.Exit(app.return_code)

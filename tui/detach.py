@@ -73,10 +73,11 @@ def follow_detached(run: Run, main_thread: bool = True) -> int:
     return exit_code(run.reason, run.user_error)
 
 
-def detach_or_exit_later(run: Run, handed_over: threading.Event, wait_s: float = 5.0) -> None:
-    """From the hang-up watcher's thread: the app was asked to exit so that the main thread
-    follows the run (`handed_over` set). If the app's loop is stuck on the dead terminal and
-    never gets there, follow the run from this thread and end the process when it ends."""
-    if handed_over.wait(wait_s):
-        return
-    os._exit(follow_detached(run, main_thread=False))
+def follow_unless_taken(session, takeover: threading.Lock, wait_s: float = 5.0) -> None:
+    """A thread's watch over a detach: the main thread takes the run over (`takeover`)
+    once the app has shut down. Textual's shut-down can hang on a terminal that died under
+    it (its writer's queue full): if the main thread has not taken the run within
+    `wait_s`, follow it from this thread and end the process when it ends."""
+    time.sleep(wait_s)
+    if takeover.acquire(blocking=False):
+        os._exit(follow_detached(session.detach(), main_thread=False))

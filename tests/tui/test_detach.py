@@ -32,7 +32,7 @@ from engine.remote import ControlChannel
 MPT_TUI = str(Path(sys.executable).with_name("mpt-tui"))
 
 LONG = {
-    "run": {"name": "outlive", "epochs": 50},
+    "run": {"name": "outlive", "epochs": 1000},  # stopped long before its end
     "data": {"dataset": "npz", "path": str(MNIST_NPZ)},
     "checkpoint": {"every_epochs": 0, "save_best": False},
 }
@@ -106,7 +106,15 @@ class Console:
         """After detaching: the process lives, console.log has the run's lines, and more
         steps come than there were."""
         log = self.run_dir / "console.log"
-        wait_for(lambda: self.read() or log.is_file(), 30, "console.log")
+
+        def detached() -> bool:
+            self.read()
+            if self.proc.poll() is not None:
+                tail = [(e["kind"], e.get("reason")) for e in self.events()[-2:]]
+                raise AssertionError(f"mpt-tui ended ({self.proc.returncode}); events end {tail}")
+            return log.is_file()
+
+        wait_for(detached, 30, "console.log")
         before = self.steps()
         wait_for(lambda: self.read() or self.steps() > before + 2, 60, "more steps")
         assert self.proc.poll() is None

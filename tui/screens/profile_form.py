@@ -281,38 +281,7 @@ class ProfileFormScreen(Screen):
         if self.path is not None and self.path.name == suggestion:
             suggestion = f"{self.profile.run.name}-copy.toml"
 
-        def chosen(path: Path | None) -> None:
-            if path is None:
-                return
-            renamed = self._name_runs_after(path)
-            if self._write(path):
-                self.path = path
-                self._show_title()
-                if renamed:
-                    self._show_status(
-                        text=f"saved {path}; run.name is now {renamed!r}, so its runs go to "
-                        f"their own folder ({self.profile.run.out_dir}/{renamed}/), not the "
-                        "old profile's"
-                    )
-
-        self.app.push_screen(SaveAsScreen(folder, suggestion), chosen)
-
-    def _name_runs_after(self, path: Path) -> str | None:
-        """A profile saved as a new file would share the old one's runs folder (run.name):
-        name its runs after the new file instead, when that is a valid run.name. The new
-        name, or None when run.name stays."""
-        control = self.row("run.name").control
-        old = control.value
-        if path.stem == old or self.profile is None:
-            return None
-        with control.prevent(Input.Changed):  # validated here, not again after the save
-            control.value = path.stem
-            self._validate()
-            if self.profile is None:  # not a valid run.name: keep the old one
-                control.value = old
-                self._validate()
-                return None
-        return path.stem
+        self.app.push_screen(SaveAsScreen(folder, suggestion), lambda path: _save_as(self, path))
 
     def _refuse(self, what: str) -> None:
         n = len(self.problems)
@@ -394,3 +363,36 @@ def _unknown_keys(data: dict[str, Any]) -> list[Problem]:
     except ProfileError as e:
         return [p for p in e.problems if p.key and p.key not in FIELD_BY_PATH]
     return []
+
+
+def _name_runs_after(form: ProfileFormScreen, path: Path) -> str | None:
+    """A profile saved as a new file would share the old one's runs folder (run.name):
+    name its runs after the new file instead, when that is a valid run.name. The new
+    name, or None when run.name stays."""
+    control = form.row("run.name").control
+    old = control.value
+    if path.stem == old or form.profile is None:
+        return None
+    with control.prevent(Input.Changed):  # validated here, not again after the save
+        control.value = path.stem
+        form._validate()
+        if form.profile is None:  # not a valid run.name: keep the old one
+            control.value = old
+            form._validate()
+            return None
+    return path.stem
+
+
+def _save_as(form: ProfileFormScreen, path: Path | None) -> None:
+    """F2's answer: write the form to `path` (None: cancelled), its runs named after it."""
+    if path is None:
+        return
+    renamed = _name_runs_after(form, path)
+    if form._write(path):
+        form.path = path
+        form._show_title()
+        if renamed:
+            form._show_status(
+                text=f"saved {path}; run.name is now {renamed!r}, so its runs go to their "
+                f"own folder ({form.profile.run.out_dir}/{renamed}/), not the old profile's"
+            )
