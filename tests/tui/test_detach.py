@@ -26,6 +26,7 @@ from durable_helpers import (
     wait_for,
     write_toml,
 )
+from tui_helpers import PTY_EXEC
 
 from engine.remote import ControlChannel
 
@@ -37,13 +38,7 @@ LONG = {
     "checkpoint": {"every_epochs": 0, "save_best": False},
 }
 
-# The child's first program: optionally make the pty (fd 0, in a new session) the
-# controlling terminal (so that closing it sends SIGHUP), then become mpt-tui.
-EXEC = (
-    "import fcntl, os, sys, termios\n"
-    "if sys.argv[1] == 'ctty': fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])"
-)
+EXEC = PTY_EXEC
 
 
 class Console:

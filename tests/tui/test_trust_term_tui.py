@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from durable_helpers import MNIST_NPZ, profile_dict, read_jsonl, run_dir_of, wait_for, write_toml
+from tui_helpers import PTY_EXEC
 
 MPT_TUI = str(Path(sys.executable).with_name("mpt-tui"))
 
@@ -29,13 +30,7 @@ LONG = {
     "checkpoint": {"every_epochs": 0, "save_best": False},
 }
 
-# The child's first program: optionally make the pty (fd 0, in a new session) the
-# controlling terminal, then become mpt-tui.
-EXEC = (
-    "import fcntl, os, sys, termios\n"
-    "if sys.argv[1] == 'ctty': fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
-    "os.execv(sys.argv[2], sys.argv[2:])"
-)
+EXEC = PTY_EXEC
 
 
 def read_available(fd: int) -> None:

@@ -79,3 +79,13 @@ async def set_text(pilot, path: str, text: str) -> None:
     await wait_for(pilot, lambda: form.focused is form.row(path).control)
     form.row(path).control.value = text
     await pilot.pause()
+
+
+# A child's first program for a test in a real pty: optionally make the pty (fd 0, in a new
+# session) its controlling terminal (so that closing it sends SIGHUP), then become the
+# command: [sys.executable, "-c", PTY_EXEC, "ctty" or "no-ctty", program, args...].
+PTY_EXEC = (
+    "import fcntl, os, sys, termios\n"
+    "if sys.argv[1] == 'ctty': fcntl.ioctl(0, termios.TIOCSCTTY, 0)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
