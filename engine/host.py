@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import psutil
 
+from engine.memory import format_bytes
+
 T = TypeVar("T")
 
 GiB = 2**30
@@ -32,16 +34,6 @@ REARM = 1.5  # after a warning, free space must exceed this x the threshold to w
 
 LINUX = sys.platform == "linux"
 PAGE = os.sysconf("SC_PAGE_SIZE") if LINUX else 4096
-
-
-def _bytes(n: int) -> str:
-    """`3.1 MiB`: how a warning names a size."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def _proc(path: str) -> bytes:
@@ -136,12 +128,12 @@ class DiskWatch:
             return None
         self.armed = False
         room = (
-            f"less than twice the last checkpoint's {_bytes(size)}"
+            f"less than twice the last checkpoint's {format_bytes(size)}"
             if size is not None
-            else f"less than {_bytes(NO_CHECKPOINT_YET)} before the first checkpoint"
+            else f"less than {format_bytes(NO_CHECKPOINT_YET)} before the first checkpoint"
         )
         return (
-            f"the disk holding {self.folder} has {_bytes(free)} free, {room}: the next "
+            f"the disk holding {self.folder} has {format_bytes(free)} free, {room}: the next "
             "checkpoint may fail to write; free some space there (or point run.out_dir "
             "at a roomier disk)"
         )

@@ -556,9 +556,8 @@ def _check_value(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return None, "must be a string"
         if kind == "choice" and value not in spec.choices:
-            hint = _close_match(value, spec.choices)
             msg = "must be one of " + ", ".join(spec.choices)
-            return None, msg + (f"; did you mean {hint!r}?" if hint else "")
+            return None, msg + _did_you_mean(value, spec.choices)
         return value, None
     if kind in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -600,9 +599,8 @@ def _check_new_kind(spec: FieldSpec, value: Any) -> tuple[Any, str | None]:
             return None, "must be a string"
         if value in spec.choices or _IMPORT_PATH_RE.match(value):
             return value, None
-        hint = _close_match(value, spec.choices)
         msg = f'must be one of {", ".join(spec.choices)} or "package.module:function"'
-        return None, msg + (f"; did you mean {hint!r}?" if hint else "")
+        return None, msg + _did_you_mean(value, spec.choices)
     if kind == "str_list":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None, "must be a list of strings"
@@ -672,9 +670,14 @@ def _close_match(name: str, known: Any) -> str | None:
     return hint[0] if hint else None
 
 
-def _unknown(name: str, known: list[str], what: str) -> str:
+def _did_you_mean(name: str, known: Any) -> str:
+    """`; did you mean 'lr'?` for a near miss of `known`, else ''."""
     hint = _close_match(name, known)
-    return f"unknown {what}" + (f"; did you mean {hint!r}?" if hint else "")
+    return f"; did you mean {hint!r}?" if hint else ""
+
+
+def _unknown(name: str, known: list[str], what: str) -> str:
+    return f"unknown {what}" + _did_you_mean(name, known)
 
 
 NAME_MAX = 255  # bytes in one file name, on Linux, macOS and Windows file systems alike
@@ -745,8 +748,7 @@ def _model_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     arch = m.arch
     zoo = _ZOO_RE.match(arch)  # timm's names may carry a tag: timm:resnet18.a1_in1k
     if arch not in BUILTIN_ARCHS and not zoo and not _IMPORT_PATH_RE.match(arch):
-        hint = _close_match(arch, BUILTIN_ARCHS)
-        meant = f"; did you mean {hint!r}?" if hint else ""
+        meant = _did_you_mean(arch, BUILTIN_ARCHS)
         choices = 'mlp, cnn, resnet18, "torchvision:NAME", "timm:NAME" or "package.module:factory"'
         yield "model.arch", f"must be {choices}{meant}", arch
     elif arch.startswith("timm:") and importlib.util.find_spec("timm") is None:
@@ -812,8 +814,7 @@ def _task_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     known = METRICS[t.kind]
     for name in t.metrics:
         if name not in ALL_METRICS:
-            hint = _close_match(name, ALL_METRICS)
-            meant = f"; did you mean {hint!r}?" if hint else ""
+            meant = _did_you_mean(name, ALL_METRICS)
             message = f"unknown metric {name!r}; {t.kind} has {', '.join(known)}{meant}"
             yield "task.metrics", message, t.metrics
             break
@@ -848,8 +849,7 @@ def _monitors(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     for key, value in (("early_stop.monitor", p.early_stop.monitor),
                        ("checkpoint.monitor", p.checkpoint.monitor)):  # fmt: skip
         if value not in choices:
-            hint = _close_match(value, choices)
-            meant = f"; did you mean {hint!r}?" if hint else ""
+            meant = _did_you_mean(value, choices)
             yield key, f"must be one of {', '.join(choices)}{meant}", value
 
 
@@ -931,8 +931,7 @@ def _notify_keys(p: Profile, unusable: Unusable) -> Iterator[Finding]:
     n = p.notify
     for name in n.on:
         if name not in NOTIFY_EVENTS:
-            hint = _close_match(name, NOTIFY_EVENTS)
-            meant = f"; did you mean {hint!r}?" if hint else ""
+            meant = _did_you_mean(name, NOTIFY_EVENTS)
             message = f"unknown ending {name!r}; use {', '.join(NOTIFY_EVENTS)}{meant}"
             yield "notify.on", message, n.on
             break

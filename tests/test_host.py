@@ -125,7 +125,7 @@ def test_a_run_on_a_small_disk_is_warned_once_before_its_first_checkpoint(train,
     assert len(low) == 1, [e.message for e in done.of("warning")]
     message = low[0].message
     assert f"the disk holding {run_dir_of(done)} has " in message
-    assert "less than 1.0 GiB before the first checkpoint" in message
+    assert "less than 1.07 GB before the first checkpoint" in message
     assert "run.out_dir" in message  # what to do about it
     kinds = [(e.kind, getattr(e, "message", "")) for e in done.events]
     first_checkpoint = next(i for i, (k, _) in enumerate(kinds) if k == "checkpoint_saved")
@@ -146,11 +146,11 @@ def test_the_warning_is_given_once_and_again_only_after_the_space_came_back(smal
     filler = fill(small_disk, leave=MiB + MiB // 2)
     first = sampler.disk_warning(fresh=True)
     assert first.startswith(f"the disk holding {small_disk} has 1.")
-    assert "free, less than twice the last checkpoint's 1.0 MiB" in first
+    assert "free, less than twice the last checkpoint's 1.05 MB" in first
     assert sampler.disk_warning(fresh=True) is None  # said once, not at every sample
     filler.unlink()
     assert sampler.disk_warning(fresh=True) is None  # the space came back: nothing to say
     fill(small_disk, leave=MiB)
     again = sampler.disk_warning(fresh=True)
-    assert again is not None and "less than twice the last checkpoint's 1.0 MiB" in again
+    assert again is not None and "less than twice the last checkpoint's 1.05 MB" in again
     assert sampler.sample(1.0)["disk_free"] <= MiB
