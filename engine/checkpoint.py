@@ -75,6 +75,8 @@ class CheckpointInfo:
     time: float
     problem: str | None = None  # why the checkpoint cannot be used; None when it can
     metric_name: str = "val_acc"
+    monitor: str = ""  # checkpoint.monitor: what best.pt follows (maybe not the headline)
+    monitor_value: float | None = None  # its value at this checkpoint
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> None:
@@ -181,8 +183,10 @@ def load(path: str | Path) -> dict[str, Any]:
 def info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
     """The picker's line of a checkpoint that `load` accepted."""
     progress = state["progress"]
-    task = {**Profile().to_dict()["task"], **state["profile"].get("task", {})}
+    defaults = Profile().to_dict()
+    task = {**defaults["task"], **state["profile"].get("task", {})}
     headline = "val_" + metric_names(task["kind"], task["metrics"])[0]
+    monitor = {**defaults["checkpoint"], **state["profile"].get("checkpoint", {})}["monitor"]
     return CheckpointInfo(
         path=str(path),
         epoch=progress["epochs_done"],
@@ -190,6 +194,8 @@ def info(path: Path, state: dict[str, Any]) -> CheckpointInfo:
         metric=state["metrics"].get(headline),
         time=state.get("time") or path.stat().st_mtime,
         metric_name=headline,
+        monitor=monitor,
+        monitor_value=state["metrics"].get(monitor),
     )
 
 

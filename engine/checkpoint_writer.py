@@ -93,7 +93,14 @@ class CheckpointWriter:
             return
         self.prune()  # the best file best.pt held until now may go
         self.log.emit(
-            ev.CheckpointSaved(step=at.step, epoch=at.epoch, path=str(best), reason="best")
+            ev.CheckpointSaved(
+                step=at.step,
+                epoch=at.epoch,
+                path=str(best),
+                reason="best",
+                monitor=at.best_ckpt.monitor,
+                value=at.best_ckpt.best,
+            )
         )
 
     def carry_best_over(self, at: TrainState) -> None:

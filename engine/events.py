@@ -128,6 +128,10 @@ class CheckpointSaved(Event):
     kind: ClassVar[str] = "checkpoint_saved"
     path: str = ""
     reason: str = ""  # epoch, steps, best, requested, stop, interrupted, final
+    # reason best: the checkpoint.monitor best.pt follows, and its value (the run's
+    # headline metric may be another: the dashboard and the resume picker say which)
+    monitor: str = ""
+    value: float | None = None
 
 
 @dataclass

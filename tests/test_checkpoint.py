@@ -136,6 +136,21 @@ def test_each_checkpoint_records_the_best_so_far_including_its_own_validation(be
     assert state["best_checkpoint"]["best_step"] == state["progress"]["step"]
 
 
+def test_best_pt_events_and_the_picker_name_the_monitor_and_its_value(best_run):
+    # The dashboard's "best" is the headline metric's; best.pt follows checkpoint.monitor:
+    # each best.pt event and the picker's line say which, so the two never seem to disagree.
+    from engine.checkpoint import info
+
+    monitor, done = best_run
+    bests = [e for e in done.of("checkpoint_saved") if e.reason == "best"]
+    assert bests and all(e.monitor == monitor for e in bests)
+    state = load(done.ckpt_dir / "best.pt")
+    assert bests[-1].value == state["metrics"][monitor]
+    line = info(done.ckpt_dir / "best.pt", state)
+    assert (line.monitor, line.monitor_value) == (monitor, state["metrics"][monitor])
+    assert line.metric_name == "val_acc"  # the headline, whatever the monitor
+
+
 def test_last_pt_is_always_the_newest_checkpoint(tmp_path):
     done = train(
         profile_dict(

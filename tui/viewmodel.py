@@ -23,6 +23,7 @@ from engine.task_spec import lower_is_better
 RATE_SMOOTHING_S = 5.0  # seconds over which the dashboard's samples/s is averaged
 MAX_POINTS = 500  # per curve; older points are thinned so a long run draws as fast as a short one
 _LINKS = ("last.pt", "best.pt")  # names the engine links to a step-NNNNNN.pt file
+ROUTINE_CHECKPOINTS = ("epoch", "steps", "best")  # the periodic ones, not a user's or an end's
 
 
 @dataclass
@@ -112,6 +113,14 @@ class HostFigures:
 
 
 @dataclass
+class BestCheckpoint:
+    monitor: str  # checkpoint.monitor
+    value: float | None
+    epoch: int
+    step: int
+
+
+@dataclass
 class EarlyStopView:
     monitor: str
     value: float | None
@@ -171,6 +180,8 @@ class RunView:
     _rate_seen: bool = False  # the session's first step event (its window holds the warm-up)
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite = "skip")
     _ckpt_step: tuple[int, int] | None = None
+    _routine_line: str | None = None  # the message of the last routine checkpoint
+    best_checkpoint: BestCheckpoint | None = None  # what best.pt holds (checkpoint_saved best)
     version: int = 0  # bumped by every event: the screen redraws only when it moved
     plot_version: int = 0  # bumped by events that move a curve
 
@@ -273,14 +284,25 @@ class RunView:
         name = Path(e.path).name
         if name not in _LINKS or self.last_checkpoint is None:
             self.last_checkpoint, self.checkpoint_reason = e.path, e.reason  # the file, not a link
-        shown = self._short(e.path) + (f" ({e.reason})" if e.reason else "")
+        if e.reason == "best" and e.monitor:
+            self.best_checkpoint = BestCheckpoint(e.monitor, e.value, e.epoch, e.step)
+        shown = self.in_run_dir(e.path) + (f" ({e.reason})" if e.reason else "")
         if self._ckpt_step == (e.step, self.version - 1) and self.messages:
             self.messages[-1] += f", {shown}"  # best.pt/last.pt written with the same step
+        elif e.reason in ROUTINE_CHECKPOINTS and self._routine_said(e):
+            self.messages[-1] = f"step {e.step}: checkpoint saved: {shown}"
         else:
             self._say(e, f"checkpoint saved: {shown}")
         self._ckpt_step = (e.step, self.version)
+        self._routine_line = self.messages[-1] if e.reason in ROUTINE_CHECKPOINTS else None
 
-    def _short(self, path: str) -> str:
+    def _routine_said(self, e: ev.CheckpointSaved) -> bool:
+        """Whether the last message is the last routine checkpoint's: the next one takes its
+        line, so that a checkpoint every epoch never pushes a pause, a warning or a
+        requested checkpoint out of the panel's few lines (the log screen keeps them all)."""
+        return bool(self.messages) and self.messages[-1] == self._routine_line
+
+    def in_run_dir(self, path: str) -> str:
         """A path inside the run directory, relative to it; the panel shows it in full."""
         if self.run_dir and path.startswith(self.run_dir.rstrip("/") + "/"):
             return path[len(self.run_dir.rstrip("/")) + 1 :]
@@ -546,7 +568,15 @@ def early_stop_lines(v: RunView) -> list[str]:
 
 
 def path_lines(v: RunView) -> list[str]:
+    """The run directory, the last checkpoint in it, and what best.pt holds: the best
+    value of checkpoint.monitor, which may not be the headline metric the panel beside
+    calls "best" (val_loss's best epoch is not always val_acc's)."""
     ckpt = "-"
     if v.last_checkpoint:
-        ckpt = v.last_checkpoint + (f" ({v.checkpoint_reason})" if v.checkpoint_reason else "")
+        ckpt = v.in_run_dir(v.last_checkpoint)
+        ckpt += f" ({v.checkpoint_reason})" if v.checkpoint_reason else ""
+    best = v.best_checkpoint
+    if best is not None:
+        ckpt += f" · best.pt ep {best.epoch} {best.monitor} "
+        ckpt += format_metric(best.monitor, best.value)
     return [f"run dir     {v.run_dir or '-'}", f"checkpoint  {ckpt}"]

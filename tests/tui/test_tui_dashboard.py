@@ -168,6 +168,10 @@ async def test_quit_with_a_live_run_asks_then_stops_it_cleanly(workdir: Path):
         run_dir = app.session.run_dir
         await press(pilot, "q")
         await wait_for(pilot, lambda: isinstance(app.screen, ChoiceScreen))
+        await pilot.pause(0.1)
+        # a dialog over the dashboard, as every question: in the middle, the run beside it
+        dialog, screen = app.screen.query_one("#dialog").region, app.screen.region
+        assert dialog.y > 0 and dialog.bottom < screen.bottom and dialog.x > 0
         await press(pilot, "escape")
         await pilot.pause(0.2)
         assert app.session.live and app.is_running

@@ -21,7 +21,7 @@ def form_app(path: str = "profiles/quick.toml") -> MptApp:
 @run_async
 async def test_every_key_of_the_schema_has_a_field_of_its_kind(workdir: Path):
     app = form_app()
-    async with app.run_test() as pilot:
+    async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen))
         rows = list(app.screen.query(FieldRow))
         assert [r.path for r in rows] == [f.path for f in FIELDS]
@@ -199,6 +199,34 @@ async def test_sections_are_tabs_and_a_problem_marks_its_tab(workdir: Path):
         assert form.row("optim.lr").error == "must be > 0 (got 0)"
         await pilot.press("pageup", "pageup")
         assert tabs.active == "section-data"
+
+
+@run_async
+async def test_every_tab_shows_whole_at_80_columns(workdir: Path):
+    # Twelve sections are 84 columns of tabs: at 80, `notify` showed as `no`. Long names
+    # are shortened as far as needed, and come back on a wider screen.
+    app = form_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileFormScreen))
+        form = app.screen
+        tabs = form.query_one("#sections", TabbedContent)
+
+        def shown() -> dict[str, str]:
+            return {s: str(tabs.get_tab(f"section-{s}").label) for s in SECTIONS}
+
+        def whole() -> bool:
+            regions = [tabs.get_tab(f"section-{s}").region for s in SECTIONS]
+            return all(r.width and r.right <= 80 for r in regions)
+
+        await pilot.pause()
+        assert shown()["checkpoint"] == "ckpt" and shown()["notify"] == "notify"
+        assert whole()
+        await set_text(pilot, "optim.lr", "0")  # a problem mark makes a tab wider
+        await pilot.pause()
+        assert shown()["optim"] == "optim !" and shown()["precision"].startswith("prec")
+        assert whole()
+        await pilot.resize_terminal(120, 40)
+        await wait_for(pilot, lambda: shown()["checkpoint"] == "checkpoint")
 
 
 @run_async

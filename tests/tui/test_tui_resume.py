@@ -85,7 +85,10 @@ async def test_resume_lists_every_checkpoint_with_epoch_step_metric_and_time(wor
     from engine.run import Run
 
     run = Run.start(
-        load_profile("profiles/quick.toml", ["checkpoint.every_epochs=1", "checkpoint.keep_last=0"])
+        load_profile(
+            "profiles/quick.toml",
+            ["checkpoint.every_epochs=1", "checkpoint.keep_last=0", "checkpoint.save_best=true"],
+        )
     )
     assert run.join(60) == "completed"
     app = MptApp("profiles", "runs", resume=run.run_dir)
@@ -98,7 +101,16 @@ async def test_resume_lists_every_checkpoint_with_epoch_step_metric_and_time(wor
         steps = [int(r[2]) for r in rows]
         assert steps == sorted(steps, reverse=True) and steps[-1] == 45
         assert {r[0] for r in rows} >= {"last.pt", "step-000045.pt", "step-000090.pt"}
-        assert all(r[3].endswith("%") and r[4][:2] == "20" for r in rows)
+        # val: the headline (accuracy); best.pt follows checkpoint.monitor (val_loss by
+        # default), a column of its own, so best.pt's row says why it is the best
+        headers = [str(c.label) for c in table.columns.values()]
+        assert headers == ["checkpoint", "epoch", "step", "val", "val_loss", "saved"]
+        assert all(r[3].endswith("%") and float(r[4]) > 0 and r[5][:2] == "20" for r in rows)
+        best = next(i for i, r in enumerate(rows) if r[0] == "best.pt")
+        table.move_cursor(row=best)
+        await pilot.pause()
+        status = str(screen.query_one("#status").render())
+        assert status.startswith(f"best.pt: the best val_loss so far ({rows[best][4]}, step")
         # the safe keys come from the run's profile
         assert screen.row("run.epochs").value == 3
         assert screen.row("optim.lr").value == 0.001

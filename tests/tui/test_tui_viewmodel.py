@@ -203,12 +203,50 @@ def test_checkpoints_show_their_path_and_links_of_one_step_share_a_line():
     )
     assert path_lines(v) == [
         f"run dir     {RUN_DIR}",
-        f"checkpoint  {ckpt}/step-000045.pt (epoch)",
+        "checkpoint  checkpoints/step-000045.pt (epoch)",  # (events before best.pt's monitor)
     ]
     v.apply(ev.CheckpointSaved(step=50, path=f"{ckpt}/step-000050.pt", reason="requested"))
     assert (
         list(v.messages)[-1] == "step 50: checkpoint saved: checkpoints/step-000050.pt (requested)"
     )
+
+
+def test_best_pt_says_its_monitor_and_value_beside_the_last_checkpoint():
+    # The metric panel's "best val" is the headline's (val_acc); best.pt follows
+    # checkpoint.monitor (val_loss): the paths panel says what best.pt holds.
+    v = build_view([started(), epoch_end(1, 5, 0.90, 0.30), epoch_end(2, 10, 0.93, 0.35)])
+    ckpt = f"{RUN_DIR}/checkpoints"
+    best = dict(path=f"{ckpt}/best.pt", reason="best", monitor="val_loss", value=0.30)
+    v.apply(ev.CheckpointSaved(step=45, epoch=1, **best))
+    v.apply(ev.CheckpointSaved(step=90, epoch=2, path=f"{ckpt}/step-000090.pt", reason="epoch"))
+    assert path_lines(v)[1] == (
+        "checkpoint  checkpoints/step-000090.pt (epoch) · best.pt ep 1 val_loss 0.3000"
+    )
+
+
+def test_routine_checkpoints_share_one_line_and_never_push_a_pause_out():
+    # At 80x24 the panel shows 3 lines: a checkpoint every epoch pushed "paused" away
+    v = build_view([started(), step(10, 1)])
+    v.apply(ev.Paused(step=12, time=T0 + 2))
+    ckpt = f"{RUN_DIR}/checkpoints"
+    for n in range(1, 6):
+        v.apply(
+            ev.CheckpointSaved(step=45 * n, path=f"{ckpt}/step-{45 * n:06d}.pt", reason="epoch")
+        )
+    assert list(v.messages)[-2:] == [
+        "step 12: paused",
+        "step 225: checkpoint saved: checkpoints/step-000225.pt (epoch)",
+    ]
+    v.messages.append("pause requested: takes effect after the current step")  # the keys'
+    v.apply(ev.CheckpointSaved(step=270, path=f"{ckpt}/step-000270.pt", reason="epoch"))
+    v.apply(ev.CheckpointSaved(step=270, path=f"{ckpt}/best.pt", reason="best"))
+    v.apply(ev.CheckpointSaved(step=275, path=f"{ckpt}/step-000275.pt", reason="requested"))
+    assert list(v.messages)[-3:] == [
+        "pause requested: takes effect after the current step",
+        "step 270: checkpoint saved: checkpoints/step-000270.pt (epoch), "
+        "checkpoints/best.pt (best)",
+        "step 275: checkpoint saved: checkpoints/step-000275.pt (requested)",
+    ]
 
 
 def test_a_stopped_run_says_stopped():

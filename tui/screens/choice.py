@@ -23,7 +23,7 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)  # paths, names: as written
             keys = "    ".join(f"[b]{key}[/b]: {label}" for key, label, _ in self.choices)
             yield Static(f"{keys}    [b]escape[/b]: cancel", id="keys")
 

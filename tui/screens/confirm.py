@@ -24,7 +24,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)  # paths, names: as written
             yield Static("[b]y[/b]/enter: yes    [b]n[/b]/escape: no", id="keys")
 
     def action_answer(self, yes: bool) -> None:

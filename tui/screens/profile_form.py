@@ -43,6 +43,22 @@ from tui.widgets.field import FieldRow
 MONITOR_KEYS = ("early_stop.monitor", "checkpoint.monitor")  # offered the task's monitors
 
 
+# the names a narrow screen shortens, in this order, until the tabs fit
+SHORT_TABS = {"checkpoint": "ckpt", "precision": "prec", "early_stop": "early", "schedule": "sched"}
+
+
+def tab_labels(bad: set[str], width: int) -> dict[str, str]:
+    """Each section's tab label: a tab with a problem in it says so (`model !`); when the
+    tabs are wider than the screen (80 columns hold eleven), long names are shortened, so
+    that every tab shows whole: a tab cut to `no` says nothing."""
+    labels = {s: f"{s} !" if s in bad else s for s in SECTIONS}
+    for long, short in SHORT_TABS.items():
+        if sum(len(label) + 1 for label in labels.values()) < width:  # + its margin
+            break
+        labels[long] = labels[long].replace(long, short)
+    return labels
+
+
 class ProfileFormScreen(Screen):
     """Edit one profile (or a new one, from the defaults)."""
 
@@ -158,10 +174,15 @@ class ProfileFormScreen(Screen):
         for r in self._rows():
             r.error = "; ".join(by_key.pop(r.path, []))
         self._show_status(by_key)
+        self._label_tabs()
+
+    def on_resize(self) -> None:
+        self._label_tabs()
+
+    def _label_tabs(self) -> None:
         bad = {p.key.partition(".")[0] for p in self.problems}
         tabs = self.query_one("#sections", TabbedContent)
-        for section in SECTIONS:  # a tab with a problem in it says so
-            label = f"{section} !" if section in bad else section
+        for section, label in tab_labels(bad, self.size.width).items():
             tab = tabs.get_tab(f"section-{section}")
             if str(tab.label) != label:
                 tab.label = label

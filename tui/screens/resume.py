@@ -51,6 +51,9 @@ def list_run_checkpoints(run_dir: Path) -> list[Any]:
     return good + [c for c in found if c.problem is not None]
 
 
+COLUMNS = ("checkpoint", "epoch", "step", "val", "saved")
+
+
 def format_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
@@ -88,7 +91,7 @@ class ResumeScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#checkpoints", DataTable)
-        table.add_columns("checkpoint", "epoch", "step", "val", "saved")
+        table.add_columns(*COLUMNS)
         table.focus()
         self._status("reading the checkpoints ...")
         self._load_checkpoints()
@@ -106,17 +109,27 @@ class ResumeScreen(Screen):
     def _show_checkpoints(self, infos: list[Any]) -> None:
         table = self.query_one("#checkpoints", DataTable)
         self.checkpoints = infos
+        # best.pt follows checkpoint.monitor: when that is not the headline metric (val_loss
+        # while the val column shows accuracy), a column shows it, so that best.pt's row
+        # says why it is the best
+        monitors = {c.monitor for c in infos if c.problem is None and c.monitor != c.metric_name}
+        named = len(monitors) > 1  # (a resume that changed it): each cell names its own
+        if monitors:
+            header = "checkpoint.monitor" if named else next(iter(monitors))
+            table.clear(columns=True)
+            table.add_columns(*COLUMNS[:-1], header, COLUMNS[-1])
         for c in infos:
-            metric = getattr(c, "metric", None)
-            unusable = getattr(c, "problem", None) is not None
-            table.add_row(
+            unusable = c.problem is not None
+            cells = [
                 Path(c.path).name,
                 "unusable" if unusable else str(c.epoch),
                 "-" if unusable else str(c.step),
-                _metric_cell(getattr(c, "metric_name", "val_acc"), metric),
-                format_time(getattr(c, "time", None)),
-                key=str(c.path),
-            )
+                _metric_cell(c.metric_name, c.metric),
+            ]
+            if monitors:
+                value = format_metric(c.monitor, c.monitor_value) if c.monitor else "-"
+                cells.append(f"{c.monitor} {value}" if named and c.monitor else value)
+            table.add_row(*cells, format_time(c.time), key=str(c.path))
         if self.selected is not None:
             with contextlib.suppress(RowDoesNotExist):  # not listed: stay on the newest
                 table.move_cursor(row=table.get_row_index(str(self.selected)))
@@ -129,10 +142,18 @@ class ResumeScreen(Screen):
     def _show_highlighted(self) -> None:
         """The status line: why the highlighted checkpoint is unusable, or how to go on."""
         checkpoint = self.highlighted()
-        if checkpoint is not None and getattr(checkpoint, "problem", None):
+        go_on = "enter or ctrl+r: resume from the highlighted checkpoint"
+        if checkpoint is not None and checkpoint.problem:
             self._status(f"cannot resume from it: {checkpoint.problem}")
+        elif checkpoint is not None and Path(checkpoint.path).name == "best.pt":
+            best = format_metric(checkpoint.monitor, checkpoint.monitor_value)
+            self._status(
+                self.problem
+                or f"best.pt: the best {checkpoint.monitor} so far ({best}, step "
+                f"{checkpoint.step}; checkpoint.monitor). {go_on}"
+            )
         else:
-            self._status(self.problem or "enter or ctrl+r: resume from the highlighted checkpoint")
+            self._status(self.problem or go_on)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if self.checkpoints:
@@ -183,7 +204,7 @@ class ResumeScreen(Screen):
 
     def action_resume(self) -> None:
         checkpoint = self.highlighted()
-        if checkpoint is None or getattr(checkpoint, "problem", None):
+        if checkpoint is None or checkpoint.problem:
             self.app.bell()
             return
         profile = self._profile()
