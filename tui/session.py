@@ -52,6 +52,7 @@ class RunSource(abc.ABC):
         self._waiting: deque[ev.Event] = deque()  # read by the watcher, not folded yet
         self._done = threading.Event()  # nothing more will come (or we stopped watching)
         self._watcher: threading.Thread | None = None
+        self.terminal_folded = False  # the view holds the run's last word
 
     # ---- what each kind says ----
     @property
@@ -91,8 +92,12 @@ class RunSource(abc.ABC):
         events = self._read(timeout)
         self._waiting.extend(events)
         if any(isinstance(e, TERMINAL) for e in events):
-            self._done.set()
+            self._terminal_read()
         return len(events)
+
+    def _terminal_read(self) -> None:
+        """The run's last word is read: by default, nothing more will come."""
+        self._done.set()
 
     @property
     def backlog(self) -> bool:
@@ -103,7 +108,9 @@ class RunSource(abc.ABC):
         """Apply what the watcher read to the view (on the UI's thread); how many events."""
         n = 0
         while n < limit and self._waiting:
-            self.view.apply(self._waiting.popleft())
+            event = self._waiting.popleft()
+            self.view.apply(event)
+            self.terminal_folded |= isinstance(event, TERMINAL)
             n += 1
         return n
 
@@ -149,6 +156,7 @@ class RunSession(RunSource):
             self.view.messages.append("starting: loading the data, building the model")
         self.ended = False  # the terminal event is folded (or the thread is gone)
         self._gone = False  # the thread ended without a terminal event
+        self._terminal = False  # its terminal event is read; its thread may still warn
 
     @classmethod
     def start(cls, profile: Profile, *, resume: str | Path | None = None) -> RunSession:
@@ -178,9 +186,10 @@ class RunSession(RunSource):
                 self.run.events.get(timeout=timeout) if timeout else self.run.events.get_nowait()
             ]
         except queue.Empty:
-            # the thread died without a terminal event: never wait for one
+            # the thread ended: after its terminal event, or died without one (never
+            # wait for it then)
             if not self.run.is_alive() and self.run.events.empty():
-                self._gone = True
+                self._gone = not self._terminal
                 self._done.set()
             return []
         while len(events) < DRAIN_BATCH and not isinstance(events[-1], TERMINAL):
@@ -190,9 +199,14 @@ class RunSession(RunSource):
                 break
         return events
 
+    def _terminal_read(self) -> None:
+        # [notify]'s failures come after run_finished, as warnings on the queue, while the
+        # thread waits for its notifications (engine/notify.py): read on until it ends
+        self._terminal = True
+
     def fold(self, limit: int = DRAIN_BATCH) -> int:
         n = super().fold(limit)
-        if self.drained and not self.ended:
+        if (self.terminal_folded or self.drained) and not self.ended:
             self.ended = True
             if self._gone and self.view.live:
                 self.view.state = "failed"

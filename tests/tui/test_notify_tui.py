@@ -49,3 +49,22 @@ async def test_resuming_a_run_whose_profile_names_a_notify_command_asks_first(wo
         await wait_for(pilot, lambda: app.session.ended, timeout=120)
     app.session.join(60)
     assert told.is_file()  # consented: the command ran at the run's end
+
+
+@run_async
+async def test_a_notification_that_fails_is_said_on_the_dashboard(workdir: Path):
+    # [notify] runs after run_finished, and says its failure as a warning on the run's
+    # queue: the console reads on until the run's thread ends, so the user sees it.
+    profile = load_profile(
+        "profiles/quick.toml", ["run.max_steps=2", "notify.command=echo boom >&2; exit 3"]
+    )
+    app = MptApp("profiles", "runs", run_profile=profile)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), timeout=60)
+        await wait_for(pilot, lambda: app.session.ended, timeout=120)
+        assert not app.session.live
+        warned = lambda: any("[notify]" in m for m in app.session.view.messages)  # noqa: E731
+        await wait_for(pilot, warned, timeout=30)
+        said = next(m for m in app.session.view.messages if "[notify]" in m)
+        assert "exited with status 3" in said and "boom" in said
+        await wait_for(pilot, lambda: "[notify]" in str(app.screen.query_one("#messages").render()))

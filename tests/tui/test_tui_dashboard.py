@@ -131,7 +131,7 @@ async def test_checkpoint_now_saves_one_and_says_where(workdir: Path):
         assert f"checkpoint saved: checkpoints/{path.name} (requested)" in text_of(
             dash, "#messages"
         )
-        assert f"checkpoint  {path} (requested)" in text_of(dash, "#paths")
+        assert f"checkpoint  checkpoints/{path.name} (requested)" in text_of(dash, "#paths")
         await stop_run(pilot)
 
 

@@ -90,8 +90,16 @@ def test_the_watcher_tells_of_new_events_and_ends_with_the_run():
     assert told.wait(5)
     session.fold()
     assert session.ended and not session.live
+    # the thread still closes its sinks: [notify]'s failure comes after run_finished
+    told.clear()
+    run.events.put(ev.Warning(step=1, message="[notify] the command exited with status 3"))
+    assert told.wait(5)
+    session.fold()
+    assert list(session.view.messages)[-1].endswith("exited with status 3")
+    run.alive = False  # the thread ended: the watcher with it
     session._watcher.join(5)
     assert not session._watcher.is_alive()
+    assert session.view.state == "finished"
 
 
 def test_a_trainer_thread_that_dies_silently_ends_the_session_as_failed():
