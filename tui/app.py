@@ -27,6 +27,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.signal import Signal
 
+from engine.console import say
 from engine.errors import MptError
 from engine.profile import Profile
 from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
@@ -308,9 +309,13 @@ def _train_on(app: MptApp) -> int:
         threading.Event().wait()  # to shut down); it ends the process when the run ends
     run = app.detached.detach()
     if sys.__stdout__ is not None and sys.__stdout__.isatty():
-        print(f"detached: the run trains on (pid {os.getpid()}); its lines go to "
-              f"{run.run_dir}/console.log; mpt ls, mpt-tui --attach {run.run_dir}, "
-              f"mpt ctl {run.run_dir} stop")  # fmt: skip
+        # say() never raises: the terminal may have gone since
+        say(
+            f"detached: the run trains on in this process (pid {os.getpid()}); its lines "
+            f"go to {run.run_dir}/console.log; mpt ls, mpt-tui --attach {run.run_dir}, "
+            f"mpt ctl {run.run_dir} stop. This shell's prompt comes back when the run "
+            "ends; for it now: Ctrl-Z, then bg (the run trains on when the shell closes)"
+        )
     return follow_detached(run)
 
 

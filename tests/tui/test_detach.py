@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
+import shlex
 import struct
 import subprocess
 import sys
@@ -44,12 +46,15 @@ EXEC = PTY_EXEC
 class Console:
     """mpt-tui in a real terminal of 120x40, its run's folder and events."""
 
-    def __init__(self, tmp_path: Path, ctty: str = "ctty"):
+    def __init__(self, tmp_path: Path, ctty: str = "ctty", shell: bool = False):
+        """`shell`: an interactive bash in the terminal, and mpt-tui started from it."""
         profile = write_toml(tmp_path / "profile.toml", profile_dict(tmp_path / "runs", LONG))
         self.master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        command = [MPT_TUI, "--run", str(profile)]
+        program = ["/bin/bash", "--norc", "--noprofile", "-i"] if shell else command
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", EXEC, ctty, MPT_TUI, "--run", str(profile)],
+            [sys.executable, "-c", EXEC, ctty, *program],
             cwd=tmp_path,
             stdin=slave,
             stdout=slave,
@@ -60,6 +65,8 @@ class Console:
         os.close(slave)
         self.parent = tmp_path / "runs" / "outlive"
         self.screen = b""
+        if shell:
+            self.type(shlex.join(command) + "\n")
 
     @property
     def run_dir(self) -> Path | None:
@@ -138,8 +145,8 @@ class Console:
 def console(tmp_path):
     made = []
 
-    def start(ctty: str = "ctty") -> Console:
-        made.append(Console(tmp_path, ctty))
+    def start(ctty: str = "ctty", shell: bool = False) -> Console:
+        made.append(Console(tmp_path, ctty, shell))
         return made[-1]
 
     yield start
@@ -171,3 +178,37 @@ def test_detaching_from_the_console_leaves_the_run_training(console, keys):
     c.trains_on()
     c.hang_up()  # and the terminal may go as well
     assert c.stop_from_outside() == 0
+
+
+def test_in_a_shell_ctrl_z_and_bg_give_the_prompt_back_and_the_run_outlives_the_shell(console):
+    # Detached, the run trains in the console's own process: the shell that started it
+    # waits for it. The detach line says how to have the prompt now; it works: the run
+    # trains on in the background, and after the shell (and its terminal) are gone.
+    c = console(shell=True)
+    c.wait_for_steps()
+    c.type("d")
+    wait_for(lambda: c.read() or b"Ctrl-Z, then bg" in c.screen, 30, "the detach line")
+    pid = int(re.search(rb"in this process \(pid (\d+)\)", c.screen).group(1))
+    c.type("\x1a")  # Ctrl-Z: the shell's job control stops the process ...
+    wait_for(lambda: c.read() or b"Stopped" in c.screen, 30, "the job stopped")
+    c.type("bg; echo prompt-$((6 * 7))\n")  # ... and bg lets it train on behind the prompt
+    wait_for(lambda: c.read() or b"prompt-42" in c.screen, 30, "the prompt back")
+    c.trains_on()
+    c.type("exit\n")  # the shell goes, and its terminal with it
+    assert c.proc.wait(timeout=30) == 0
+    c.hang_up()
+    before = c.steps()
+    wait_for(lambda: c.steps() > before + 2, 60, "steps after the shell ended")
+    ControlChannel(c.run_dir).send("stop")
+    wait_for(lambda: c.events()[-1]["kind"] == "run_finished", 60, "the run's end")
+    assert c.events()[-1]["reason"] == "stopped"
+    wait_for(lambda: ended(pid), 30, "the process's end")
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie (its parent, the shell, is gone: whoever adopted it reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
