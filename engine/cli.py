@@ -307,6 +307,45 @@ def show(
         say(run_report(run, runs))
 
 
+@app.command()
+def sweep(
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="The sweep file, e.g. sweeps/quickstart-lr.toml.", show_default=False),
+    ] = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Finish an interrupted sweep: resume its interrupted trials from their "
+            "checkpoints and run the ones not started.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid", help="Run the valid trials when some trials' values are invalid."
+        ),
+    ] = False,
+) -> None:
+    """Run the trials of a sweep file (grid or random values of profile keys), each an
+    ordinary `mpt run`, `parallel` at a time; print the trials sorted by the monitor.
+    Exit 0 only when every trial finished."""
+    from engine import sweep_plan
+
+    if (file is None) == (resume is None):
+        _fail("mpt sweep: give a sweep file, or --resume SWEEP_DIR (not both)")
+    console = Console()
+    with _user_errors(also=(OSError,), console=console):
+        if resume is not None:
+            code = sweep_plan.resume(resume, console)
+        else:
+            code = sweep_plan.start(file, set_ or [], skip_invalid, console)
+    raise typer.Exit(code)
+
+
 # ---- steering and tidying from a shell: ctl and rm (engine/ctl.py) ----
 
 

@@ -1,0 +1,297 @@
+"""`mpt sweep`: the trials of a sweep file as a supervised queue of ordinary `mpt run`s.
+
+The sweep directory `<out_dir>/<sweep name>/<stamp>/` holds sweep.json (the resolved
+sweep and its trials), trials.jsonl (one line per change of a trial's state, the last
+line of a trial wins: a sweep killed at any moment leaves a readable record) and one
+folder per trial, `trial-NNN/`, in which the trial's `mpt run` makes its ordinary run
+directory (`trial-NNN/<stamp>/`, listed by `mpt ls SWEEP_DIR`) and writes output.log.
+
+Each trial is its own process (a crash of one never takes the others down), `parallel`
+at a time, on its own device when `devices` are given (CUDA_VISIBLE_DEVICES), with the
+CPU's threads split between the trials on the CPU. SIGINT, SIGTERM and SIGHUP stop the
+running trials with their checkpoints; `mpt sweep --resume SWEEP_DIR` resumes those
+exactly (`mpt run --resume`) and runs the ones not started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import events as ev
+from engine.console import Console
+from engine.errors import MptError
+from engine.formatting import metric
+from engine.monitor import resolve_mode
+from engine.runs import summarize_run
+from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.sweep_spec import Sweep, Trial
+
+POLL_S = 0.2
+# the states a trial ends in as asked; any other end makes the sweep's exit code non-zero
+ENDED_WELL = ("finished", "early_stopped", "max_time", "stopped")
+LIVE = ("queued", "running")
+
+
+@dataclass
+class TrialRecord:
+    """The last word on one trial, as trials.jsonl keeps it."""
+
+    trial: int
+    values: dict[str, Any]
+    state: str = "queued"  # queued, running, a run's end state, failed, invalid
+    run_dir: str | None = None
+    best: float | None = None  # the best value of the sweep's monitor
+    best_epoch: int | None = None
+    exit: int | None = None
+    problem: str = ""  # invalid: the profile's problems; failed: the run's error
+
+
+class SweepDir:
+    """The files of one sweep directory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @property
+    def trials_file(self) -> Path:
+        return self.path / "trials.jsonl"
+
+    def write_sweep(self, sweep: Sweep, trials: list[Trial]) -> None:
+        data = {**sweep.to_dict(), "trial_values": [t.values for t in trials]}
+        (self.path / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
+
+    def read_sweep(self) -> tuple[Sweep, list[Trial]]:
+        try:
+            data = json.loads((self.path / "sweep.json").read_text())
+            values = data.pop("trial_values")
+            return Sweep.from_dict(data), [Trial(i, v) for i, v in enumerate(values)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MptError(
+                f"{self.path}: not a sweep directory mpt can resume (sweep.json: {e}); "
+                "give the folder `mpt sweep` printed"
+            ) from None
+
+    def record(self, rec: TrialRecord) -> None:
+        line = json.dumps({**vars(rec), "time": time.time()}, allow_nan=False, default=str)
+        with open(self.trials_file, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def records(self) -> dict[int, TrialRecord]:
+        """Each trial's last record; a torn or foreign line is skipped."""
+        found: dict[int, TrialRecord] = {}
+        try:
+            lines = self.trials_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return found
+        names = set(TrialRecord.__dataclass_fields__)
+        for line in lines:
+            try:
+                data = json.loads(line)
+                rec = TrialRecord(**{k: v for k, v in data.items() if k in names})
+            except (ValueError, TypeError):
+                continue
+            found[rec.trial] = rec
+        return found
+
+    def trial_folder(self, trial: int) -> Path:
+        return self.path / Trial(trial, {}).name
+
+    def newest_run(self, trial: int) -> Path | None:
+        runs = sorted(p.parent for p in self.trial_folder(trial).glob("*/events.jsonl"))
+        return runs[-1] if runs else None
+
+
+def best_of(run_dir: Path, monitor: str) -> tuple[float | None, int | None]:
+    """The best value of `monitor` over the run's validations, and its epoch."""
+    better = min if resolve_mode(monitor, "auto") == "min" else max
+    seen = []
+    for e in ev.read_events(run_dir / "events.jsonl"):
+        if isinstance(e, ev.EpochEnd):
+            value = e.metrics.get(monitor, getattr(e, monitor, None))
+            if isinstance(value, float | int) and value == value:  # not NaN
+                seen.append((value, e.epoch))
+    if not seen:
+        return None, None
+    return better(seen, key=lambda pair: pair[0])
+
+
+@dataclass
+class Running:
+    trial: Trial
+    proc: subprocess.Popen
+    slot: int
+    log: Any
+
+
+class SweepRunner:
+    """Runs the trials of one sweep directory; `run()` returns the sweep's exit code."""
+
+    def __init__(self, sweep: Sweep, folder: SweepDir, console: Console):
+        self.sweep, self.folder, self.console = sweep, folder, console
+        self.records: dict[int, TrialRecord] = {}
+        self.stopping = False
+        self.slots = sweep.devices or [None] * sweep.parallel
+
+    # ---- what each trial runs ----
+    def command(self, trial: Trial, resume: Path | None) -> list[str]:
+        mpt = [sys.executable, "-P", "-m", "engine.cli"]  # -P: not the cwd's own `engine`
+        if resume is not None:
+            return [*mpt, "run", "--resume", str(resume)]
+        pinned = ["run.device=cuda"] if self.sweep.devices else []  # the one device it sees
+        sets = [
+            *self.sweep.overrides,
+            *trial.overrides(),
+            f"run.out_dir={json.dumps(str(self.folder.path))}",
+            f"run.name={json.dumps(trial.name)}",
+            *pinned,
+        ]
+        return [*mpt, "run", str(self.sweep.profile), *(x for s in sets for x in ("--set", s))]
+
+    def environment(self, slot: int) -> dict[str, str]:
+        env = dict(os.environ)
+        device = self.slots[slot]
+        if device is None and "OMP_NUM_THREADS" in env:
+            pass  # the user's own thread count stands
+        elif device is None:
+            # trials share the CPU: each gets its part of the cores. A run's numbers
+            # depend on its thread count: a resumed trial gets the same count as its
+            # first part (the same sweep, the same machine).
+            threads = max(1, (os.cpu_count() or 1) // len(self.slots))
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        elif device.startswith("cuda"):
+            env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0"
+        return env
+
+    # ---- the queue ----
+    def run(self, queue: list[tuple[Trial, Path | None]]) -> int:
+        running: dict[int, Running] = {}
+        free = list(range(len(self.slots)))
+        total = len(self.records)
+        with _forwarding_stops(self, running) as stops:
+            try:
+                while (queue and not self.stopping) or running:
+                    while queue and free and not self.stopping:
+                        trial, resume = queue.pop(0)
+                        running[trial.index] = self._start(trial, resume, free.pop(0), total)
+                    for index, r in list(running.items()):
+                        if r.proc.poll() is not None:
+                            del running[index]
+                            free.append(r.slot)
+                            free.sort()
+                            self._ended(r, total)
+                    time.sleep(POLL_S)
+            finally:
+                if running:  # the sweep itself failed: no trial trains on unsupervised
+                    stops.stop_all()
+                    for r in running.values():
+                        r.proc.wait()
+        return self.exit_code()
+
+    def _start(self, trial: Trial, resume: Path | None, slot: int, total: int) -> Running:
+        folder = self.folder.trial_folder(trial.index)
+        folder.mkdir(exist_ok=True)
+        log = open(folder / "output.log", "ab")  # noqa: SIM115 - closed in _ended
+        proc = subprocess.Popen(
+            self.command(trial, resume),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.environment(slot),
+            start_new_session=True,  # the sweep forwards stops itself (a checkpoint each)
+        )
+        rec = self.records[trial.index]
+        rec.state, rec.exit = "running", None
+        self.folder.record(rec)
+        device = self.slots[slot]
+        on = f" on {device}" if device else ""
+        again = f", resuming {resume}" if resume is not None else ""
+        self.console.line(
+            f"trial {trial.index + 1}/{total} started{on}: {trial.describe()}{again} "
+            f"(pid {proc.pid})"
+        )
+        return Running(trial, proc, slot, log)
+
+    def _ended(self, r: Running, total: int) -> None:
+        r.log.close()
+        rec = self.records[r.trial.index]
+        run_dir = self.folder.newest_run(r.trial.index)
+        summary = summarize_run(run_dir) if run_dir else None
+        rec.exit = r.proc.returncode
+        rec.run_dir = str(run_dir) if run_dir else None
+        rec.state = summary.state if summary is not None else "failed"
+        if rec.state in LIVE or (rec.exit != 0 and rec.state in ENDED_WELL):
+            rec.state = "failed"  # the process ended without its run saying so
+        if run_dir is not None:
+            rec.best, rec.best_epoch = best_of(run_dir, self.sweep.monitor)
+        if rec.state == "failed":
+            rec.problem = _last_error(run_dir, self.folder.trial_folder(r.trial.index))
+        self.folder.record(rec)
+        best = metric(self.sweep.monitor, rec.best) if rec.best is not None else "-"
+        why = f": {rec.problem}" if rec.problem and rec.state == "failed" else ""
+        self.console.line(
+            f"trial {r.trial.index + 1}/{total} {rec.state}{why}: best {self.sweep.monitor} "
+            f"{best} ({rec.run_dir or 'no run directory'})"
+        )
+
+    def exit_code(self) -> int:
+        states = [r.state for r in self.records.values()]
+        if any(s in ("interrupted", *LIVE) for s in states):
+            return EXIT_INTERRUPTED
+        return EXIT_OK if all(s in ENDED_WELL for s in states) else EXIT_FAILED
+
+    def stop(self) -> None:
+        self.stopping = True
+
+
+class _forwarding_stops:
+    """SIGINT, SIGTERM, SIGHUP: stop starting trials, send SIGTERM to the running ones
+    (each stops with a checkpoint, as `mpt run` does) and wait for them."""
+
+    def __init__(self, runner: SweepRunner, running: dict[int, Running]):
+        self.runner, self.running = runner, running
+        self.old: dict[int, Any] = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.runner.stopping:
+            self.runner.console.line(
+                f"stopping the sweep ({signal.Signals(signum).name}): the running trials "
+                "save a checkpoint; mpt sweep --resume finishes it"
+            )
+        self.stop_all()
+
+    def stop_all(self) -> None:
+        self.runner.stop()
+        for r in self.running.values():
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGTERM)
+
+    def __enter__(self) -> _forwarding_stops:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self.old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+def _last_error(run_dir: Path | None, folder: Path) -> str:
+    """The run's error (run_failed), else the last line of the trial's output."""
+    if run_dir is not None:
+        for e in reversed(ev.read_events(run_dir / "events.jsonl")):
+            if isinstance(e, ev.RunFailed):
+                return e.error
+    try:
+        lines = (folder / "output.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or [""])[-1][:300]  # mpt run's one sentence, if it said one

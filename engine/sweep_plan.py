@@ -1,0 +1,128 @@
+"""`mpt sweep FILE` and `mpt sweep --resume SWEEP_DIR`: what to run, and the table at the end.
+
+Starting checks the file and every trial's profile before anything runs; resuming reads
+the sweep directory back: a trial that ended well stays, an interrupted one (or one whose
+process died with checkpoints left) resumes from its run directory, a queued one starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.console import Console
+from engine.errors import MptError
+from engine.formatting import metric
+from engine.monitor import resolve_mode
+from engine.profile import load_profile
+from engine.run import make_run_dir
+from engine.runs import summarize_run
+from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord
+from engine.sweep_spec import Sweep, SweepError, Trial, check_trials, load_sweep
+
+# a trial in these states is not run again by --resume (failed: it would fail again)
+SETTLED = (*ENDED_WELL, "failed", "invalid")
+
+
+def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
+    sweep = load_sweep(file, overrides)
+    trials = sweep.expand()
+    invalid = check_trials(sweep, trials)
+    if invalid and (not skip_invalid or len(invalid) == len(trials)):
+        lines = [
+            f"trial {i + 1} ({trials[i].describe()}): {'; '.join(p)}" for i, p in invalid.items()
+        ]
+        more = "" if skip_invalid else " (or --skip-invalid runs the others)"
+        raise SweepError(str(file), [*lines, f"fix the values above{more}"])
+    base = load_profile(sweep.profile, [*sweep.overrides, f"run.name={json.dumps(sweep.name)}"])
+    folder = SweepDir(make_run_dir(base))  # <out_dir>/<sweep name>/<stamp>/, made safely
+    folder.write_sweep(sweep, trials)
+    runner = SweepRunner(sweep, folder, console)
+    for trial in trials:
+        rec = TrialRecord(trial.index, trial.values)
+        if trial.index in invalid:
+            rec.state, rec.problem = "invalid", "; ".join(invalid[trial.index])
+        runner.records[trial.index] = rec
+        folder.record(rec)
+    console.line(
+        f"sweep directory: {folder.path}  ({len(trials)} trials, {sweep.method}, "
+        f"{len(runner.slots)} at a time; mpt ls {folder.path} lists their runs)"
+    )
+    for i in invalid:
+        console.line(f"trial {i + 1} skipped: {runner.records[i].problem}")
+    queue = [(t, None) for t in trials if t.index not in invalid]
+    code = runner.run(queue)
+    finish(runner, console)
+    return code
+
+
+def resume(path: Path, console: Console) -> int:
+    folder = SweepDir(path)
+    sweep, trials = folder.read_sweep()
+    runner = SweepRunner(sweep, folder, console)
+    records = folder.records()
+    queue: list[tuple[Trial, Path | None]] = []
+    for trial in trials:
+        rec = records.get(trial.index) or TrialRecord(trial.index, trial.values)
+        runner.records[trial.index] = rec
+        if rec.state in SETTLED:
+            continue
+        run_dir = folder.newest_run(trial.index)
+        summary = summarize_run(run_dir) if run_dir else None
+        if summary is not None and summary.live:
+            raise MptError(
+                f"{path}: trial {trial.index + 1}'s run {run_dir} is still {summary.state}"
+                f"{f' ({summary.process})' if summary.process else ''}; stop it (mpt ctl "
+                f"{run_dir} stop) or let it end, then resume the sweep"
+            )
+        has_checkpoint = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
+        queue.append((trial, run_dir if has_checkpoint else None))
+    if not queue:
+        console.line(f"{path}: every trial has ended; nothing to resume")
+        finish(runner, console)
+        return runner.exit_code()
+    console.line(f"resuming the sweep {path}: {len(queue)} of {len(trials)} trials to run")
+    code = runner.run(queue)
+    finish(runner, console)
+    return code
+
+
+def finish(runner: SweepRunner, console: Console) -> None:
+    """The trials sorted by the monitor (best first), and the best run directory."""
+    for line in trials_table(runner.sweep, list(runner.records.values())):
+        console.line(line)
+    if runner.stopping:
+        console.line(f"resume with: mpt sweep --resume {runner.folder.path}")
+
+
+def trials_table(sweep: Sweep, records: list[TrialRecord]) -> list[str]:
+    monitor = sweep.monitor
+    sign = 1 if resolve_mode(monitor, "auto") == "min" else -1
+    ranked = sorted(records, key=lambda r: (r.best is None, sign * (r.best or 0.0), r.trial))
+    keys = list(sweep.grid if sweep.method == "grid" else sweep.random)
+    header = ["trial", "state", f"best {monitor}", *keys, "run directory"]
+    rows = [
+        [
+            str(r.trial + 1),
+            r.state,
+            metric(monitor, r.best) + (f" (ep {r.best_epoch})" if r.best is not None else ""),
+            *(_value(r.values.get(k)) for k in keys),
+            r.run_dir or "-",
+        ]
+        for r in ranked
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [header, *rows]]  # fmt: skip
+    best = next((r for r in ranked if r.best is not None and r.state in ENDED_WELL), None)
+    if best is not None:
+        lines.append(
+            f"best: trial {best.trial + 1}, {monitor} {metric(monitor, best.best)}: {best.run_dir}"
+        )
+    return lines
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
