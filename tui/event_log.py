@@ -14,14 +14,17 @@ import heapq
 import itertools
 import os
 import re
+import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import events as ev
 from engine.console import format_early_stop, format_epoch, format_finished, format_started
 from engine.formatting import number
+from tui.detach import CONSOLE_LOG
 
 # The categories a line can belong to, in the order of their number keys (1..6).
 CATEGORIES = ("run", "epoch", "checkpoint", "control", "warning", "step")
@@ -159,45 +162,62 @@ def _short(path: str, run_dir: str) -> str:
     return path[len(prefix) :] if run_dir and path.startswith(prefix) else path
 
 
-@dataclass
+@dataclass(frozen=True)
+class Shown:
+    """What a filter shows of a RunLog: its last lines, how many it shows in all, and the
+    `order` of the last line kept at that moment (lines read later have a higher one)."""
+
+    lines: list[LogLine]
+    matching: int
+    upto: int
+
+
 class RunLog:
     """A run's log lines, read from its events.jsonl as it grows (`read_new`).
 
-    The newest MAX_STEP_LINES step lines and MAX_OTHER_LINES others are kept, so a long
-    run's log takes bounded memory; `dropped` counts what went. Lines the engine's reader
-    could not read become warning lines naming the line of the file; never an exception
-    (`read_new` raises only OSError, when the file cannot be read at all).
+    The newest `max_step_lines` step lines and `max_other_lines` others are kept, so a
+    long run's log takes bounded memory; `dropped` counts what went. Lines the engine's
+    reader could not read become warning lines naming the line of the file; nothing in
+    the file raises (`read_new` raises OSError only when the file cannot be read). One
+    thread may read while another asks what is `shown`.
     """
 
-    path: Path
-    max_step_lines: int = MAX_STEP_LINES
-    max_other_lines: int = MAX_OTHER_LINES
-    run_dir: str = ""  # from run_started: paths inside it are shown short
-    dropped: int = 0
-    _steps: deque[LogLine] = field(init=False)
-    _others: deque[LogLine] = field(init=False)
-    _reader: ev.EventsReader = field(init=False)
-    _problems_told: int = 0  # problems (with their line numbers) turned into lines
-    _unreadable_told: int = 0  # unreadable lines accounted for, the unnamed ones included
-    _order: itertools.count = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        self._steps = deque(maxlen=self.max_step_lines)
-        self._others = deque(maxlen=self.max_other_lines)
+    def __init__(
+        self,
+        path: str | Path,
+        max_step_lines: int = MAX_STEP_LINES,
+        max_other_lines: int = MAX_OTHER_LINES,
+    ):
+        self.path = Path(path)
+        self.run_dir = ""  # from run_started: paths inside it are shown short
+        self.dropped = 0
+        self._steps: deque[LogLine] = deque(maxlen=max_step_lines)
+        self._others: deque[LogLine] = deque(maxlen=max_other_lines)
         self._reader = ev.EventsReader(self.path)
+        self._problems_told = 0  # problems (with their line numbers) turned into lines
+        self._unreadable_told = 0  # unreadable lines accounted for, unnamed ones included
+        self._order = itertools.count()
+        self._lock = threading.Lock()  # the kept lines: read_new adds, shown reads
 
     def read_new(self) -> list[LogLine]:
         """The lines of what was written since the last call (kept, and returned)."""
+        events = self._reader.read_new()
+        steps = sum(isinstance(e, ev.Step) for e in events)
+        unseen = max(0, steps - self._steps.maxlen)  # dropped at once: never formatted
         new = []
-        for event in self._reader.read_new():
+        for event in events:
+            if isinstance(event, ev.Step) and unseen:
+                unseen -= 1
+                self.dropped += 1
+                continue
             if isinstance(event, ev.RunStarted) and event.run_dir:
                 self.run_dir = event.run_dir
             line = describe(event, self.run_dir)
             if line is not None:
                 new.append(line)
         new += self._problem_lines()
-        return [self._keep(line) for line in new]
+        with self._lock:
+            return [self._keep(line) for line in new]
 
     def _problem_lines(self) -> list[LogLine]:
         """Warning lines for the lines of the file that could not be read: one per line
@@ -206,9 +226,8 @@ class RunLog:
         reader, name = self._reader, self.path.name
         for p in reader.problems[self._problems_told :]:
             verb = "could not be read" if p.skipped else "could be read only in part"
-            lines.append(
-                LogLine(None, None, f"{name} line {p.line} {verb}: {p.what}", ("warning",))
-            )
+            text = f"{name} line {p.line} {verb}: {p.what}"
+            lines.append(LogLine(None, None, text, ("warning",)))
         self._problems_told = len(reader.problems)
         unnamed = reader.unreadable - self._unreadable_told - len(lines)
         if unnamed > 0:
@@ -228,17 +247,24 @@ class RunLog:
     @property
     def lines(self) -> list[LogLine]:
         """Every line kept, in the order written."""
-        return list(heapq.merge(self._others, self._steps, key=lambda line: line.order))
+        with self._lock:
+            return list(heapq.merge(self._others, self._steps, key=_by_order))
 
     def __len__(self) -> int:
-        return len(self._steps) + len(self._others)
+        with self._lock:
+            return len(self._steps) + len(self._others)
 
-    def shown(self, chosen: LogFilter, last: int | None = None) -> tuple[list[LogLine], int]:
+    def shown(self, chosen: LogFilter, last: int | None = None) -> Shown:
         """The last `last` lines `chosen` shows (all when None), and how many it shows."""
-        sources = [self._others] + ([self._steps] if "step" in chosen.categories else [])
-        merged = heapq.merge(*sources, key=lambda line: line.order)
-        matching = [line for line in merged if chosen.shows(line)]
-        return (matching if last is None else matching[-last:]), len(matching)
+        with self._lock:
+            sources = [self._others] + ([self._steps] if "step" in chosen.categories else [])
+            matching = [x for x in heapq.merge(*sources, key=_by_order) if chosen.shows(x)]
+            upto = max((d[-1].order for d in (self._steps, self._others) if d), default=-1)
+        return Shown(matching if last is None else matching[-last:], len(matching), upto)
+
+
+def _by_order(line: LogLine) -> int:
+    return line.order
 
 
 # ---- console.log: a detached run's own lines ----
@@ -291,3 +317,49 @@ def clean(line: str) -> str:
     """A line as a terminal would leave it: what follows its last carriage return, with
     escape sequences and other control characters taken out (tabs stay)."""
     return _CONTROL_CHARS.sub("", line.rpartition("\r")[2])
+
+
+# ---- both files of a run, as the log screen follows them ----
+
+
+@dataclass(frozen=True)
+class LogUpdate:
+    """What one look at a run's files found."""
+
+    lines: list[LogLine]  # the log lines read since the last look
+    console: list[str] | None  # console.log's last lines, when they changed
+    note: str  # why the log is empty, while it is ("" once it has lines)
+
+
+class RunFiles:
+    """A run's events.jsonl (a RunLog) and console.log (a ConsoleTail), read from one
+    thread by `read()`; `run_dir()` says where they are (None while the run has no
+    directory yet: a run this console is starting)."""
+
+    def __init__(self, run_dir: Callable[[], str | Path | None]):
+        self._run_dir = run_dir
+        self.log: RunLog | None = None
+        self.tail: ConsoleTail | None = None
+
+    def read(self) -> LogUpdate:
+        if self.log is None:
+            where = self._run_dir()
+            if where is None:
+                return LogUpdate([], None, "The run has no directory yet: its log starts then.")
+            self.log = RunLog(Path(where) / "events.jsonl")
+            self.tail = ConsoleTail(Path(where) / CONSOLE_LOG)
+        try:
+            lines, note = self.log.read_new(), ""
+        except OSError as e:
+            what = "there is no such file" if isinstance(e, FileNotFoundError) else e.strerror
+            lines, note = [], f"{self.log.path}: {what or e}; its events show here once written."
+        if not note and not len(self.log):
+            note = f"{self.log.path} has no events yet."
+        return LogUpdate(lines, self._console(), note)
+
+    def _console(self) -> list[str] | None:
+        try:
+            grown = self.tail.read_new()
+        except OSError:
+            return None  # none: a run this console trains, or one never detached
+        return list(self.tail.lines) if grown else None

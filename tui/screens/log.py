@@ -10,22 +10,23 @@ is ever taken as markup.
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Footer, Input, RichLog, Static
 
-from tui.detach import CONSOLE_LOG
-from tui.event_log import CATEGORIES, ConsoleTail, LogFilter, LogLine, RunLog
+from tui.event_log import CATEGORIES, LogFilter, LogLine, LogUpdate, RunFiles, Shown
 from tui.session import RunSource
 
 FOLLOW_INTERVAL = 0.5  # seconds between two reads of the files while the screen is shown
 MAX_SHOWN = 2_000  # lines in the list at most: a refill renders no more than these
+FIND_HINT = "text to look for; enter keeps it, escape clears it"
+NO_MATCH = "No line matches this filter: 0 shows every category, escape clears the text."
 STEP_WIDTH = 7  # the step column
 STYLES = {
     "run": "bold",
@@ -67,6 +68,14 @@ def filter_line(chosen: LogFilter) -> Text:
     return out
 
 
+class LogRead(Message):
+    """The reading thread found something (posted from that thread)."""
+
+    def __init__(self, update: LogUpdate):
+        super().__init__()
+        self.update = update
+
+
 class LogScreen(Screen):
     """A run's event log, filtered by category and text; console.log's tail beneath."""
 
@@ -87,144 +96,123 @@ class LogScreen(Screen):
         super().__init__()
         self.source = source
         self.chosen = LogFilter()
-        self.log_: RunLog | None = None
-        self.tail: ConsoleTail | None = None
+        self.files = RunFiles(lambda: source.run_dir)
         self._shown = 0  # lines the filter shows (the list holds the last MAX_SHOWN)
-        self._timer: Timer | None = None
-        self._note = ""  # why the list is empty, when it is
+        self._upto = -1  # the `order` of the last line the list has taken account of
+        self._note = "Reading the run's events.jsonl..."  # why the list is empty, when it is
+        self._console_lines: list[str] = []
+        self._log_visible = threading.Event()  # the reading thread reads while this is set
+        self._log_closed = threading.Event()
 
     def compose(self) -> ComposeResult:
         yield Static(id="log-title", markup=False)
         yield Static(id="log-filter", markup=False)
-        yield Input(
-            id="find",
-            placeholder="text to look for; enter keeps it, escape clears it",
-            compact=True,
-        )
+        yield Input(id="find", placeholder=FIND_HINT, compact=True)
         yield RichLog(id="events", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20)
         yield Static(id="console-title", markup=False)
         yield RichLog(id="console", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#find", Input).display = False
-        self.query_one("#console-title").display = False
-        self.query_one("#console").display = False
+        for hidden in ("#find", "#console-title", "#console"):
+            self.query_one(hidden).display = False
         self.query_one("#events", RichLog).focus()
-        self._timer = self.set_interval(FOLLOW_INTERVAL, self.follow)
+        self._log_visible.set()
+        threading.Thread(target=self._follow, name="mpt-log-follow", daemon=True).start()
         self.call_after_refresh(self.refill)  # the list's width is known after a layout
 
+    def on_unmount(self) -> None:
+        self._log_closed.set()
+        self._log_visible.set()  # let the thread see it is over
+
     def on_screen_suspend(self) -> None:
-        if self._timer is not None:
-            self._timer.pause()
+        self._log_visible.clear()  # a screen on top (or the dashboard again): stop reading
 
     def on_screen_resume(self) -> None:
-        if self._timer is not None:
-            self._timer.resume()
-        self.follow()
+        self._log_visible.set()
 
     def on_resize(self) -> None:
         self.call_after_refresh(self.refill)  # the lines wrap to the new width
 
-    # ---- reading ----
-    def _open(self) -> bool:
-        """Start reading once the run has a directory; False while it has none."""
-        if self.log_ is not None:
-            return True
-        run_dir = self.source.run_dir
-        if run_dir is None:
-            self._note = "The run has no directory yet: its log begins when it starts."
-            return False
-        self.log_ = RunLog(Path(run_dir) / "events.jsonl")
-        self.tail = ConsoleTail(Path(run_dir) / CONSOLE_LOG)
-        return True
+    # ---- reading (in a thread: a long run's events.jsonl takes seconds to read) ----
+    def _follow(self) -> None:
+        note = None
+        while self._log_visible.wait() and not self._log_closed.is_set():
+            update = self.files.read()
+            if update.lines or update.console is not None or update.note != note:
+                note = update.note
+                self.post_message(LogRead(update))
+            self._log_closed.wait(FOLLOW_INTERVAL)
 
-    def _read(self) -> list[LogLine]:
-        """Read the events written since the last look (the first look reads them all)."""
-        if not self._open():
-            return []
-        try:
-            new = self.log_.read_new()
-        except OSError as e:
-            what = "no file" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
-            self._note = f"{self.log_.path}: {what} yet; the log shows its events once it has some."
-            return []
-        self._note = "" if len(self.log_) else "No events in this run's events.jsonl yet."
-        return new
-
-    def follow(self) -> None:
-        """Add what the files gained since the last look, keeping the end in view unless
-        the user scrolled away from it."""
-        new = self._read()
+    def on_log_read(self, message: LogRead) -> None:
+        """Add what the files gained, keeping the end in view unless the user scrolled
+        away from it."""
+        update = message.update
+        self._note = update.note
+        new = [line for line in update.lines if line.order > self._upto]
+        if new:
+            self._upto = new[-1].order
         shown = [line for line in new if self.chosen.shows(line)]
-        events = self.query_one("#events", RichLog)
-        if shown and events.size.width:
-            at_end = events.is_vertical_scroll_end
-            if self._shown == 0:
-                events.clear()  # the sentence that stood for an empty list
-            width = events.scrollable_content_region.width
-            for line in shown[-MAX_SHOWN:]:
-                events.write(render_line(line, width, self.app.console), scroll_end=False)
+        listing = self.query_one("#events", RichLog)
+        if self._shown == 0 and (shown or not new):
+            self.refill()  # the sentence that stood for an empty list goes (or changes)
+        elif shown:
+            self._shown += len(shown)
+            at_end = listing.is_vertical_scroll_end
+            self._write(listing, shown[-MAX_SHOWN:])
             if at_end:
-                events.scroll_end(animate=False, immediate=False, x_axis=False)
-        self._shown += len(shown)
-        self._follow_console()
+                listing.scroll_end(animate=False, immediate=False, x_axis=False)
+        if update.console is not None:
+            self._console_lines = update.console
+            self._show_console()
         self._show_header()
 
     def refill(self) -> None:
         """Show the lines the filter chooses afresh (a new filter, a new width)."""
-        events = self.query_one("#events", RichLog)
-        if not events.size.width:
+        listing = self.query_one("#events", RichLog)
+        if not listing.size.width:
             return
-        if self.log_ is None:
-            self._read()
-        lines, self._shown = self.log_.shown(self.chosen, MAX_SHOWN) if self.log_ else ([], 0)
-        events.clear()
-        width = events.scrollable_content_region.width
-        for line in lines:
-            events.write(render_line(line, width, self.app.console), scroll_end=False)
-        if not lines:
-            events.write(Text(self._empty_note(), style="italic"), scroll_end=False)
-        events.scroll_end(animate=False, immediate=False, x_axis=False)
-        self._follow_console(refill=True)
+        log = self.files.log
+        shown = log.shown(self.chosen, MAX_SHOWN) if log is not None else Shown([], 0, -1)
+        self._shown, self._upto = shown.matching, max(self._upto, shown.upto)
+        listing.clear()
+        self._write(listing, shown.lines)
+        if not shown.lines:
+            listing.write(Text(self._note or NO_MATCH, style="italic"), scroll_end=False)
+        listing.scroll_end(animate=False, immediate=False, x_axis=False)
+        self._show_console(to_end=True)
         self._show_header()
 
-    def _empty_note(self) -> str:
-        if self._note:
-            return self._note
-        return "No line matches this filter: 0 shows every line, escape clears the text."
+    def _write(self, listing: RichLog, lines: list[LogLine]) -> None:
+        width = listing.scrollable_content_region.width
+        for line in lines:
+            listing.write(render_line(line, width, self.app.console), scroll_end=False)
 
-    def _follow_console(self, refill: bool = False) -> None:
+    def _show_console(self, to_end: bool = False) -> None:
         """console.log's last lines, in a panel that appears once it has any."""
-        if self.tail is None:
-            return
-        try:
-            grown = self.tail.read_new()
-        except OSError:
-            return  # no console.log: a run this console trains, or one never detached
-        if not self.tail.lines or not (grown or refill):
+        if not self._console_lines:
             return
         panel = self.query_one("#console", RichLog)
         title = self.query_one("#console-title", Static)
-        if not panel.display:
-            panel.display = title.display = True
-        panel.styles.height = min(len(self.tail.lines), max(3, (self.size.height - 6) // 3))
-        title.update(f"console.log, its last lines: {self.tail.path}")
+        panel.display = title.display = True
+        panel.styles.height = min(len(self._console_lines), max(3, (self.size.height - 6) // 3))
+        title.update(f"console.log, its last lines: {self.files.tail.path}")
         at_end = panel.is_vertical_scroll_end
         panel.clear()
-        for text in self.tail.lines:
+        for text in self._console_lines:
             panel.write(Text(text), scroll_end=False)
-        if at_end or refill:
+        if at_end or to_end:
             panel.scroll_end(animate=False, immediate=False, x_axis=False)
 
     def _show_header(self) -> None:
-        total = len(self.log_) if self.log_ is not None else 0
-        where = self.log_.path if self.log_ is not None else "events.jsonl"
+        log = self.files.log
+        total = len(log) if log is not None else 0
         count = f"{self._shown:,} of {total:,} lines"
         if self._shown > MAX_SHOWN:
             count += f" (the last {MAX_SHOWN:,} here)"
-        if self.log_ is not None and self.log_.dropped:
-            count += f"; the oldest {self.log_.dropped:,} step lines let go"
+        if log is not None and log.dropped:
+            count += f"; the oldest {log.dropped:,} let go"
+        where = log.path if log is not None else "events.jsonl"
         self.query_one("#log-title", Static).update(f"Log: {count} · {where}")
         self.query_one("#log-filter", Static).update(filter_line(self.chosen))
 
@@ -267,7 +255,7 @@ class LogScreen(Screen):
 
     def action_back(self) -> None:
         find = self.query_one("#find", Input)
-        if find.has_focus or find.display:  # escape clears the text first, then leaves
+        if find.display:  # escape clears the text first, then leaves
             find.value = ""
             find.display = False
             self.query_one("#events", RichLog).focus()
