@@ -271,7 +271,7 @@ def _by_order(line: LogLine) -> int:
 
 TAIL_LINES = 200  # console.log lines kept for the panel
 TAIL_BYTES = 64 * 1024  # read at most this much from the end of the file at a time
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|\x1b\[[0-9;?]*[A-Za-z]")
+_CONTROL_CHARS = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class ConsoleTail:

@@ -108,9 +108,9 @@ class LogScreen(Screen):
         yield Static(id="log-title", markup=False)
         yield Static(id="log-filter", markup=False)
         yield Input(id="find", placeholder=FIND_HINT, compact=True)
-        yield RichLog(id="events", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20)
+        yield RichLog(id="events", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20, wrap=True)
         yield Static(id="console-title", markup=False)
-        yield RichLog(id="console", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20)
+        yield RichLog(id="console", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20, wrap=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -178,7 +178,8 @@ class LogScreen(Screen):
         listing.clear()
         self._write(listing, shown.lines)
         if not shown.lines:
-            listing.write(Text(self._note or NO_MATCH, style="italic"), scroll_end=False)
+            note = Text(self._note or NO_MATCH, style="italic")
+            listing.write(note, width=listing.scrollable_content_region.width, scroll_end=False)
         listing.scroll_end(animate=False, immediate=False, x_axis=False)
         self._show_console(to_end=True)
         self._show_header()
@@ -186,7 +187,8 @@ class LogScreen(Screen):
     def _write(self, listing: RichLog, lines: list[LogLine]) -> None:
         width = listing.scrollable_content_region.width
         for line in lines:
-            listing.write(render_line(line, width, self.app.console), scroll_end=False)
+            # the width given: else the app's console may cut it narrower (headless)
+            listing.write(render_line(line, width, self.app.console), width, scroll_end=False)
 
     def _show_console(self, to_end: bool = False) -> None:
         """console.log's last lines, in a panel that appears once it has any."""
@@ -194,13 +196,17 @@ class LogScreen(Screen):
             return
         panel = self.query_one("#console", RichLog)
         title = self.query_one("#console-title", Static)
-        panel.display = title.display = True
         panel.styles.height = min(len(self._console_lines), max(3, (self.size.height - 6) // 3))
-        title.update(f"console.log, its last lines: {self.files.tail.path}")
+        if not panel.display:  # its width is known after the next layout: write then
+            panel.display = title.display = True
+            title.update(f"console.log, its last lines: {self.files.tail.path}")
+            self.call_after_refresh(self._show_console, True)
+            return
         at_end = panel.is_vertical_scroll_end
         panel.clear()
+        width = panel.scrollable_content_region.width
         for text in self._console_lines:
-            panel.write(Text(text), scroll_end=False)
+            panel.write(Text(text), width, scroll_end=False)
         if at_end or to_end:
             panel.scroll_end(animate=False, immediate=False, x_axis=False)
 
