@@ -101,6 +101,7 @@ class LogScreen(Screen):
         self._upto = -1  # the `order` of the last line the list has taken account of
         self._note = "Reading the run's events.jsonl..."  # why the list is empty, when it is
         self._console_lines: list[str] = []
+        self._wrapped_at = 0  # the width the list's lines were wrapped to
         self._log_visible = threading.Event()  # the reading thread reads while this is set
         self._log_closed = threading.Event()
 
@@ -183,9 +184,17 @@ class LogScreen(Screen):
         listing.scroll_end(animate=False, immediate=False, x_axis=False)
         self._show_console(to_end=True)
         self._show_header()
+        self.call_after_refresh(self._check_width)
+
+    def _check_width(self) -> None:
+        """Wrap the lines again when the list's width changed since (a field shown or
+        gone, a scroll bar): a line wrapped wider than the list would be cut."""
+        listing = self.query_one("#events", RichLog)
+        if listing.scrollable_content_region.width not in (self._wrapped_at, 0):
+            self.refill()
 
     def _write(self, listing: RichLog, lines: list[LogLine]) -> None:
-        width = listing.scrollable_content_region.width
+        width = self._wrapped_at = listing.scrollable_content_region.width
         for line in lines:
             # the width given: else the app's console may cut it narrower (headless)
             listing.write(render_line(line, width, self.app.console), width, scroll_end=False)
