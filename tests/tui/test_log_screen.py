@@ -347,11 +347,13 @@ async def test_number_keys_choose_categories_and_slash_finds_text(recorded):
             "checkpoint saved (requested): checkpoints/step-000153.pt",
         ]
         await pilot.press("0", "slash", "S", "T", "E", "P", "-", "0", "0", "0", "1", "3")
-        assert header(app).startswith("Log: 1 of 42 lines")  # the checkpoint of step 135
+        await wait_for(
+            pilot, lambda: header(app).startswith("Log: 1 of 42 lines")
+        )  # the checkpoint of step 135
         await pilot.press("enter")  # keeps the text; the list takes the keys again
         await pilot.press("escape")  # clears the text
         assert header(app).startswith("Log: 42 of 42 lines")
-        await pilot.press("slash", "n", "o", "t", "h", "i", "n", "g", " ", "s", "o")
+        await pilot.press("slash", "n", "o", "t", "h", "i", "n", "g", " ", "s", "o", "enter")
         assert header(app).startswith("Log: 0 of 42 lines")
         assert texts(app)[0].startswith("No line matches this filter")
         await pilot.press("escape", "escape")

@@ -18,13 +18,15 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, Input, RichLog, Static
 
 from tui.event_log import CATEGORIES, LogFilter, LogLine, LogUpdate, RunFiles, Shown
 from tui.session import RunSource
 
 FOLLOW_INTERVAL = 0.5  # seconds between two reads of the files while the screen is shown
-MAX_SHOWN = 2_000  # lines in the list at most: a refill renders no more than these
+MAX_SHOWN = 1_000  # lines in the list at most: a refill renders no more (~0.5 ms a line)
+FIND_DELAY = 0.25  # seconds of no typing before the text filter applies
 FIND_HINT = "text to look for; enter keeps it, escape clears it"
 NO_MATCH = "No line matches this filter: 0 shows every category, escape clears the text."
 STEP_WIDTH = 7  # the step column
@@ -102,6 +104,7 @@ class LogScreen(Screen):
         self._note = "Reading the run's events.jsonl..."  # why the list is empty, when it is
         self._console_lines: list[str] = []
         self._wrapped_at = 0  # the width the list's lines were wrapped to
+        self._find_timer: Timer | None = None  # the text filter, applied when typing pauses
         self._log_visible = threading.Event()  # the reading thread reads while this is set
         self._log_closed = threading.Event()
 
@@ -258,12 +261,25 @@ class LogScreen(Screen):
             event.stop()
 
     def on_input_changed(self, message: Input.Changed) -> None:
-        if message.input.id == "find" and message.value != self.chosen.text:
-            self.chosen = self.chosen.with_text(message.value)
+        """Filter once the typing pauses: a refill of a long log costs a fraction of a
+        second, too much for every key."""
+        if message.input.id == "find":
+            if self._find_timer is not None:
+                self._find_timer.stop()
+            self._find_timer = self.set_timer(FIND_DELAY, self._apply_find)
+
+    def _apply_find(self) -> None:
+        if self._find_timer is not None:
+            self._find_timer.stop()
+        self._find_timer = None
+        text = self.query_one("#find", Input).value
+        if text != self.chosen.text:
+            self.chosen = self.chosen.with_text(text)
             self.refill()
 
     def on_input_submitted(self, message: Input.Submitted) -> None:
         if message.input.id == "find":
+            self._apply_find()
             if not message.value:
                 message.input.display = False
             self.query_one("#events", RichLog).focus()
@@ -273,6 +289,7 @@ class LogScreen(Screen):
         if find.display:  # escape clears the text first, then leaves
             find.value = ""
             find.display = False
+            self._apply_find()
             self.query_one("#events", RichLog).focus()
             return
         self.dismiss()
