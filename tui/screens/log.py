@@ -112,9 +112,12 @@ class LogScreen(Screen):
         yield Static(id="log-title", markup=False)
         yield Static(id="log-filter", markup=False)
         yield Input(id="find", placeholder=FIND_HINT, compact=True)
-        yield RichLog(id="events", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20, wrap=True)
+        # max_lines counts rows: a line may wrap to a few
+        yield RichLog(
+            id="events", max_lines=4 * MAX_SHOWN, auto_scroll=False, min_width=20, wrap=True
+        )
         yield Static(id="console-title", markup=False)
-        yield RichLog(id="console", max_lines=MAX_SHOWN, auto_scroll=False, min_width=20, wrap=True)
+        yield RichLog(id="console", auto_scroll=False, min_width=20, wrap=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -227,7 +230,7 @@ class LogScreen(Screen):
         total = len(log) if log is not None else 0
         count = f"{self._shown:,} of {total:,} lines"
         if self._shown > MAX_SHOWN:
-            count += f" (the last {MAX_SHOWN:,} here)"
+            count += f" (the newest {MAX_SHOWN:,} listed)"
         if log is not None and log.dropped:
             count += f"; the oldest {log.dropped:,} let go"
         where = log.path if log is not None else "events.jsonl"
