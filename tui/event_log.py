@@ -53,12 +53,14 @@ class LogLine:
 
     @property
     def clock(self) -> str:
-        """The local time as HH:MM:SS, or dashes when unknown."""
-        return (
-            "--:--:--"
-            if self.time is None
-            else time.strftime("%H:%M:%S", time.localtime(self.time))
-        )
+        """The local time as HH:MM:SS, or dashes when unknown (or beyond the platform's
+        clock: a damaged line's time of 1e300)."""
+        if self.time is None:
+            return "--:--:--"
+        try:
+            return time.strftime("%H:%M:%S", time.localtime(self.time))
+        except (OverflowError, OSError, ValueError):
+            return "--:--:--"
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,26 @@ class LogFilter:
 
 
 def describe(e: ev.Event, run_dir: str = "") -> LogLine | None:
-    """The log line of one event; paths inside `run_dir` are shown relative to it."""
-    text, categories = _describe(e, run_dir)
+    """The log line of one event; paths inside `run_dir` are shown relative to it. Never
+    raises: an event whose fields the headless console's words cannot hold (a damaged
+    line's null where a number belongs) is shown as its kind and fields."""
+    try:
+        text, categories = _describe(e, run_dir)
+    except (TypeError, ValueError, OverflowError):
+        fields = ", ".join(f"{k}={v!r}" for k, v in e.to_dict().items() if k != "kind")
+        text, categories = f"{e.kind}: {fields}", ("warning",)
     if text is None:
         return None
-    return LogLine(e.time, e.step, text, categories)
+    return LogLine(e.time, e.step, _visible(text), categories)
+
+
+# Text from events.jsonl goes to a terminal: its control characters (an escape sequence in
+# a warning) are shown escaped, as `mpt show` does; newlines and tabs stay (a traceback).
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _describe(e: ev.Event, run_dir: str) -> tuple[str | None, tuple[str, ...]]:  # noqa: PLR0911
@@ -271,7 +288,7 @@ def _by_order(line: LogLine) -> int:
 
 TAIL_LINES = 200  # console.log lines kept for the panel
 TAIL_BYTES = 64 * 1024  # read at most this much from the end of the file at a time
-_CONTROL_CHARS = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_CHARS = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class ConsoleTail:

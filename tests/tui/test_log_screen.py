@@ -7,6 +7,7 @@ opens it, and its look at 80x24 and 120x40 (snapshots: fixed times, UTC, no cloc
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -107,6 +108,30 @@ def test_a_failure_is_a_warning_with_its_traceback_and_steps_are_their_own_categ
     assert describe(ev.EarlyStop(monitor="val_loss", value=0.3, best=0.3, wait=0)) is None
     waiting = describe(ev.EarlyStop(monitor="val_loss", value=0.4, best=0.3, wait=2, patience=5))
     assert waiting.text.startswith("early stopping: val_loss has not improved for 2 of 5")
+
+
+def test_any_event_a_file_can_hold_is_described_never_raised():
+    """Fields as a damaged events.jsonl can have them: nulls where the engine always
+    writes a number, times beyond the platform's clock, huge integers."""
+    for cls in ev.EVENT_TYPES.values():
+        for value in (None, 0, -1, 2**62, 1e300, -1e300):
+            fields = {}
+            for f in dataclasses.fields(cls):
+                if f.name == "time" and isinstance(value, float):
+                    fields["time"] = value
+                elif f.type.endswith("| None"):
+                    fields[f.name] = value if value is None or "float" in f.type else 2**62
+            line = describe(cls(**fields))
+            if line is not None:
+                assert line.text and line.clock and line.categories
+    patience = describe(ev.EarlyStop(stopping=True, why="patience", monitor="val_loss", best=None))
+    assert patience.category == "warning" and patience.text.startswith("early_stop: step=0")
+    assert describe(ev.Paused(time=1e300)).clock == "--:--:--"
+
+
+def test_control_characters_from_the_file_are_shown_escaped_never_sent():
+    warning = describe(ev.Warning(message="\x1b]0;owned\x07 red \x1b[31mtext\x9b\tend"))
+    assert warning.text == "warning: \\x1b]0;owned\\x07 red \\x1b[31mtext\\x9b\tend"
 
 
 def test_the_time_is_local_hh_mm_ss(monkeypatch):
