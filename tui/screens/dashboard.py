@@ -20,6 +20,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Static
 
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.log import LogScreen
 from tui.session import RunSession, RunSource
 from tui.viewmodel import (
     RunView,
@@ -61,6 +62,7 @@ class DashboardScreen(Screen):
         Binding("c", "checkpoint", "Checkpoint"),
         Binding("s", "stop", "Stop"),
         Binding("d", "detach", "Detach"),
+        Binding("l", "log", "Log"),
         Binding("escape", "back", "Back"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -224,6 +226,9 @@ class DashboardScreen(Screen):
                 self._say(self.source.stop())
 
         self.app.push_screen(ConfirmScreen("Stop the run? A checkpoint is saved first."), answer)
+
+    def action_log(self) -> None:
+        self.app.push_screen(LogScreen(self.source))
 
     def action_back(self) -> None:
         self.dismiss()  # the home screen is always beneath
