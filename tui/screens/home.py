@@ -134,6 +134,39 @@ def best_cell(r: RunSummary) -> str:
     return f"{format_metric(headline, best)} {name}"
 
 
+def profile_cells(e: ProfileEntry) -> list[str]:
+    """A profile's row: name, run name, dataset, model, epochs, and its check."""
+    check = "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
+    return [
+        e.path.stem,
+        e.get("run", "name"),
+        e.get("data", "dataset"),
+        e.get("model", "arch"),
+        e.get("run", "epochs"),
+        check,
+    ]
+
+
+def why_not_removable(run: RunSummary, here: Path | None, removing: set[Path]) -> str | None:
+    """The sentence that refuses to remove `run`: it is live (`here`: the directory of the
+    run this console trains) or already going; None when it may go."""
+    label = run_label(run)
+    if here is not None and run.run_dir.resolve() == here:
+        return (
+            f"{label} is training in this console: stop it first (d opens its "
+            "dashboard, s stops it), then remove it"
+        )
+    if run.live:
+        process = f" ({run.process})" if run.process else ""
+        return (
+            f"{label} is {run.state}{process}: stop it first (enter opens its "
+            f"dashboard, s stops it; or mpt ctl {run.run_dir} stop), then remove it"
+        )
+    if run.run_dir in removing:
+        return f"{label} is being removed"
+    return None
+
+
 class HomeScreen(Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
@@ -187,24 +220,12 @@ class HomeScreen(Screen):
     # ---- filling the tables ----
     def action_refresh(self) -> None:
         self.profiles = scan_profiles(self.profiles_dir)
-        self._profile_rows = [(str(e.path), self._profile_cells(e)) for e in self.profiles]
+        self._profile_rows = [(str(e.path), profile_cells(e)) for e in self.profiles]
         if not self.profiles:
             self._hint(f"no profiles in {self.profiles_dir}/: press n to make one")
         else:
             self._hint("")
         self._refresh_runs()
-
-    @staticmethod
-    def _profile_cells(e: ProfileEntry) -> list[str]:
-        check = "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
-        return [
-            e.path.stem,
-            e.get("run", "name"),
-            e.get("data", "dataset"),
-            e.get("model", "arch"),
-            e.get("run", "epochs"),
-            check,
-        ]
 
     def _refresh_runs(self) -> None:
         self._folders_seen = self._run_folders()
@@ -234,6 +255,8 @@ class HomeScreen(Screen):
             state = "paused here" if paused else "running here"
         if r.unreadable:  # some of its events.jsonl could not be read: say so
             state += f", {r.unreadable} bad line{'s' if r.unreadable > 1 else ''}"
+        if r.run_dir in self._removing:  # half gone, it may read as crashed: say why
+            state = "removing..."
         epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
         checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
         return [run_label(r), state, epoch, best_cell(r), checkpoint]
@@ -364,7 +387,7 @@ class HomeScreen(Screen):
         run = self.highlighted_run()
         if run is None:
             return
-        refusal = self._why_not_removable(run)
+        refusal = why_not_removable(run, self._here(), self._removing)
         if refusal is not None:
             self.notify(refusal, severity="warning", timeout=10, markup=False)
             return
@@ -380,25 +403,6 @@ class HomeScreen(Screen):
         )
         self.app.push_screen(ConfirmScreen(question), partial(self._answered, run, removal))
 
-    def _why_not_removable(self, run: RunSummary) -> str | None:
-        """The sentence that refuses `run`, if it is live or already going; else None."""
-        label = run_label(run)
-        here = self._here()
-        if here is not None and run.run_dir.resolve() == here:
-            return (
-                f"{label} is training in this console: stop it first (d opens its "
-                "dashboard, s stops it), then remove it"
-            )
-        if run.live:
-            process = f" ({run.process})" if run.process else ""
-            return (
-                f"{label} is {run.state}{process}: stop it first (enter opens its "
-                f"dashboard, s stops it; or mpt ctl {run.run_dir} stop), then remove it"
-            )
-        if run.run_dir in self._removing:
-            return f"{label} is being removed"
-        return None
-
     def _answered(self, run: RunSummary, removal: Removal, yes: bool | None) -> None:
         if not yes:
             self.notify("nothing removed")
@@ -411,6 +415,7 @@ class HomeScreen(Screen):
             return
         self._removing.add(run.run_dir)
         self._remove(run, removal)
+        self._refresh_runs()
 
     @work(thread=True, group="remove-run")
     def _remove(self, run: RunSummary, removal: Removal) -> None:
