@@ -398,8 +398,8 @@ class HomeScreen(Screen):
             self.action_refresh()
             return
         question = (
-            f"Remove the run [b]{escape(run_label(run))}[/b] ({format_bytes(removal.size)})?\n"
-            f"{escape(str(run.run_dir))}/ and all in it (events, checkpoints) go for good."
+            f"Remove the run [b]{escape(run_label(run))}[/b]?\n{escape(str(run.run_dir))}/ "
+            f"goes for good: {format_bytes(removal.size)} of events and checkpoints."
         )
         self.app.push_screen(ConfirmScreen(question), partial(self._answered, run, removal))
 
