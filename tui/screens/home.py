@@ -264,9 +264,7 @@ class HomeScreen(Screen):
     def _fit_tables(self) -> None:
         """Give each table the rows it earns and cut its cells to the terminal's width;
         again on every listing and every resize."""
-        width, height = self.size
-        if not width or not height:  # not laid out yet: the first resize comes
-            width, height = self.app.size
+        width, height = self.app.size  # the screen's own lags while another is on top
         hint_rows = math.ceil(cell_len(self._hint_text) / max(1, width - 2))  # it wraps
         space = height - 3 - hint_rows  # the two titles and the footer: one row each
         top, bottom = table_heights(space, len(self._profile_rows), len(self._run_rows))

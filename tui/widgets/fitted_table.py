@@ -100,10 +100,15 @@ class FittedTable(DataTable):
     def __init__(self, columns: Sequence[Column], **kwargs):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.fitted_columns = tuple(columns)
+        self._shown: tuple = ()  # the rows, width and height last shown
 
     def show(self, rows: Sequence[tuple[str, Sequence[str]]], width: int, height: int) -> None:
         """`rows`: (key, cells) pairs. `width`, `height`: the table's size in cells; rows
         that do not fit in `height` (a header line above them) bring a scrollbar."""
+        shown = ([(key, tuple(row)) for key, row in rows], width, height)
+        if shown == self._shown:  # the same again (a live run's list, every 2 s): no redraw
+            return
+        self._shown = shown
         columns = self.fitted_columns
         cells = [[_cell(c, col) for c, col in zip(row, columns, strict=True)] for _, row in rows]
         natural = [
@@ -118,11 +123,11 @@ class FittedTable(DataTable):
         for col, w in zip(columns, widths, strict=True):
             self.add_column(escape(cut(col.label, w)), width=w, key=col.label)
         for (row_key, _), row in zip(rows, cells, strict=True):
-            shown = [
+            visible = [
                 escape(cut(text, w, col.cut))
                 for text, w, col in zip(row, widths, columns, strict=True)
             ]
-            self.add_row(*shown, key=row_key)
+            self.add_row(*visible, key=row_key)
         self.move_to(key)
 
     def cursor_key(self) -> str | None:
