@@ -234,3 +234,22 @@ async def test_few_profiles_leave_their_rows_to_the_runs(workdir: Path):
         profiles, runs = tables(app)
         assert (profiles.size.height, runs.size.height) == (4, 17)  # 3 profiles + header
         assert [r[0] for r in map(profiles.get_row_at, range(3))] == ["long", "quick", "quickstart"]
+
+
+@run_async
+async def test_long_names_with_markup_or_wide_characters_are_cut_by_terminal_cells(workdir: Path):
+    from rich.cells import cell_len
+
+    for name in ("[bold]oops-" + "x" * 40, "名前" * 15):  # markup; two cells a character
+        lines = [event_line("run_started", name=name, epochs=1)]
+        write_run(Path("runs"), name, "20260101-000000", [*lines, event_line("run_failed")])
+    app = MptApp("profiles", "runs")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        _, runs = tables(app)
+        cells = sorted(runs.get_row_at(i)[0] for i in range(2))
+        assert cells[0].startswith("\\[bold]oops-xxx") and cells[0].endswith("…/20260101-000000")
+        assert cells[1].startswith("名前") and cells[1].endswith("…/20260101-000000")
+        width = runs.ordered_columns[0].width
+        assert cell_len(cells[0].replace("\\[", "[")) <= width and cell_len(cells[1]) <= width
+        assert runs.virtual_size.width <= runs.size.width
