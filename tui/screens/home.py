@@ -7,40 +7,56 @@ the run (its dashboard), `r` resumes it from a checkpoint. tab moves between the
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len
 from rich.markup import escape
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
-from textual.widgets.data_table import RowDoesNotExist
 
+from engine.ctl import Removal, plan_removal, remove
 from engine.errors import MptError
 from engine.formatting import metric as format_metric
+from engine.memory import format_bytes
 from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
+from tui.widgets.fitted_table import Column, FittedTable
 
 if TYPE_CHECKING:
     from tui.session import RunSource
 
-CELL_LIMIT = 80  # characters of a name or a state a table cell shows
 RUNS_REFRESH_INTERVAL = 2.0  # seconds between two listings of the runs, while one is live
-
-
-def _plain(text: str, limit: int = CELL_LIMIT) -> str:
-    """A cell from a file (a name, a state from events.jsonl): shown as written, never read
-    as markup (DataTable reads a string as markup: `[/x]` would stop the table), one line,
-    cut at `limit`."""
-    text = "".join(c if c.isprintable() else "?" for c in text[: limit + 1])
-    return escape(text if len(text) <= limit else text[: limit - 3] + "...")
+PANEL_MIN = 4  # rows of a table (its header one of them) when both cannot have theirs
+# The profile is what a user picks by: cut last. A dataset or model names
+# `package.module:function` or `torchvision:resnet18`: the end says which. A run keeps its
+# stamp (its folder's name) whole.
+PROFILE_COLUMNS = (
+    Column("profile", floor=20),
+    Column("run name"),
+    Column("dataset", cut="start"),
+    Column("model", cut="start"),
+    Column("epochs"),
+    Column("check", floor=10),
+)
+RUN_COLUMNS = (
+    Column("run", floor=20, cut="middle"),
+    Column("state", floor=12),
+    Column("epoch"),
+    Column("best val", floor=10),
+    Column("last checkpoint", floor=15),
+)
 
 
 @dataclass
@@ -91,6 +107,22 @@ def runs_folders(runs_dir: Path, profiles: list[ProfileEntry]) -> list[Path]:
     return folders
 
 
+def table_heights(space: int, profiles: int, runs: int) -> tuple[int, int]:
+    """The rows of the profiles table and of the runs table (each with its header) in
+    `space` rows. When both lists fit, the profiles get what they need and the runs the
+    rest; when not, each keeps what it needs up to half the space, neither goes below
+    PANEL_MIN, and the profiles never get more than they need (the runs list grows)."""
+    need_profiles, need_runs = 1 + max(1, profiles), 1 + max(1, runs)
+    top = min(need_profiles, max(space // 2, space - need_runs))
+    top = max(min(PANEL_MIN, need_profiles), min(top, space - PANEL_MIN))
+    return top, space - top
+
+
+def run_label(r: RunSummary) -> str:
+    """`quick/20261202-021835`: the run as the list names it."""
+    return f"{r.name}/{r.stamp}"
+
+
 def best_cell(r: RunSummary) -> str:
     """The best validation value of the run's headline metric: `97.25%` (accuracy, named
     by no word: every run before issue 15 has it), `0.3120 mae`, `95.10% f1`."""
@@ -102,11 +134,45 @@ def best_cell(r: RunSummary) -> str:
     return f"{format_metric(headline, best)} {name}"
 
 
+def profile_cells(e: ProfileEntry) -> list[str]:
+    """A profile's row: name, run name, dataset, model, epochs, and its check."""
+    check = "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
+    return [
+        e.path.stem,
+        e.get("run", "name"),
+        e.get("data", "dataset"),
+        e.get("model", "arch"),
+        e.get("run", "epochs"),
+        check,
+    ]
+
+
+def why_not_removable(run: RunSummary, here: Path | None, removing: set[Path]) -> str | None:
+    """The sentence that refuses to remove `run`: it is live (`here`: the directory of the
+    run this console trains) or already going; None when it may go."""
+    label = run_label(run)
+    if here is not None and run.run_dir.resolve() == here:
+        return (
+            f"{label} is training in this console: stop it first (d opens its "
+            "dashboard, s stops it), then remove it"
+        )
+    if run.live:
+        process = f" ({run.process})" if run.process else ""
+        return (
+            f"{label} is {run.state}{process}: stop it first (enter opens its "
+            f"dashboard, s stops it; or mpt ctl {run.run_dir} stop), then remove it"
+        )
+    if run.run_dir in removing:
+        return f"{label} is being removed"
+    return None
+
+
 class HomeScreen(Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
         Binding("r", "run_profile", "Run"),
         Binding("r", "resume_run", "Resume"),
+        Binding("x", "remove_run", "Remove"),
         Binding("n", "new_profile", "New profile"),
         Binding("d", "dashboard", "Dashboard"),
         Binding("g", "refresh", "Refresh"),
@@ -127,51 +193,39 @@ class HomeScreen(Screen):
         self.profiles: list[ProfileEntry] = []
         self.runs: list[RunSummary] = []
         self._folders_seen: frozenset[str] = frozenset()  # the run folders last listed
+        self._profile_rows: list[tuple[str, list[str]]] = []  # (key, cells), as read
+        self._run_rows: list[tuple[str, list[str]]] = []
+        self._removing: set[Path] = set()  # run directories a worker is removing
+        self._hint_text = ""
 
     def compose(self) -> ComposeResult:
         yield Static(f"mpt · profiles in {self.profiles_dir}/", id="profiles-title", markup=False)
-        yield DataTable(id="profiles", cursor_type="row", zebra_stripes=True)
+        yield FittedTable(PROFILE_COLUMNS, id="profiles")
         yield Static(f"runs in {self.runs_dir}/", id="runs-title", markup=False)
-        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield FittedTable(RUN_COLUMNS, id="runs")
         yield Static(id="hint", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        profiles = self.query_one("#profiles", DataTable)
-        profiles.add_columns("profile", "run name", "dataset", "model", "epochs", "check")
-        runs = self.query_one("#runs", DataTable)
-        runs.add_columns("run", "state", "epoch", "best val", "last checkpoint")
         self.action_refresh()
-        profiles.focus()
+        self.query_one("#profiles", DataTable).focus()
         self.set_interval(RUNS_REFRESH_INTERVAL, self._refresh_if_live)
 
     def on_screen_resume(self) -> None:
         self.action_refresh()
 
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit_tables()
+
     # ---- filling the tables ----
     def action_refresh(self) -> None:
         self.profiles = scan_profiles(self.profiles_dir)
-        table = self.query_one("#profiles", DataTable)
-        key = self._cursor_key(table)
-        table.clear()
-        for e in self.profiles:
-            check = (
-                "ok" if not e.problems else f"{e.problems} problem{'s' if e.problems > 1 else ''}"
-            )
-            cells = (
-                e.path.stem,
-                e.get("run", "name"),
-                e.get("data", "dataset"),
-                e.get("model", "arch"),
-                e.get("run", "epochs"),
-            )
-            table.add_row(*map(_plain, cells), check, key=str(e.path))
-        self._restore_cursor(table, key)
-        self._refresh_runs()
+        self._profile_rows = [(str(e.path), profile_cells(e)) for e in self.profiles]
         if not self.profiles:
             self._hint(f"no profiles in {self.profiles_dir}/: press n to make one")
         else:
             self._hint("")
+        self._refresh_runs()
 
     def _refresh_runs(self) -> None:
         self._folders_seen = self._run_folders()
@@ -181,28 +235,43 @@ class HomeScreen(Screen):
             runs += list_runs(folder, now)
         runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)
         self.runs = runs
-        table = self.query_one("#runs", DataTable)
-        key = self._cursor_key(table)
-        table.clear()
+        here = self._here()
+        self._run_rows = [(str(r.run_dir), self._run_cells(r, here)) for r in runs]
+        self._fit_tables()
+        self.refresh_bindings()  # x shows only with a run to remove
+
+    def _here(self) -> Path | None:
+        """The directory of the live run this console trains, if any."""
         session = self.own_run()
-        here = session.run_dir.resolve() if session and session.live and session.run_dir else None
-        for r in runs:
-            state = state_label(r.state)
-            if here is not None and r.run_dir.resolve() == here:
-                state = "paused here" if session.view.state == "paused" else "running here"
-            if r.unreadable:  # some of its events.jsonl could not be read: say so
-                state += f", {r.unreadable} bad line{'s' if r.unreadable > 1 else ''}"
-            epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
-            checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
-            table.add_row(
-                _plain(f"{r.name}/{r.stamp}"),
-                _plain(state),
-                epoch,
-                _plain(best_cell(r)),
-                _plain(checkpoint),
-                key=str(r.run_dir),
-            )
-        self._restore_cursor(table, key)
+        if session is None or not session.live or session.run_dir is None:
+            return None
+        return session.run_dir.resolve()
+
+    def _run_cells(self, r: RunSummary, here: Path | None) -> list[str]:
+        state = state_label(r.state)
+        if here is not None and r.run_dir.resolve() == here:
+            session = self.own_run()
+            paused = session is not None and session.view.state == "paused"
+            state = "paused here" if paused else "running here"
+        if r.unreadable:  # some of its events.jsonl could not be read: say so
+            state += f", {r.unreadable} bad line{'s' if r.unreadable > 1 else ''}"
+        if r.run_dir in self._removing:  # half gone, it may read as crashed: say why
+            state = "removing..."
+        epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
+        checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
+        return [run_label(r), state, epoch, best_cell(r), checkpoint]
+
+    def _fit_tables(self) -> None:
+        """Give each table the rows it earns and cut its cells to the terminal's width;
+        again on every listing and every resize."""
+        width, height = self.app.size  # the screen's own lags while another is on top
+        hint_rows = math.ceil(cell_len(self._hint_text) / max(1, width - 2))  # it wraps
+        space = height - 3 - hint_rows  # the two titles and the footer: one row each
+        top, bottom = table_heights(space, len(self._profile_rows), len(self._run_rows))
+        profiles = self.query_one("#profiles", FittedTable)
+        profiles.styles.height = top
+        profiles.show(self._profile_rows, width, top)
+        self.query_one("#runs", FittedTable).show(self._run_rows, width, bottom)
 
     def _refresh_if_live(self) -> None:
         # only while shown: under the dashboard, re-reading a busy events.jsonl every
@@ -224,23 +293,8 @@ class HomeScreen(Screen):
                             found.update(e.path for e in os.scandir(name.path))
         return frozenset(found)
 
-    @staticmethod
-    def _cursor_key(table: DataTable) -> str | None:
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 - a stale cursor just starts at the top
-            return None
-
-    @staticmethod
-    def _restore_cursor(table: DataTable, key: str | None) -> None:
-        if key is None:
-            return
-        with contextlib.suppress(RowDoesNotExist):  # the row is gone: stay at the top
-            table.move_cursor(row=table.get_row_index(key))
-
     def _hint(self, text: str) -> None:
+        self._hint_text = text
         hint = self.query_one("#hint", Static)
         hint.update(text)
         hint.display = bool(text)
@@ -251,11 +305,11 @@ class HomeScreen(Screen):
         return focused.id if isinstance(focused, DataTable) and focused.id else "profiles"
 
     def highlighted_profile(self) -> ProfileEntry | None:
-        key = self._cursor_key(self.query_one("#profiles", DataTable))
+        key = self.query_one("#profiles", FittedTable).cursor_key()
         return next((e for e in self.profiles if str(e.path) == key), None)
 
     def highlighted_run(self) -> RunSummary | None:
-        key = self._cursor_key(self.query_one("#runs", DataTable))
+        key = self.query_one("#runs", FittedTable).cursor_key()
         return next((r for r in self.runs if str(r.run_dir) == key), None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -263,6 +317,8 @@ class HomeScreen(Screen):
             return self._focused_table() == "profiles"
         if action == "resume_run":
             return self._focused_table() == "runs"
+        if action == "remove_run":
+            return self._focused_table() == "runs" and bool(self.runs)
         if action == "dashboard":
             return self.own_run() is not None
         return True
@@ -321,3 +377,72 @@ class HomeScreen(Screen):
 
     def action_dashboard(self) -> None:
         self.post_message(OpenDashboard())
+
+    # ---- x: remove a run, after asking ----
+    def action_remove_run(self) -> None:
+        from tui.screens.confirm import ConfirmScreen
+
+        run = self.highlighted_run()
+        if run is None:
+            return
+        refusal = why_not_removable(run, self._here(), self._removing)
+        if refusal is not None:
+            self.notify(refusal, severity="warning", timeout=10, markup=False)
+            return
+        try:  # the engine's own check (mpt rm's), and the size
+            [removal] = plan_removal([run.run_dir], None, self.runs_dir)
+        except MptError as e:  # started since the list was read, or no run any more
+            self.notify(str(e), severity="error", timeout=10, markup=False)
+            self.action_refresh()
+            return
+        question = (
+            f"Remove the run [b]{escape(run_label(run))}[/b]?\n{escape(str(run.run_dir))}/ "
+            f"goes for good: {format_bytes(removal.size)} of events and checkpoints."
+        )
+        self.app.push_screen(ConfirmScreen(question), partial(self._answered, run, removal))
+
+    def _answered(self, run: RunSummary, removal: Removal, yes: bool | None) -> None:
+        if not yes:
+            self.notify("nothing removed")
+            return
+        try:  # again: it may have been resumed while the question was open
+            plan_removal([run.run_dir], None, self.runs_dir)
+        except MptError as e:
+            self.notify(str(e), severity="error", timeout=10, markup=False)
+            self.action_refresh()
+            return
+        self._removing.add(run.run_dir)
+        self._remove(run, removal)
+        self._refresh_runs()
+
+    @work(thread=True, group="remove-run")
+    def _remove(self, run: RunSummary, removal: Removal) -> None:
+        # a big run (gigabytes of checkpoints) takes a while to unlink: not on the UI's loop
+        error = None
+        try:
+            remove(removal)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename and str(e.filename) != str(run.run_dir) else ""
+            error = f"{e.strerror or e}{where}"
+        self.app.call_from_thread(self._removed, run, removal, error)
+
+    def _removed(self, run: RunSummary, removal: Removal, error: str | None) -> None:
+        self._removing.discard(run.run_dir)
+        table = self.query_one("#runs", FittedTable)
+        key = str(run.run_dir)
+        neighbour = None
+        if table.cursor_key() == key:  # the cursor waits on it: move it to the next row
+            index = table.get_row_index(key)
+            neighbour = table.key_at(index + 1) or table.key_at(index - 1)
+        if error is not None:
+            self.notify(
+                f"could not remove {run.run_dir}: {error}; some of its files may be gone",
+                severity="error",
+                timeout=10,
+                markup=False,
+            )
+        else:
+            self.notify(f"removed {run.run_dir} ({format_bytes(removal.size)})", markup=False)
+        self._refresh_runs()
+        if error is None:
+            table.move_to(neighbour)

@@ -1,0 +1,153 @@
+"""A DataTable whose columns fit the width it is given, and the pure arithmetic behind it.
+
+When every cell fits, each column is as wide as its widest cell. When not, the widest
+columns are cut to one common width (never below each column's floor), and a cut cell
+shows "…" where text was left out: a name keeps its start, a `module:function` its end,
+a run's `name/stamp` the start of its name and its whole stamp. So at 80 columns the
+table shows every column instead of scrolling sideways.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.markup import escape
+from textual.widgets import DataTable
+from textual.widgets.data_table import RowDoesNotExist
+
+ELLIPSIS = "…"
+CELL_PADDING = 1  # DataTable's, each side of a cell
+SCROLLBAR = 2  # the vertical scrollbar's width (Textual's default)
+CELL_LIMIT = 80  # characters a cell shows at most, however wide the terminal
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    floor: int = 8  # a longer cell is never cut below this many terminal cells
+    cut: str = "end"  # where a long cell loses text: "end", "start", or "middle" (before
+    # its last "/": a run's stamp stays whole)
+
+
+def printable(text: str) -> str:
+    """One line: a control character (a newline in a name) shows as `?`."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def cut(text: str, width: int, where: str = "end") -> str:
+    """`text` in at most `width` terminal cells, "…" where text was left out (`where`:
+    "end", "start" or "middle", as Column.cut)."""
+    if cell_len(text) <= width:
+        return text
+    if where == "middle":
+        head, slash, tail = text.rpartition("/")
+        if slash and cell_len(tail) + 3 <= width:  # at least one character of the head
+            return cut(head, width - cell_len(tail) - 1) + slash + tail
+        where = "start"
+    if width <= 1:
+        return ELLIPSIS[:width]
+    from_start = where == "start"
+    kept, used = [], 1
+    for char in reversed(text) if from_start else text:
+        used += cell_len(char)
+        if used > width:
+            break
+        kept.append(char)
+    if from_start:
+        return ELLIPSIS + "".join(reversed(kept))
+    return "".join(kept) + ELLIPSIS
+
+
+def _cell(text: str, column: Column) -> str:
+    """A cell as shown at most: one line of CELL_LIMIT cells (a name from a file can be
+    any length)."""
+    near = text[-CELL_LIMIT - 1 :] if column.cut == "start" else text[: CELL_LIMIT + 1]
+    if column.cut == "middle" and len(text) > 2 * CELL_LIMIT:
+        near = text[:CELL_LIMIT] + text[-CELL_LIMIT:]
+    return cut(printable(near), CELL_LIMIT, column.cut)
+
+
+def fit_widths(natural: Sequence[int], floors: Sequence[int], budget: int) -> list[int]:
+    """Each column's width in `budget` cells: its natural width when all fit, else the
+    highest common width the wide ones are cut to (a column narrower stays as it is; none
+    goes below its floor, so a very narrow table is wider than `budget` and scrolls)."""
+    if sum(natural) <= budget:
+        return list(natural)
+    lowest = [min(n, f) for n, f in zip(natural, floors, strict=True)]
+    for level in range(max(natural), -1, -1):
+        widths = [min(n, max(low, level)) for n, low in zip(natural, lowest, strict=True)]
+        if sum(widths) <= budget:
+            return _spread(widths, natural, budget - sum(widths))
+    return lowest
+
+
+def _spread(widths: list[int], natural: Sequence[int], spare: int) -> list[int]:
+    """The cells left over, one each to the cut columns, from the left."""
+    for i, n in enumerate(natural):
+        if spare and widths[i] < n:
+            widths[i] += 1
+            spare -= 1
+    return widths
+
+
+class FittedTable(DataTable):
+    """A row-cursor DataTable filled with `show(rows, width, height)`: plain text cells
+    (never read as markup) cut to fit `width`; the row under the cursor stays under it."""
+
+    def __init__(self, columns: Sequence[Column], **kwargs):
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self.fitted_columns = tuple(columns)
+        self._shown: tuple = ()  # the rows, width and height last shown
+
+    def show(self, rows: Sequence[tuple[str, Sequence[str]]], width: int, height: int) -> None:
+        """`rows`: (key, cells) pairs. `width`, `height`: the table's size in cells; rows
+        that do not fit in `height` (a header line above them) bring a scrollbar."""
+        shown = ([(key, tuple(row)) for key, row in rows], width, height)
+        if shown == self._shown:  # the same again (a live run's list, every 2 s): no redraw
+            return
+        self._shown = shown
+        columns = self.fitted_columns
+        cells = [[_cell(c, col) for c, col in zip(row, columns, strict=True)] for _, row in rows]
+        natural = [
+            max([cell_len(col.label)] + [cell_len(row[i]) for row in cells])
+            for i, col in enumerate(columns)
+        ]
+        scrollbar = SCROLLBAR if len(rows) + 1 > height else 0
+        budget = width - scrollbar - 2 * CELL_PADDING * len(columns)
+        widths = fit_widths(natural, [c.floor for c in columns], budget)
+        key = self.cursor_key()
+        self.clear(columns=True)
+        for col, w in zip(columns, widths, strict=True):
+            self.add_column(escape(cut(col.label, w)), width=w, key=col.label)
+        for (row_key, _), row in zip(rows, cells, strict=True):
+            visible = [
+                escape(cut(text, w, col.cut))
+                for text, w, col in zip(row, widths, columns, strict=True)
+            ]
+            self.add_row(*visible, key=row_key)
+        self.move_to(key)
+
+    def cursor_key(self) -> str | None:
+        """The key of the row under the cursor; None when the table is empty."""
+        if not self.row_count:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - a stale cursor just starts at the top
+            return None
+
+    def move_to(self, key: str | None) -> None:
+        """Put the cursor on the row of `key`; a row gone leaves it where it is."""
+        if key is None:
+            return
+        with contextlib.suppress(RowDoesNotExist):
+            self.move_cursor(row=self.get_row_index(key))
+
+    def key_at(self, index: int) -> str | None:
+        """The key of row `index`, None out of range."""
+        if not 0 <= index < self.row_count:
+            return None
+        return self.coordinate_to_cell_key((index, 0)).row_key.value
