@@ -19,6 +19,7 @@ from typing import Any
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.formatting import FRACTIONS
 from engine.formatting import metric as metric_text
 from engine.profile import FIELDS, describe_value, read_profile_file
 from engine.report import _printable, _table, find_run, read_run
@@ -413,18 +414,21 @@ def curves_chart(runs: list[ComparedRun], name: str, color: bool, size=None) -> 
     plt.clear_figure()
     plt.theme("clear")  # the terminal's own background, colours only for the lines
     plt.plotsize(width, height)
+    percent = _is_fraction(name)  # drawn as the table prints it: 93.31, not 0.9331
+    scale = 100.0 if percent else 1.0
     last_epoch = 1
     for i, run in enumerate(runs):
         points = [(e, v) for e, v in run.curves.get(name, []) if v is not None and math.isfinite(v)]
         if points:
-            xs, ys = zip(*points, strict=True)
+            xs = [e for e, _ in points]
+            ys = [v * scale for _, v in points]
             marker = "braille" if color else MARKS[i]
-            plt.plot(list(xs), list(ys), color=COLORS[i], marker=marker)
+            plt.plot(xs, ys, color=COLORS[i], marker=marker)
             last_epoch = max(last_epoch, xs[-1])
     step = max(1, math.ceil(last_epoch / 10))
     ticks = list(range(1, last_epoch + 1, step))
     plt.xticks(ticks, [str(t) for t in ticks])
-    plt.title(_printable(name, 40))
+    plt.title(_printable(name, 40) + (" (%)" if percent else ""))
     plt.xlabel("epoch")
     chart = plt.build()
     keys = profile_differences(runs)[:KEY_COLUMNS]
@@ -434,6 +438,11 @@ def curves_chart(runs: list[ComparedRun], name: str, color: bool, size=None) -> 
         legend.append(f"{mark} {legend_text(run, keys)[: width - 3]}")
     text = "\n".join([chart.rstrip("\n"), *legend])
     return text if color else plt.uncolorize(text)
+
+
+def _is_fraction(name: str) -> bool:
+    base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
+    return base in FRACTIONS
 
 
 def _chart_size() -> tuple[int, int]:
