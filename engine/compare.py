@@ -225,8 +225,8 @@ def _notes(runs: list[ComparedRun], names: list[str] | None = None) -> list[str]
         s = run.summary
         if s.state == "unreadable":
             notes.append(
-                f"{name}: no line of events.jsonl could be read as an event ({s.problems}); "
-                "only its settings are compared"
+                f"{name}: no line of events.jsonl could be read as an event "
+                f"({_printable(s.problems or '', 400)}); it has no metrics to compare"
             )
         elif s.problems:
             notes.append(

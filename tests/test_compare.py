@@ -194,6 +194,24 @@ def test_diff_and_compare_read_a_damaged_run_and_say_what_they_skipped(runs, tmp
     assert f"digits/{b.name}: events.jsonl: 1 line could not be read (line 4" in result.stdout
 
 
+def test_a_run_with_no_readable_event_and_no_profile_is_still_listed(runs, tmp_path):
+    cwd, made = runs
+    b = _copy(made["fast"], tmp_path)
+    (b / "events.jsonl").write_text('garbage\n{"a": 1}\n')
+    (b / "profile.toml").unlink()
+    result = run_mpt("compare", made["base"], b, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    table, notes = result.stdout.rstrip("\n").split("\n\n")
+    row = re.split(r"\s{2,}", table.splitlines()[-1])
+    assert row == [f"copy/{b.name}", "unreadable, 2 bad lines", "-", "-", "-"]
+    assert notes.splitlines() == [
+        f"copy/{b.name}: no val_acc",
+        f"copy/{b.name}: no line of events.jsonl could be read as an event (2 lines could "
+        "not be read (line 1: not JSON; line 2: no kind)); it has no metrics to compare",
+        f"copy/{b.name}: {b / 'profile.toml'}: no such file; its settings are not compared",
+    ]
+
+
 def test_text_from_the_files_is_printed_with_control_characters_escaped(runs, tmp_path):
     cwd, made = runs
     b = _copy(made["base"], tmp_path)
