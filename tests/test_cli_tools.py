@@ -230,7 +230,8 @@ def complete(words: str) -> list[str]:
 
 
 def test_completion_offers_every_subcommand():
-    assert complete("mpt ") == "validate run init ls show diff compare ctl rm export".split()
+    commands = ["validate", "run", "init", "ls", "show", "diff", "compare", "ctl", "rm", "export"]
+    assert complete("mpt ") == commands
     assert complete("mpt ex") == ["export"]
 
 
