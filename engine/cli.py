@@ -346,6 +346,74 @@ def sweep(
     raise typer.Exit(code)
 
 
+# ---- runs side by side: diff and compare (engine/compare.py) ----
+
+
+_RUN_HELP = "A run directory, or a run name under --runs (its newest run)."
+RunAArg = Annotated[str, typer.Argument(metavar="RUN_A", help=_RUN_HELP, show_default=False)]
+RunBArg = Annotated[str, typer.Argument(metavar="RUN_B", help=_RUN_HELP, show_default=False)]
+RunsFolderOpt = Annotated[
+    Path, typer.Option("--runs", help="The runs folder that run names are looked up in.")
+]
+
+
+@app.command()
+def diff(run_a: RunAArg, run_b: RunBArg, runs: RunsFolderOpt = Path("runs")) -> None:
+    """Print the profile keys whose values differ between two runs (defaults filled in;
+    run.name and run.out_dir aside), then their state, epochs, steps, time and the final
+    and best value of each metric they share, side by side."""
+    from engine.compare import diff_report, load_runs
+
+    with _user_errors():
+        say(diff_report(*load_runs([run_a, run_b], runs)))
+
+
+@app.command()
+def compare(
+    run_list: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="RUN",
+            help="2 to 8 runs: run directories, or run names under --runs (the newest run).",
+            show_default=False,
+        ),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            "-m",
+            help="What to compare by, e.g. val_acc, val_loss, val_mae (default: the first "
+            "run's headline metric).",
+            show_default=False,
+        ),
+    ] = None,
+    runs: RunsFolderOpt = Path("runs"),
+    plot: Annotated[
+        bool | None,
+        typer.Option(
+            "--plot/--no-plot",
+            help="Draw the metric's curves under the table (default: on a terminal only; "
+            "--plot off one draws them without colours).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Print one row a run, the best first: state, epochs, the final and best value of
+    --metric, and the profile keys that differ between the runs; on a terminal, a chart
+    of the metric's curves per epoch."""
+    from engine.compare import check_count, choose_metric, compare_report, curves_chart, load_runs
+
+    with _user_errors():
+        check_count(run_list or [])
+        compared = load_runs(run_list or [], runs)
+        say(compare_report(compared, metric))
+        terminal = sys.stdout.isatty()
+        if plot if plot is not None else terminal:
+            say("")
+            say(curves_chart(compared, choose_metric(compared, metric)[0], color=terminal))
+
+
 # ---- steering and tidying from a shell: ctl and rm (engine/ctl.py) ----
 
 

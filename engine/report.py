@@ -114,12 +114,10 @@ def find_run(run: str, runs_dir: str | Path = "runs") -> Path:
     )
 
 
-def run_report(run: str, runs_dir: str | Path = "runs") -> str:
-    """A run's summary (from engine.runs and its run_started) and its table of epochs.
-
-    Lines of events.jsonl that could not be read are named after the summary; the rest
-    is shown."""
-    run_dir = find_run(run, runs_dir)
+def read_run(run_dir: Path) -> tuple[RunHistory, ev.EventsReader, RunSummary]:
+    """A run directory's events.jsonl read whole (every line that can be), folded into its
+    history and summary; the reader says what could not be read. MptError when the file
+    cannot be opened."""
     path = run_dir / "events.jsonl"
     reader = ev.EventsReader(path)
     try:
@@ -127,11 +125,21 @@ def run_report(run: str, runs_dir: str | Path = "runs") -> str:
         mtime = os.stat(path).st_mtime
     except OSError as e:
         raise MptError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if not events and reader.unreadable:
-        raise MptError(f"{path}: no line of it could be read as an event ({reader.describe()})")
     history = RunHistory()
     history.add(events)
-    s = history.summary(run_dir, reader, mtime)
+    return history, reader, history.summary(run_dir, reader, mtime)
+
+
+def run_report(run: str, runs_dir: str | Path = "runs") -> str:
+    """A run's summary (from engine.runs and its run_started) and its table of epochs.
+
+    Lines of events.jsonl that could not be read are named after the summary; the rest
+    is shown."""
+    run_dir = find_run(run, runs_dir)
+    history, reader, s = read_run(run_dir)
+    if history.last is None and reader.unreadable:
+        path = run_dir / "events.jsonl"
+        raise MptError(f"{path}: no line of it could be read as an event ({reader.describe()})")
     info = [("run", str(run_dir)), ("name", s.name), ("state", s.state)]
     if _when(s.started):
         info.append(("started", _when(s.started)))

@@ -230,17 +230,8 @@ def complete(words: str) -> list[str]:
 
 
 def test_completion_offers_every_subcommand():
-    assert complete("mpt ") == [
-        "validate",
-        "run",
-        "init",
-        "ls",
-        "show",
-        "sweep",
-        "ctl",
-        "rm",
-        "export",
-    ]
+    commands = ["validate", "run", "init", "ls", "show", "sweep", "diff", "compare"]
+    assert complete("mpt ") == [*commands, "ctl", "rm", "export"]
     assert complete("mpt ex") == ["export"]
 
 
