@@ -245,3 +245,11 @@ def test_usage_mistakes_exit_2_with_one_sentence(folder: Path):
     nothing = mpt("sweep", "--resume", "runs/none", cwd=folder)
     assert nothing.returncode == 2 and "not a sweep directory" in nothing.stderr
     assert "Traceback" not in neither.stderr + nothing.stderr
+
+
+def test_the_example_sweep_file_is_valid_as_shipped():
+    repo = Path(__file__).resolve().parents[1]
+    sweep = load_sweep(repo / "sweeps" / "quickstart-lr.toml")
+    trials = sweep.expand()
+    assert len(trials) == 4 and sweep.parallel == 2
+    assert not check_trials(sweep, trials)

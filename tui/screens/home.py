@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
-from rich.markup import escape
 from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -396,7 +395,7 @@ class HomeScreen(Screen):
             self.action_refresh()
             return
         question = (
-            f"Remove the run [b]{escape(run_label(run))}[/b]?\n{escape(str(run.run_dir))}/ "
+            f"Remove the run {run_label(run)}?\n{run.run_dir}/ "  # (the question is no markup)
             f"goes for good: {format_bytes(removal.size)} of events and checkpoints."
         )
         self.app.push_screen(ConfirmScreen(question), partial(self._answered, run, removal))
