@@ -204,10 +204,12 @@ def test_resume_screen(snap_compare, snapshot_dir, monkeypatch):
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     ckpts = "runs/long/20251230-090000/checkpoints"
+    loss = {"monitor": "val_loss", "monitor_value": 0.2214}  # best.pt's checkpoint.monitor
     infos = [
-        CheckpointInfo(f"{ckpts}/last.pt", 3, 137, 0.9359, T0 + 60),
-        CheckpointInfo(f"{ckpts}/step-000137.pt", 3, 137, 0.9359, T0 + 60),
-        CheckpointInfo(f"{ckpts}/step-000135.pt", 3, 135, 0.9359, T0 + 59),
+        CheckpointInfo(f"{ckpts}/last.pt", 3, 137, 0.9359, T0 + 60, **loss),
+        CheckpointInfo(f"{ckpts}/step-000137.pt", 3, 137, 0.9359, T0 + 60, **loss),
+        CheckpointInfo(f"{ckpts}/best.pt", 3, 135, 0.9359, T0 + 59, **loss),
+        CheckpointInfo(f"{ckpts}/step-000135.pt", 3, 135, 0.9359, T0 + 59, **loss),
     ]
     monkeypatch.setattr("tui.screens.resume.list_run_checkpoints", lambda run_dir: infos)
     app = MptApp("profiles", "runs", resume=Path("runs/long/20251230-090000"))

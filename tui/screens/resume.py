@@ -112,7 +112,9 @@ class ResumeScreen(Screen):
         # best.pt follows checkpoint.monitor: when that is not the headline metric (val_loss
         # while the val column shows accuracy), a column shows it, so that best.pt's row
         # says why it is the best
-        monitors = {c.monitor for c in infos if c.problem is None and c.monitor != c.metric_name}
+        monitors = {
+            c.monitor for c in infos if c.problem is None and c.monitor not in ("", c.metric_name)
+        }
         named = len(monitors) > 1  # (a resume that changed it): each cell names its own
         if monitors:
             header = "checkpoint.monitor" if named else next(iter(monitors))
