@@ -17,7 +17,7 @@ from engine.monitor import resolve_mode
 from engine.profile import load_profile
 from engine.run import make_run_dir
 from engine.runs import summarize_run
-from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord
+from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord, best_of
 from engine.sweep_spec import Sweep, SweepError, Trial, check_trials, load_sweep
 
 # a trial in these states is not run again by --resume (failed: it would fail again)
@@ -36,6 +36,10 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
         raise SweepError(str(file), [*lines, f"fix the values above{more}"])
     base = load_profile(sweep.profile, [*sweep.overrides, f"run.name={json.dumps(sweep.name)}"])
     folder = SweepDir(make_run_dir(base))  # <out_dir>/<sweep name>/<stamp>/, made safely
+    # the trials (and a resume) read the profile as it was when the sweep started
+    copy = folder.path / "profile.toml"
+    copy.write_bytes(sweep.profile.read_bytes())
+    sweep.profile = copy
     folder.write_sweep(sweep, trials)
     runner = SweepRunner(sweep, folder, console)
     for trial in trials:
@@ -69,6 +73,12 @@ def resume(path: Path, console: Console) -> int:
             continue
         run_dir = folder.newest_run(trial.index)
         summary = summarize_run(run_dir) if run_dir else None
+        if summary is not None and summary.state in (*ENDED_WELL, "failed"):
+            # it ended while no sweep watched (the sweep was killed, its trial was not)
+            rec.state, rec.run_dir = summary.state, str(run_dir)
+            rec.best, rec.best_epoch = best_of(run_dir, sweep.monitor)
+            folder.record(rec)
+            continue
         if summary is not None and summary.live:
             raise MptError(
                 f"{path}: trial {trial.index + 1}'s run {run_dir} is still {summary.state}"

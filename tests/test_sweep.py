@@ -253,3 +253,41 @@ def test_the_example_sweep_file_is_valid_as_shipped():
     trials = sweep.expand()
     assert len(trials) == 4 and sweep.parallel == 2
     assert not check_trials(sweep, trials)
+
+
+def test_a_killed_sweep_leaves_its_trial_training_and_resume_never_starts_a_second_copy(
+    folder: Path,
+):
+    # SIGKILL reaches the sweep alone: its trial is a process of its own and trains on.
+    # --resume refuses while that run is live; once it has ended (here: stopped by the
+    # user), --resume takes its end as it is and runs the trials not started.
+    (folder / "sweep.toml").write_text(
+        'profile = "profile.toml"\nparallel = 1\n[grid]\n"run.epochs" = [1000, 1]\n'
+    )
+    out = folder / "out.txt"
+    with open(out, "w") as f:
+        proc = spawn_mpt("sweep", "sweep.toml", cwd=folder, stdout=f, stderr=subprocess.STDOUT)
+    sweep_dir = folder / wait_for(lambda: _printed_sweep_dir(out), 120, "the sweep directory")
+    run_dir = wait_for(
+        lambda: next((sweep_dir / "trial-000").glob("*/events.jsonl"), None), 120, "trial 1"
+    ).parent
+    wait_for(lambda: any(e["kind"] == "step" for e in read_jsonl(run_dir / "events.jsonl")),
+             120, "trial 1's first step")  # fmt: skip
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    refused = mpt("sweep", "--resume", str(sweep_dir), cwd=folder)
+    assert refused.returncode == 2
+    assert f"trial 1's run {run_dir} is still running" in refused.stderr
+    assert not list((sweep_dir / "trial-001").glob("*"))  # nothing started beside it
+
+    stopped = mpt("ctl", str(run_dir), "stop", cwd=folder, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    # the sweep directory holds all it needs: its own copy of the profile, as it started
+    (folder / "sweep.toml").unlink()
+    (folder / "profile.toml").write_text("[run]\nepochs = 0\n")
+    resumed = mpt("sweep", "--resume", str(sweep_dir), cwd=folder, timeout=400)
+    records = last_records(sweep_dir)
+    assert records[0]["state"] == "stopped" and records[0]["run_dir"] == str(run_dir)
+    assert records[1]["state"] == "finished", resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0
