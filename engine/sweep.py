@@ -226,9 +226,11 @@ class SweepRunner:
         summary = summarize_run(run_dir) if run_dir else None
         rec.exit = r.proc.returncode
         rec.run_dir = str(run_dir) if run_dir else None
+        # the run's own word on how it ended, whatever the exit code (a run that finished
+        # as a stop's SIGTERM came is finished); none: the process died before saying so
         rec.state = summary.state if summary is not None else "failed"
-        if rec.state in LIVE or (rec.exit != 0 and rec.state in ENDED_WELL):
-            rec.state = "failed"  # the process ended without its run saying so
+        if rec.state in LIVE:
+            rec.state = "failed"
         if run_dir is not None:
             rec.best, rec.best_epoch = best_of(run_dir, self.sweep.monitor)
         if rec.state == "failed":
