@@ -192,7 +192,16 @@ def test_show_of_an_unknown_run_exits_2(runs):
 # ---- no torch for the commands that only read files ----
 
 
-@pytest.mark.parametrize("args", [["ls"], ["show", "quickstart"], ["init", "t"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls"],
+        ["show", "quickstart"],
+        ["init", "t"],
+        ["diff", "quickstart", "quickstart"],
+        ["compare", "quickstart", "quickstart"],
+    ],
+)
 def test_reading_commands_do_not_import_torch(runs, args, tmp_path):
     code = textwrap.dedent(
         f"""
