@@ -329,18 +329,41 @@ def sweep(
             "--skip-invalid", help="Run the valid trials when some trials' values are invalid."
         ),
     ] = False,
+    emit: Annotated[
+        bool,
+        typer.Option(
+            "--emit",
+            help="Run nothing: make the sweep directory and print each trial's mpt run "
+            "command, one a line, for a scheduler (a SLURM job array, xargs -P).",
+        ),
+    ] = False,
+    collect: Annotated[
+        Path | None,
+        typer.Option(
+            "--collect",
+            help="The trials table of an --emit sweep, from the run directories its "
+            "commands wrote.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the trials of a sweep file (grid or random values of profile keys), each an
     ordinary `mpt run`, `parallel` at a time; print the trials sorted by the monitor.
     Exit 0 only when every trial finished."""
     from engine import sweep_plan
 
-    if (file is None) == (resume is None):
-        _fail("mpt sweep: give a sweep file, or --resume SWEEP_DIR (not both)")
+    if sum(x is not None for x in (file, resume, collect)) != 1:
+        _fail("mpt sweep: give a sweep file, --resume SWEEP_DIR or --collect SWEEP_DIR")
+    if emit and file is None:
+        _fail("mpt sweep --emit: give the sweep file whose trials to print")
     console = Console()
     with _user_errors(also=(OSError,), console=console):
         if resume is not None:
             code = sweep_plan.resume(resume, console)
+        elif collect is not None:
+            code = sweep_plan.collect(collect, console)
+        elif emit:
+            code = sweep_plan.emit(file, set_ or [], skip_invalid, console)
         else:
             code = sweep_plan.start(file, set_ or [], skip_invalid, console)
     raise typer.Exit(code)
@@ -402,11 +425,19 @@ def compare(
     """Print one row a run, the best first: state, epochs, the final and best value of
     --metric, and the profile keys that differ between the runs; on a terminal, a chart
     of the metric's curves per epoch."""
-    from engine.compare import check_count, choose_metric, compare_report, curves_chart, load_runs
+    from engine.compare import (
+        check_count,
+        choose_metric,
+        compare_report,
+        curves_chart,
+        load_runs,
+        with_sweeps_opened,
+    )
 
     with _user_errors():
-        check_count(run_list or [])
-        compared = load_runs(run_list or [], runs)
+        run_list = with_sweeps_opened(run_list or [])
+        check_count(run_list)
+        compared = load_runs(run_list, runs)
         say(compare_report(compared, metric))
         terminal = sys.stdout.isatty()
         if plot if plot is not None else terminal:

@@ -290,6 +290,27 @@ def _metrics_side_by_side(a: ComparedRun, b: ComparedRun) -> str:
 # ---- mpt compare ----
 
 
+def with_sweeps_opened(runs: list[str]) -> list[str]:
+    """Each argument that is a sweep directory (it has sweep.json) stands for its trials'
+    runs (each trial's newest run directory, in trial order); the others as they are."""
+    from engine.sweep import SweepDir
+
+    opened = []
+    for run in runs:
+        folder = SweepDir(Path(run).expanduser())
+        if not (folder.path / "sweep.json").is_file():
+            opened.append(run)
+            continue
+        numbers = sorted(
+            int(t.name[6:]) for t in folder.path.glob("trial-*") if t.name[6:].isdigit()
+        )
+        found = [folder.newest_run(n) for n in numbers]
+        if not any(found):
+            raise MptError(f"{run}: a sweep directory whose trials have no runs yet")
+        opened += [str(p) for p in found if p is not None]
+    return opened
+
+
 def check_count(runs: list[str]) -> None:
     """MptError unless there are 2 to MAX_RUNS runs to compare."""
     if len(runs) < 2:

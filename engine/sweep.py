@@ -141,11 +141,13 @@ class SweepRunner:
         self.slots = sweep.devices or [None] * sweep.parallel
 
     # ---- what each trial runs ----
-    def command(self, trial: Trial, resume: Path | None) -> list[str]:
-        mpt = [sys.executable, "-P", "-m", "engine.cli"]  # -P: not the cwd's own `engine`
+    def command(self, trial: Trial, resume: Path | None, mpt: list[str] | None = None) -> list[str]:
+        """The trial's `mpt run`; `mpt`: the program (default: this Python's engine,
+        `-P`: never the cwd's own `engine`); pinned to its slot's device only by default."""
+        pinned = ["run.device=cuda"] if self.sweep.devices and mpt is None else []
+        mpt = mpt or [sys.executable, "-P", "-m", "engine.cli"]
         if resume is not None:
             return [*mpt, "run", "--resume", str(resume)]
-        pinned = ["run.device=cuda"] if self.sweep.devices else []  # the one device it sees
         sets = [
             *self.sweep.overrides,
             *trial.overrides(),

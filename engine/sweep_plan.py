@@ -8,6 +8,7 @@ process died with checkpoints left) resumes from its run directory, a queued one
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from engine.console import Console
@@ -17,6 +18,7 @@ from engine.monitor import resolve_mode
 from engine.profile import load_profile
 from engine.run import make_run_dir
 from engine.runs import summarize_run
+from engine.stop import EXIT_FAILED, EXIT_OK
 from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord, best_of
 from engine.sweep_spec import Sweep, SweepError, Trial, check_trials, load_sweep
 
@@ -25,6 +27,62 @@ SETTLED = (*ENDED_WELL, "failed", "invalid")
 
 
 def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
+    runner, trials = prepare(file, overrides, skip_invalid, console)
+    console.line(
+        f"sweep directory: {runner.folder.path}  ({len(trials)} trials, "
+        f"{runner.sweep.method}, {len(runner.slots)} at a time; mpt ls {runner.folder.path} "
+        "lists their runs)"
+    )
+    for rec in runner.records.values():
+        if rec.state == "invalid":
+            console.line(f"trial {rec.trial + 1} skipped: {rec.problem}")
+    queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
+    code = runner.run(queue)
+    finish(runner, console)
+    return code
+
+
+def emit(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
+    """Make the sweep directory and print each valid trial's `mpt run` command line, one a
+    line (for a scheduler: a SLURM job array, xargs -P, Ray); the sweep directory's
+    path goes to stderr. `mpt sweep --collect SWEEP_DIR` reads the results back."""
+    runner, trials = prepare(file, overrides, skip_invalid, console)
+    console.line(
+        f"sweep directory: {runner.folder.path}  ({len(trials)} trials; run the commands, "
+        f"then: mpt sweep --collect {runner.folder.path})",
+        err=True,
+    )
+    for trial in trials:
+        if runner.records[trial.index].state != "invalid":
+            console.line(shlex.join(runner.command(trial, None, mpt=["mpt"])))
+    return EXIT_OK
+
+
+def collect(path: Path, console: Console) -> int:
+    """The trials table of a sweep whose trials something else ran (--emit): each trial's
+    newest run directory, its state and best value, recorded in trials.jsonl."""
+    folder = SweepDir(path)
+    sweep, trials = folder.read_sweep()
+    runner = SweepRunner(sweep, folder, console)
+    records = folder.records()
+    for trial in trials:
+        rec = records.get(trial.index) or TrialRecord(trial.index, trial.values)
+        run_dir = folder.newest_run(trial.index)
+        summary = summarize_run(run_dir) if run_dir else None
+        if summary is not None and rec.state != "invalid":
+            rec.state, rec.run_dir = summary.state, str(run_dir)
+            rec.best, rec.best_epoch = best_of(run_dir, sweep.monitor)
+            folder.record(rec)
+        runner.records[trial.index] = rec
+    finish(runner, console)
+    done = all(r.state in ENDED_WELL for r in runner.records.values())
+    return EXIT_OK if done else EXIT_FAILED  # (one not run yet, or still running: not done)
+
+
+def prepare(
+    file: Path, overrides: list[str], skip_invalid: bool, console: Console
+) -> tuple[SweepRunner, list[Trial]]:
+    """Check the file and every trial, make the sweep directory and record the trials."""
     sweep = load_sweep(file, overrides)
     trials = sweep.expand()
     invalid = check_trials(sweep, trials)
@@ -48,16 +106,7 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
             rec.state, rec.problem = "invalid", "; ".join(invalid[trial.index])
         runner.records[trial.index] = rec
         folder.record(rec)
-    console.line(
-        f"sweep directory: {folder.path}  ({len(trials)} trials, {sweep.method}, "
-        f"{len(runner.slots)} at a time; mpt ls {folder.path} lists their runs)"
-    )
-    for i in invalid:
-        console.line(f"trial {i + 1} skipped: {runner.records[i].problem}")
-    queue = [(t, None) for t in trials if t.index not in invalid]
-    code = runner.run(queue)
-    finish(runner, console)
-    return code
+    return runner, trials
 
 
 def resume(path: Path, console: Console) -> int:

@@ -5,6 +5,7 @@ recorded while the others finish. Real processes, real signals, real digits runs
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -246,7 +247,7 @@ def _printed_sweep_dir(out: Path) -> Path | None:
 
 def test_usage_mistakes_exit_2_with_one_sentence(folder: Path):
     neither = mpt("sweep", cwd=folder)
-    assert neither.returncode == 2 and "give a sweep file, or --resume" in neither.stderr
+    assert neither.returncode == 2 and "give a sweep file, --resume SWEEP_DIR or" in neither.stderr
     nothing = mpt("sweep", "--resume", "runs/none", cwd=folder)
     assert nothing.returncode == 2 and "not a sweep directory" in nothing.stderr
     assert "Traceback" not in neither.stderr + nothing.stderr
@@ -296,3 +297,35 @@ def test_a_killed_sweep_leaves_its_trial_training_and_resume_never_starts_a_seco
     assert records[0]["state"] == "stopped" and records[0]["run_dir"] == str(run_dir)
     assert records[1]["state"] == "finished", resumed.stdout + resumed.stderr
     assert resumed.returncode == 0
+
+
+def test_emit_prints_each_trials_command_and_collect_reads_what_they_wrote(folder: Path):
+    # beyond one box: the commands go to a scheduler (here: run by hand), the table back
+    (folder / "sweep.toml").write_text(SWEEP.replace("[32, 64]", "[64]"))
+    emitted = mpt("sweep", "sweep.toml", "--emit", cwd=folder)
+    assert emitted.returncode == 0, emitted.stderr
+    printed = sweep_dir_of(emitted.stderr)  # (relative: the profile's out_dir is)
+    sweep_dir = folder / printed
+    commands = [shlex.split(line) for line in emitted.stdout.splitlines()]
+    assert len(commands) == 2 and all(c[:3] == ["mpt", "run", str(printed / "profile.toml")]
+                                      for c in commands)  # fmt: skip
+    assert "optim.lr=0.01" in commands[1] and 'run.name="trial-001"' in commands[1]
+    assert not list(sweep_dir.glob("trial-*/*"))  # nothing ran
+
+    first = mpt(*commands[0][1:], cwd=folder)
+    assert first.returncode == 0, first.stderr
+    partial = mpt("sweep", "--collect", str(sweep_dir), cwd=folder)
+    assert partial.returncode == 1  # one trial not run yet
+    records = last_records(sweep_dir)
+    assert records[0]["state"] == "finished" and records[1]["state"] == "queued"
+    assert Path(records[0]["run_dir"]).parent.name == "trial-000"
+
+    assert mpt(*commands[1][1:], cwd=folder).returncode == 0
+    whole = mpt("sweep", "--collect", str(sweep_dir), cwd=folder)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert "best: trial " in whole.stdout
+    assert [r["state"] for r in last_records(sweep_dir).values()] == ["finished"] * 2
+    # a sweep directory stands for its trials' runs in mpt compare
+    compared = mpt("compare", str(sweep_dir), "--no-plot", cwd=folder)
+    assert compared.returncode == 0, compared.stderr
+    assert "2 runs by best val_acc" in compared.stdout and "trial-001/" in compared.stdout
