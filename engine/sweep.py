@@ -138,16 +138,20 @@ class SweepRunner:
         self.sweep, self.folder, self.console = sweep, folder, console
         self.records: dict[int, TrialRecord] = {}
         self.stopping = False
-        self.slots = sweep.devices or [None] * sweep.parallel
+        # with devices, one trial on each of the first `parallel` at a time
+        self.slots = sweep.devices[: sweep.parallel] or [None] * sweep.parallel
 
     # ---- what each trial runs ----
-    def command(self, trial: Trial, resume: Path | None, mpt: list[str] | None = None) -> list[str]:
-        """The trial's `mpt run`; `mpt`: the program (default: this Python's engine,
-        `-P`: never the cwd's own `engine`); pinned to its slot's device only by default."""
-        pinned = ["run.device=cuda"] if self.sweep.devices and mpt is None else []
-        mpt = mpt or [sys.executable, "-P", "-m", "engine.cli"]
-        if resume is not None:
+    def command(
+        self, trial: Trial, resume: Path | None, device: str | None = None, mpt: list[str] = ()
+    ) -> list[str]:
+        """The trial's `mpt run` on `device` (its slot's: a cuda:N slot's trial sees that
+        one GPU as cuda, CUDA_VISIBLE_DEVICES); `mpt`: the program (default: this Python's
+        engine, `-P`: never the cwd's own `engine`)."""
+        mpt = list(mpt) or [sys.executable, "-P", "-m", "engine.cli"]
+        if resume is not None:  # the device is the checkpoint's profile's
             return [*mpt, "run", "--resume", str(resume)]
+        pinned = [f"run.device={device.partition(':')[0]}"] if device else []
         sets = [
             *self.sweep.overrides,
             *trial.overrides(),
@@ -160,15 +164,14 @@ class SweepRunner:
     def environment(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
         device = self.slots[slot]
-        if device is None and "OMP_NUM_THREADS" in env:
-            pass  # the user's own thread count stands
-        elif device is None:
-            # trials share the CPU: each gets its part of the cores. A run's numbers
-            # depend on its thread count: a resumed trial gets the same count as its
-            # first part (the same sweep, the same machine).
-            threads = max(1, (os.cpu_count() or 1) // len(self.slots))
+        on_cpu = [d for d in self.slots if d in (None, "cpu")]
+        if device in (None, "cpu") and "OMP_NUM_THREADS" not in env:
+            # trials share the CPU: each gets its part of the cores (a user's own
+            # OMP_NUM_THREADS stands). A run's numbers depend on its thread count: a
+            # resumed trial gets the same count as its first part (the same sweep).
+            threads = max(1, (os.cpu_count() or 1) // len(on_cpu))
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        elif device.startswith("cuda"):
+        elif device is not None and device.startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = device.partition(":")[2] or "0"
         return env
 
@@ -202,7 +205,7 @@ class SweepRunner:
         folder.mkdir(exist_ok=True)
         log = open(folder / "output.log", "ab")  # noqa: SIM115 - closed in _ended
         proc = subprocess.Popen(
-            self.command(trial, resume),
+            self.command(trial, resume, self.slots[slot]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

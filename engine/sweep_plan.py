@@ -53,7 +53,7 @@ def emit(file: Path, overrides: list[str], skip_invalid: bool, console: Console)
         err=True,
     )
     for trial in trials:
-        if runner.records[trial.index].state != "invalid":
+        if runner.records[trial.index].state != "invalid":  # no device: the scheduler's
             console.line(shlex.join(runner.command(trial, None, mpt=["mpt"])))
     return EXIT_OK
 
@@ -84,6 +84,7 @@ def prepare(
 ) -> tuple[SweepRunner, list[Trial]]:
     """Check the file and every trial, make the sweep directory and record the trials."""
     sweep = load_sweep(file, overrides)
+    _check_devices(sweep)
     trials = sweep.expand()
     invalid = check_trials(sweep, trials)
     if invalid and (not skip_invalid or len(invalid) == len(trials)):
@@ -144,6 +145,24 @@ def resume(path: Path, console: Console) -> int:
     code = runner.run(queue)
     finish(runner, console)
     return code
+
+
+def _check_devices(sweep: Sweep) -> None:
+    """Every CUDA device the file names is on this machine: else no trial could start."""
+    wanted = [d for d in sweep.devices if d.startswith("cuda")]
+    if not wanted:
+        return
+    import torch  # (only for a sweep that names devices)
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [d for d in wanted if int(d.partition(":")[2] or 0) >= count]
+    if missing:
+        seen = f"{count} CUDA device(s)" if count else "no CUDA device"
+        raise SweepError(
+            str(sweep.path),
+            [f"devices: {', '.join(missing)} not on this machine ({seen}); name the devices "
+             "it has, or leave devices out to run on the profile's run.device"],
+        )  # fmt: skip
 
 
 def finish(runner: SweepRunner, console: Console) -> None:

@@ -30,6 +30,7 @@ import itertools
 import json
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ METHODS = ("grid", "random")
 DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 TOP_KEYS = ("profile", "method", "trials", "parallel", "devices", "monitor", "seed", "name")
 MAX_TRIALS = 10_000  # a grid beyond this is a typo, not a plan
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
 
 class SweepError(MptError):
@@ -179,15 +181,20 @@ def _read_top(data: dict[str, Any], path: Path, problems: list[str]) -> Sweep:
         name=get("name", str, path.stem) or path.stem,
         method=method,
         trials=get("trials", int, 0),
-        parallel=get("parallel", int, 1),
+        parallel=get("parallel", int, 0),  # 0: not given (see below)
         devices=get("devices", list, []),
         monitor=get("monitor", str, "val_acc"),
         seed=get("seed", int, 0),
     )
+    if "parallel" not in data:  # one at a time; with devices, one on each
+        sweep.parallel = max(1, len(sweep.devices))
     if sweep.parallel < 1:
         problems.append(f"parallel: must be >= 1 (got {sweep.parallel})")
-    if not all(isinstance(d, str) and d for d in sweep.devices):
-        problems.append('devices: must be a list of device names, e.g. ["cuda:0", "cuda:1"]')
+    if not all(isinstance(d, str) and DEVICE.fullmatch(d) for d in sweep.devices):
+        problems.append(
+            "devices: must be a list of device names (cpu, mps, cuda or cuda:N), e.g. "
+            f'["cuda:0", "cuda:1"] (got {sweep.devices!r})'
+        )
     elif sweep.devices and sweep.parallel > len(sweep.devices):
         problems.append(
             f"parallel: {sweep.parallel} trials at once on {len(sweep.devices)} device(s); "

@@ -127,6 +127,29 @@ def test_a_bad_sweep_file_is_one_sentence_naming_the_key(folder: Path, text: str
     assert said in str(e.value) and str(folder / "bad.toml") in str(e.value)
 
 
+def test_devices_set_the_trials_at_once_and_must_be_on_this_machine(folder: Path):
+    (folder / "d.toml").write_text(
+        'profile = "profile.toml"\ndevices = ["cpu", "cpu"]\n[grid]\n"optim.lr" = [0.1]\n'
+    )
+    assert load_sweep(folder / "d.toml").parallel == 2  # one trial on each
+    (folder / "d.toml").write_text(
+        'profile = "profile.toml"\ndevices = ["cuda:0", "gpu1"]\n[grid]\n"optim.lr" = [0.1]\n'
+    )
+    with pytest.raises(SweepError, match=r"devices: must be a list of device names \(cpu, mps"):
+        load_sweep(folder / "d.toml")
+    (folder / "d.toml").write_text(
+        'profile = "profile.toml"\ndevices = ["cuda:0", "cuda:1"]\n[grid]\n"optim.lr" = [0.1]\n'
+    )
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the missing-device case needs one without")
+    done = mpt("sweep", "d.toml", cwd=folder)
+    assert done.returncode == 2
+    assert "devices: cuda:0, cuda:1 not on this machine (no CUDA device)" in done.stderr
+    assert not (folder / "runs").exists()
+
+
 def test_invalid_trial_values_are_refused_before_anything_runs(folder: Path):
     (folder / "sweep.toml").write_text(SWEEP.replace("[0.001, 0.01]", "[0.001, -1]"))
     done = mpt("sweep", "sweep.toml", cwd=folder)
