@@ -12,25 +12,23 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
-from textual import events, work
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.ctl import Removal, plan_removal, remove
 from engine.errors import MptError
 from engine.formatting import metric as format_metric
-from engine.memory import format_bytes
 from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
+from tui.screens.run_removal import RunRemoval, run_label
 from tui.widgets.fitted_table import Column, FittedTable
 
 if TYPE_CHECKING:
@@ -117,11 +115,6 @@ def table_heights(space: int, profiles: int, runs: int) -> tuple[int, int]:
     return top, space - top
 
 
-def run_label(r: RunSummary) -> str:
-    """`quick/20261202-021835`: the run as the list names it."""
-    return f"{r.name}/{r.stamp}"
-
-
 def best_cell(r: RunSummary) -> str:
     """The best validation value of the run's headline metric: `97.25%` (accuracy, named
     by no word: every run before issue 15 has it), `0.3120 mae`, `95.10% f1`."""
@@ -146,32 +139,14 @@ def profile_cells(e: ProfileEntry) -> list[str]:
     ]
 
 
-def why_not_removable(run: RunSummary, here: Path | None, removing: set[Path]) -> str | None:
-    """The sentence that refuses to remove `run`: it is live (`here`: the directory of the
-    run this console trains) or already going; None when it may go."""
-    label = run_label(run)
-    if here is not None and run.run_dir.resolve() == here:
-        return (
-            f"{label} is training in this console: stop it first (d opens its "
-            "dashboard, s stops it), then remove it"
-        )
-    if run.live:
-        process = f" ({run.process})" if run.process else ""
-        return (
-            f"{label} is {run.state}{process}: stop it first (enter opens its "
-            f"dashboard, s stops it; or mpt ctl {run.run_dir} stop), then remove it"
-        )
-    if run.run_dir in removing:
-        return f"{label} is being removed"
-    return None
-
-
-class HomeScreen(Screen):
+class HomeScreen(RunRemoval, Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
         Binding("r", "run_profile", "Run"),
         Binding("r", "resume_run", "Resume"),
         Binding("x", "remove_run", "Remove"),
+        Binding("space", "mark_run", "Mark"),
+        Binding("v", "compare_runs", "Compare"),
         Binding("n", "new_profile", "New profile"),
         Binding("d", "dashboard", "Dashboard"),
         Binding("g", "refresh", "Refresh"),
@@ -195,6 +170,7 @@ class HomeScreen(Screen):
         self._profile_rows: list[tuple[str, list[str]]] = []  # (key, cells), as read
         self._run_rows: list[tuple[str, list[str]]] = []
         self._removing: set[Path] = set()  # run directories a worker is removing
+        self.marked: list[Path] = []  # runs marked (space) to compare (v)
         self._hint_text = ""
 
     def compose(self) -> ComposeResult:
@@ -258,7 +234,8 @@ class HomeScreen(Screen):
             state = "removing..."
         epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch or "-")
         checkpoint = r.last_checkpoint.name if r.last_checkpoint else "-"
-        return [run_label(r), state, epoch, best_cell(r), checkpoint]
+        mark = "● " if r.run_dir in self.marked else ""
+        return [mark + run_label(r), state, epoch, best_cell(r), checkpoint]
 
     def _fit_tables(self) -> None:
         """Give each table the rows it earns and cut its cells to the terminal's width;
@@ -316,7 +293,7 @@ class HomeScreen(Screen):
             return self._focused_table() == "profiles"
         if action == "resume_run":
             return self._focused_table() == "runs"
-        if action == "remove_run":
+        if action in ("remove_run", "mark_run", "compare_runs"):
             return self._focused_table() == "runs" and bool(self.runs)
         if action == "dashboard":
             return self.own_run() is not None
@@ -377,71 +354,24 @@ class HomeScreen(Screen):
     def action_dashboard(self) -> None:
         self.post_message(OpenDashboard())
 
-    # ---- x: remove a run, after asking ----
-    def action_remove_run(self) -> None:
-        from tui.screens.confirm import ConfirmScreen
-
+    # ---- space marks runs, v compares them ----
+    def action_mark_run(self) -> None:
         run = self.highlighted_run()
         if run is None:
             return
-        refusal = why_not_removable(run, self._here(), self._removing)
-        if refusal is not None:
-            self.notify(refusal, severity="warning", timeout=10, markup=False)
-            return
-        try:  # the engine's own check (mpt rm's), and the size
-            [removal] = plan_removal([run.run_dir], None, self.runs_dir)
-        except MptError as e:  # started since the list was read, or no run any more
-            self.notify(str(e), severity="error", timeout=10, markup=False)
-            self.action_refresh()
-            return
-        question = (
-            f"Remove the run {run_label(run)}?\n{run.run_dir}/ "  # (the question is no markup)
-            f"goes for good: {format_bytes(removal.size)} of events and checkpoints."
-        )
-        self.app.push_screen(ConfirmScreen(question), partial(self._answered, run, removal))
-
-    def _answered(self, run: RunSummary, removal: Removal, yes: bool | None) -> None:
-        if not yes:
-            self.notify("nothing removed")
-            return
-        try:  # again: it may have been resumed while the question was open
-            plan_removal([run.run_dir], None, self.runs_dir)
-        except MptError as e:
-            self.notify(str(e), severity="error", timeout=10, markup=False)
-            self.action_refresh()
-            return
-        self._removing.add(run.run_dir)
-        self._remove(run, removal)
-        self._refresh_runs()
-
-    @work(thread=True, group="remove-run")
-    def _remove(self, run: RunSummary, removal: Removal) -> None:
-        # a big run (gigabytes of checkpoints) takes a while to unlink: not on the UI's loop
-        error = None
-        try:
-            remove(removal)
-        except OSError as e:
-            where = f" ({e.filename})" if e.filename and str(e.filename) != str(run.run_dir) else ""
-            error = f"{e.strerror or e}{where}"
-        self.app.call_from_thread(self._removed, run, removal, error)
-
-    def _removed(self, run: RunSummary, removal: Removal, error: str | None) -> None:
-        self._removing.discard(run.run_dir)
-        table = self.query_one("#runs", FittedTable)
-        key = str(run.run_dir)
-        neighbour = None
-        if table.cursor_key() == key:  # the cursor waits on it: move it to the next row
-            index = table.get_row_index(key)
-            neighbour = table.key_at(index + 1) or table.key_at(index - 1)
-        if error is not None:
-            self.notify(
-                f"could not remove {run.run_dir}: {error}; some of its files may be gone",
-                severity="error",
-                timeout=10,
-                markup=False,
-            )
+        if run.run_dir in self.marked:
+            self.marked.remove(run.run_dir)
         else:
-            self.notify(f"removed {run.run_dir} ({format_bytes(removal.size)})", markup=False)
+            self.marked.append(run.run_dir)
         self._refresh_runs()
-        if error is None:
-            table.move_to(neighbour)
+        self.query_one("#runs", FittedTable).action_cursor_down()  # on to the next one
+
+    def action_compare_runs(self) -> None:
+        from tui.screens.compare import CompareScreen
+
+        listed = {r.run_dir for r in self.runs}
+        chosen = [d for d in self.marked if d in listed]
+        if not 2 <= len(chosen) <= 8:
+            self.notify(f"{len(chosen)} runs marked: mark 2 to 8 runs with space, then v")
+            return
+        self.app.push_screen(CompareScreen(chosen))
