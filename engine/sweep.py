@@ -129,6 +129,7 @@ class Running:
     proc: subprocess.Popen
     slot: int
     log: Any
+    before: Path | None  # the trial's newest run directory when it started
 
 
 class SweepRunner:
@@ -204,6 +205,7 @@ class SweepRunner:
         folder = self.folder.trial_folder(trial.index)
         folder.mkdir(exist_ok=True)
         log = open(folder / "output.log", "ab")  # noqa: SIM115 - closed in _ended
+        before = self.folder.newest_run(trial.index)
         proc = subprocess.Popen(
             self.command(trial, resume, self.slots[slot]),
             stdin=subprocess.DEVNULL,
@@ -222,13 +224,15 @@ class SweepRunner:
             f"trial {trial.index + 1}/{total} started{on}: {trial.describe()}{again} "
             f"(pid {proc.pid})"
         )
-        return Running(trial, proc, slot, log)
+        return Running(trial, proc, slot, log, before)
 
     def _ended(self, r: Running, total: int) -> None:
         r.log.close()
         rec = self.records[r.trial.index]
         run_dir = self.folder.newest_run(r.trial.index)
-        summary = summarize_run(run_dir) if run_dir else None
+        # no run directory of its own (refused in setup: mpt run removes it): the one
+        # before, if any, is an earlier part's, and says nothing of this process's end
+        summary = summarize_run(run_dir) if run_dir and run_dir != r.before else None
         rec.exit = r.proc.returncode
         rec.run_dir = str(run_dir) if run_dir else None
         # the run's own word on how it ended, whatever the exit code (a run that finished
