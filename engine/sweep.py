@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine import events as ev
 from engine.console import Console
@@ -36,7 +36,8 @@ from engine.sweep_spec import Sweep, Trial
 
 POLL_S = 0.2
 # the states a trial ends in as asked; any other end makes the sweep's exit code non-zero
-ENDED_WELL = ("finished", "early_stopped", "max_time", "stopped")
+# (pruned: optuna stopped it, with its checkpoint, as asked of a sweep with a pruner)
+ENDED_WELL = ("finished", "early_stopped", "max_time", "stopped", "pruned")
 LIVE = ("queued", "running")
 
 
@@ -52,6 +53,8 @@ class TrialRecord:
     best_epoch: int | None = None
     exit: int | None = None
     problem: str = ""  # invalid: the profile's problems; failed: the run's error
+    pruned_epoch: int | None = None  # pruned: the epoch whose monitor value pruned it
+    optuna_trial: int | None = None  # method = "optuna": its trial's number in the study
 
 
 class SweepDir:
@@ -109,15 +112,22 @@ class SweepDir:
         return runs[-1] if runs else None
 
 
+def monitor_value(event: ev.Event, monitor: str) -> float | None:
+    """The value of `monitor` in an epoch_end event; None in any other event, or NaN."""
+    if not isinstance(event, ev.EpochEnd):
+        return None
+    value = event.metrics.get(monitor, getattr(event, monitor, None))
+    return value if isinstance(value, float | int) and value == value else None  # not NaN
+
+
 def best_of(run_dir: Path, monitor: str) -> tuple[float | None, int | None]:
     """The best value of `monitor` over the run's validations, and its epoch."""
     better = min if resolve_mode(monitor, "auto") == "min" else max
     seen = []
     for e in ev.read_events(run_dir / "events.jsonl"):
-        if isinstance(e, ev.EpochEnd):
-            value = e.metrics.get(monitor, getattr(e, monitor, None))
-            if isinstance(value, float | int) and value == value:  # not NaN
-                seen.append((value, e.epoch))
+        value = monitor_value(e, monitor)
+        if value is not None:
+            seen.append((value, e.epoch))
     if not seen:
         return None, None
     return better(seen, key=lambda pair: pair[0])
@@ -132,6 +142,46 @@ class Running:
     before: Path | None  # the trial's newest run directory when it started
 
 
+@dataclass
+class Prune:
+    """A policy's word to stop a running trial early: the epoch that decided it, and why."""
+
+    epoch: int
+    why: str
+
+
+class TrialPolicy(Protocol):
+    """Which trial runs next and what a trial's progress means: the runner's loop asks it
+    when a slot is free, on each poll of a running trial, and when a trial ends."""
+
+    def pending(self) -> bool: ...  # trials left to start
+
+    def next_trial(self) -> tuple[Trial, Path | None] | None: ...  # (trial, run dir to resume)
+
+    def progress(self, r: Running) -> Prune | None: ...
+
+    def ended(self, r: Running, rec: TrialRecord) -> None: ...  # rec as it is about to be recorded
+
+
+class FixedQueue:
+    """grid and random: every trial known before the sweep starts, run in order."""
+
+    def __init__(self, queue: list[tuple[Trial, Path | None]]):
+        self.queue = list(queue)
+
+    def pending(self) -> bool:
+        return bool(self.queue)
+
+    def next_trial(self) -> tuple[Trial, Path | None] | None:
+        return self.queue.pop(0) if self.queue else None
+
+    def progress(self, r: Running) -> Prune | None:
+        return None
+
+    def ended(self, r: Running, rec: TrialRecord) -> None:
+        pass
+
+
 class SweepRunner:
     """Runs the trials of one sweep directory; `run()` returns the sweep's exit code."""
 
@@ -139,6 +189,7 @@ class SweepRunner:
         self.sweep, self.folder, self.console = sweep, folder, console
         self.records: dict[int, TrialRecord] = {}
         self.stopping = False
+        self.policy: TrialPolicy = FixedQueue([])
         # with devices, one trial on each of the first `parallel` at a time
         self.slots = sweep.devices[: sweep.parallel] or [None] * sweep.parallel
 
@@ -177,15 +228,17 @@ class SweepRunner:
         return env
 
     # ---- the queue ----
-    def run(self, queue: list[tuple[Trial, Path | None]]) -> int:
+    def run(self, queue: list[tuple[Trial, Path | None]] | TrialPolicy) -> int:
+        """Run the trials of `queue` (a list: in order; a policy: as it says) to their ends."""
+        self.policy = FixedQueue(queue) if isinstance(queue, list) else queue
         running: dict[int, Running] = {}
         free = list(range(len(self.slots)))
         total = len(self.records)
         with _forwarding_stops(self, running) as stops:
             try:
-                while (queue and not self.stopping) or running:
-                    while queue and free and not self.stopping:
-                        trial, resume = queue.pop(0)
+                while (self.policy.pending() and not self.stopping) or running:
+                    while free and not self.stopping and (nxt := self.policy.next_trial()):
+                        trial, resume = nxt
                         running[trial.index] = self._start(trial, resume, free.pop(0), total)
                     for index, r in list(running.items()):
                         if r.proc.poll() is not None:
@@ -193,6 +246,8 @@ class SweepRunner:
                             free.append(r.slot)
                             free.sort()
                             self._ended(r, total)
+                        elif not self.stopping:
+                            self._watch(r, total)
                     time.sleep(POLL_S)
             finally:
                 if running:  # the sweep itself failed: no trial trains on unsupervised
@@ -226,9 +281,29 @@ class SweepRunner:
         )
         return Running(trial, proc, slot, log, before)
 
+    def _watch(self, r: Running, total: int) -> None:
+        """A running trial's progress: the policy may prune it (SIGTERM: it stops with its
+        interrupt checkpoint, as `mpt run` does; recorded at once, so that a sweep killed
+        now does not resume it)."""
+        rec = self.records[r.trial.index]
+        if rec.state == "pruned":
+            return
+        prune = self.policy.progress(r)
+        if prune is None:
+            return
+        rec.state, rec.pruned_epoch, rec.problem = "pruned", prune.epoch, prune.why
+        self.folder.record(rec)
+        self.console.line(
+            f"trial {r.trial.index + 1}/{total} pruned at epoch {prune.epoch}: {prune.why}; "
+            "it stops with a checkpoint"
+        )
+        if r.proc.poll() is None:
+            r.proc.send_signal(signal.SIGTERM)
+
     def _ended(self, r: Running, total: int) -> None:
         r.log.close()
         rec = self.records[r.trial.index]
+        pruned = rec.state == "pruned"
         run_dir = self.folder.newest_run(r.trial.index)
         # no run directory of its own (refused in setup: mpt run removes it): the one
         # before, if any, is an earlier part's, and says nothing of this process's end
@@ -240,15 +315,19 @@ class SweepRunner:
         rec.state = summary.state if summary is not None else "failed"
         if rec.state in LIVE:
             rec.state = "failed"
+        if pruned:  # (whatever the run says: the SIGTERM was the sweep's)
+            rec.state = "pruned"
         if run_dir is not None:
             rec.best, rec.best_epoch = best_of(run_dir, self.sweep.monitor)
         if rec.state == "failed":
             rec.problem = _last_error(run_dir, self.folder.trial_folder(r.trial.index))
+        self.policy.ended(r, rec)
         self.folder.record(rec)
         best = metric(self.sweep.monitor, rec.best) if rec.best is not None else "-"
         why = f": {rec.problem}" if rec.problem and rec.state == "failed" else ""
+        at = f" at epoch {rec.pruned_epoch}" if rec.state == "pruned" else ""
         self.console.line(
-            f"trial {r.trial.index + 1}/{total} {rec.state}{why}: best {self.sweep.monitor} "
+            f"trial {r.trial.index + 1}/{total} {rec.state}{at}{why}: best {self.sweep.monitor} "
             f"{best} ({rec.run_dir or 'no run directory'})"
         )
 

@@ -19,8 +19,15 @@ from engine.profile import load_profile
 from engine.run import make_run_dir
 from engine.runs import summarize_run
 from engine.stop import EXIT_FAILED, EXIT_OK
-from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord, best_of
-from engine.sweep_spec import Sweep, SweepError, Trial, check_trials, load_sweep
+from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialPolicy, TrialRecord, best_of
+from engine.sweep_spec import (
+    Sweep,
+    SweepError,
+    Trial,
+    check_range_ends,
+    check_trials,
+    load_sweep,
+)
 
 # a trial in these states is not run again by --resume (failed: it would fail again)
 SETTLED = (*ENDED_WELL, "failed", "invalid")
@@ -37,15 +44,36 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
         if rec.state == "invalid":
             console.line(f"trial {rec.trial + 1} skipped: {rec.problem}")
     queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
-    code = runner.run(queue)
+    code = runner.run(_policy(runner, queue))
     finish(runner, console)
     return code
+
+
+def _policy(
+    runner: SweepRunner, queue: list[tuple[Trial, Path | None]], fresh: list[int] | None = None
+) -> list[tuple[Trial, Path | None]] | TrialPolicy:
+    """What runs next: grid and random, the queue in order; optuna, the queue's trials
+    (resumed) then each trial with no values yet (`fresh`, default: all) asked of the study."""
+    if runner.sweep.method != "optuna":
+        return queue
+    from engine.sweep_optuna import OptunaQueue  # (imports optuna: only for its sweeps)
+
+    if fresh is None:
+        queue, fresh = [], [trial.index for trial, _ in queue]
+    return OptunaQueue.open(runner, queue, fresh)
 
 
 def emit(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
     """Make the sweep directory and print each valid trial's `mpt run` command line, one a
     line (for a scheduler: a SLURM job array, xargs -P, Ray); the sweep directory's
     path goes to stderr. `mpt sweep --collect SWEEP_DIR` reads the results back."""
+    if load_sweep(file, overrides).method == "optuna":
+        raise SweepError(
+            str(file),
+            ['method: "optuna" asks each trial\'s values when a slot frees, from the results '
+             "of the trials before it, so --emit cannot print them in advance; run mpt sweep "
+             'FILE on the box, or use method = "random" for a scheduler'],
+        )  # fmt: skip
     runner, trials = prepare(file, overrides, skip_invalid, console)
     console.line(
         f"sweep directory: {runner.folder.path}  ({len(trials)} trials; run the commands, "
@@ -63,6 +91,11 @@ def collect(path: Path, console: Console) -> int:
     newest run directory, its state and best value, recorded in trials.jsonl."""
     folder = SweepDir(path)
     sweep, trials = folder.read_sweep()
+    if sweep.method == "optuna":
+        raise MptError(
+            f"{path}: an optuna sweep's trials are run by mpt sweep, not by a scheduler, so "
+            f"there is nothing to collect; mpt sweep --resume {path} finishes it"
+        )
     runner = SweepRunner(sweep, folder, console)
     records = folder.records()
     for trial in trials:
@@ -86,7 +119,9 @@ def prepare(
     sweep = load_sweep(file, overrides)
     _check_devices(sweep)
     trials = sweep.expand()
-    invalid = check_trials(sweep, trials)
+    if sweep.method == "optuna":
+        _check_range_ends(sweep)
+    invalid = check_trials(sweep, trials) if sweep.method != "optuna" else {}
     if invalid and (not skip_invalid or len(invalid) == len(trials)):
         lines = [
             f"trial {i + 1} ({trials[i].describe()}): {'; '.join(p)}" for i, p in invalid.items()
@@ -110,16 +145,32 @@ def prepare(
     return runner, trials
 
 
+def _check_range_ends(sweep: Sweep) -> None:
+    """optuna's values are not known before: its ranges' ends and choices must be valid."""
+    problems = check_range_ends(sweep)
+    if problems:
+        raise SweepError(
+            str(sweep.path),
+            [*problems, "narrow the ranges or drop the choices above (optuna draws the values "
+             "as trials start, so --skip-invalid cannot skip them)"],
+        )  # fmt: skip
+
+
 def resume(path: Path, console: Console) -> int:
     folder = SweepDir(path)
     sweep, trials = folder.read_sweep()
     runner = SweepRunner(sweep, folder, console)
     records = folder.records()
     queue: list[tuple[Trial, Path | None]] = []
+    fresh: list[int] = []  # optuna: trials not asked yet
     for trial in trials:
         rec = records.get(trial.index) or TrialRecord(trial.index, trial.values)
         runner.records[trial.index] = rec
+        trial = Trial(trial.index, rec.values)  # (optuna: the values it was asked)
         if rec.state in SETTLED:
+            continue
+        if sweep.method == "optuna" and rec.optuna_trial is None:
+            fresh.append(trial.index)
             continue
         run_dir = folder.newest_run(trial.index)
         summary = summarize_run(run_dir) if run_dir else None
@@ -137,12 +188,13 @@ def resume(path: Path, console: Console) -> int:
             )
         has_checkpoint = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
         queue.append((trial, run_dir if has_checkpoint else None))
-    if not queue:
+    if not queue and not fresh:
         console.line(f"{path}: every trial has ended; nothing to resume")
         finish(runner, console)
         return runner.exit_code()
-    console.line(f"resuming the sweep {path}: {len(queue)} of {len(trials)} trials to run")
-    code = runner.run(queue)
+    to_run = len(queue) + len(fresh)
+    console.line(f"resuming the sweep {path}: {to_run} of {len(trials)} trials to run")
+    code = runner.run(_policy(runner, queue, fresh))
     finish(runner, console)
     return code
 
@@ -182,7 +234,7 @@ def trials_table(sweep: Sweep, records: list[TrialRecord]) -> list[str]:
     rows = [
         [
             str(r.trial + 1),
-            r.state,
+            r.state + (f" (ep {r.pruned_epoch})" if r.state == "pruned" else ""),
             metric(monitor, r.best) + (f" (ep {r.best_epoch})" if r.best is not None else ""),
             *(_value(r.values.get(k)) for k in keys),
             r.run_dir or "-",
@@ -192,7 +244,11 @@ def trials_table(sweep: Sweep, records: list[TrialRecord]) -> list[str]:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]  # fmt: skip
-    best = next((r for r in ranked if r.best is not None and r.state in ENDED_WELL), None)
+    # (a pruned trial stopped part-way: never the best)
+    best = next(
+        (r for r in ranked if r.best is not None and r.state in ENDED_WELL and r.state != "pruned"),
+        None,
+    )
     if best is not None:
         lines.append(
             f"best: trial {best.trial + 1}, {monitor} {metric(monitor, best.best)}: {best.run_dir}"

@@ -2,8 +2,8 @@
 
 ```toml
 profile = "../profiles/quickstart.toml"   # relative to this file
-method = "grid"            # grid | random
-trials = 8                 # random: how many
+method = "grid"            # grid | random | optuna
+trials = 8                 # random and optuna: how many
 parallel = 1               # trials at once
 devices = []               # e.g. ["cuda:0", "cuda:1"]: one trial per device at a time
 monitor = "val_acc"        # what "best" means (lower is better for losses, mae, ...)
@@ -12,10 +12,16 @@ seed = 0                   # the sampler's seed
 [grid]                     # every combination, in the file's order
 "optim.lr" = [0.001, 0.01]
 
-[random]                   # sampled per trial
+[random]                   # sampled per trial (random), or asked of optuna's TPE (optuna)
 "optim.lr" = { log_uniform = [1e-4, 1e-1] }
 "model.dropout" = { uniform = [0.0, 0.5] }
 "optim.name" = { choice = ["adam", "sgd"] }
+
+[optuna]                   # method = "optuna": median pruning from the per-epoch monitor
+pruner = "median"          # or "none"
+startup_trials = 2         # no trial is pruned before this many have completed
+warmup_epochs = 1          # a trial trains this many epochs before it can be pruned
+random_trials = 4          # TPE's first trials are random draws (default: half, at most 10)
 ```
 
 `load_sweep` reads and checks the file, and every trial's profile, before anything runs:
@@ -38,9 +44,18 @@ from typing import Any
 from engine.errors import MptError, ProfileError
 from engine.profile import FIELD_BY_PATH, load_profile, read_profile_file
 
-METHODS = ("grid", "random")
+METHODS = ("grid", "random", "optuna")
 DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 TOP_KEYS = ("profile", "method", "trials", "parallel", "devices", "monitor", "seed", "name")
+TABLES = ("grid", "random", "optuna")
+PRUNERS = ("median", "none")
+# [optuna]'s keys and defaults (random_trials: None = half the trials, at most optuna's 10)
+OPTUNA_DEFAULTS: dict[str, Any] = {
+    "pruner": "median",
+    "startup_trials": 2,
+    "warmup_epochs": 1,
+    "random_trials": None,
+}
 MAX_TRIALS = 10_000  # a grid beyond this is a typo, not a plan
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 
@@ -83,11 +98,15 @@ class Sweep:
     seed: int = 0
     grid: dict[str, list[Any]] = field(default_factory=dict)
     random: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    optuna: dict[str, Any] = field(default_factory=dict)  # [optuna], defaults filled in
     overrides: list[str] = field(default_factory=list)  # mpt sweep --set: for every trial
 
     def expand(self) -> list[Trial]:
         """The trials: every combination of [grid] (the last key varies fastest), or
-        `trials` draws from [random] with the sweep's seed (the same file, the same trials)."""
+        `trials` draws from [random] with the sweep's seed (the same file, the same trials);
+        optuna: `trials` without values yet (optuna is asked for them as each starts)."""
+        if self.method == "optuna":
+            return [Trial(i, {}) for i in range(self.trials)]
         if self.method == "grid":
             keys = list(self.grid)
             combos = itertools.product(*(self.grid[k] for k in keys))
@@ -112,6 +131,7 @@ class Sweep:
             "seed": self.seed,
             "grid": self.grid,
             "random": self.random,
+            "optuna": self.optuna,
             "overrides": self.overrides,
         }
 
@@ -150,6 +170,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     sweep.grid = _read_grid(data.get("grid", {}), problems)
     sweep.random = _read_random(data.get("random", {}), problems)
     _check_method(sweep, problems)
+    if sweep.method == "optuna":
+        sweep.optuna = _read_optuna(data.get("optuna", {}), sweep.trials, problems)
+        if not problems:
+            _require_optuna(problems)
     if problems:
         raise SweepError(source, problems)
     return sweep
@@ -157,9 +181,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 def _read_top(data: dict[str, Any], path: Path, problems: list[str]) -> Sweep:
     for key in data:
-        if key not in (*TOP_KEYS, "grid", "random"):
+        if key not in (*TOP_KEYS, *TABLES):
             problems.append(
-                f"{key}: unknown key; a sweep file has {', '.join(TOP_KEYS)}, [grid] and [random]"
+                f"{key}: unknown key; a sweep file has {', '.join(TOP_KEYS)}, [grid], [random] "
+                "and [optuna]"
             )
 
     def get(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -283,13 +308,54 @@ def _check_method(sweep: Sweep, problems: list[str]) -> None:
         if size > MAX_TRIALS:
             problems.append(f"grid: {size:,} combinations; at most {MAX_TRIALS:,}")
         sweep.trials = size
-    elif sweep.method == "random":
+    elif sweep.method in ("random", "optuna"):
+        method = sweep.method
         if not sweep.random and not problems:
-            problems.append('random: method = "random" needs a [random] table of distributions')
+            problems.append(f'random: method = "{method}" needs a [random] table of distributions')
         if not 1 <= sweep.trials <= MAX_TRIALS:
             problems.append(
-                f'trials: method = "random" needs 1 to {MAX_TRIALS:,} (got {sweep.trials})'
+                f'trials: method = "{method}" needs 1 to {MAX_TRIALS:,} (got {sweep.trials})'
             )
+
+
+def _read_optuna(table: Any, trials: int, problems: list[str]) -> dict[str, Any]:
+    """[optuna]'s settings, the defaults filled in (sweep.json keeps them as resolved)."""
+    settings = dict(OPTUNA_DEFAULTS)
+    if not isinstance(table, dict):
+        problems.append('optuna: must be a table, e.g. [optuna] pruner = "median"')
+        table = {}
+    for key, value in table.items():
+        if key not in OPTUNA_DEFAULTS:
+            close = difflib.get_close_matches(key, list(OPTUNA_DEFAULTS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                f"[optuna] {key}: unknown key; [optuna] has {', '.join(OPTUNA_DEFAULTS)}{hint}"
+            )
+        elif key == "pruner":
+            if value not in PRUNERS:
+                problems.append(
+                    f"[optuna] pruner: must be one of {', '.join(PRUNERS)} (got {value!r})"
+                )
+            else:
+                settings[key] = value
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"[optuna] {key}: must be a whole number >= 0 (got {value!r})")
+        else:
+            settings[key] = value
+    if settings["random_trials"] is None:  # TPE learns from the rest; optuna's default is 10
+        settings["random_trials"] = min(10, max(1, trials // 2))
+    return settings
+
+
+def _require_optuna(problems: list[str]) -> None:
+    """optuna is an optional extra, imported only for method = "optuna"."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        problems.append(
+            'method: "optuna" needs the optuna package, which is not installed here; '
+            "install it with: pip install 'mpt[optuna]'"
+        )
 
 
 def check_trials(sweep: Sweep, trials: list[Trial]) -> dict[int, list[str]]:
@@ -304,3 +370,26 @@ def check_trials(sweep: Sweep, trials: list[Trial]) -> dict[int, list[str]]:
                 f"{p.key}: {p.message}" if p.key else p.message for p in e.problems
             ]
     return invalid
+
+
+def range_ends(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
+    """optuna: the values are asked as trials start, so the profile is checked before with
+    each [random] key alone at its range's two ends, and at each choice (the profile's checks
+    are bounds: the ends stand for the values between). Each: (what it is, its values)."""
+    ends = []
+    for key, spec in sweep.random.items():
+        ((kind, args),) = spec.items()
+        if kind == "choice":
+            named = [(value, "a choice") for value in args]
+        else:
+            cast = int if kind == "int_uniform" else float
+            named = [(cast(args[0]), "its low end"), (cast(args[1]), "its high end")]
+        ends += [(f"{key} = {json.dumps(value)} ({what})", {key: value}) for value, what in named]
+    return ends
+
+
+def check_range_ends(sweep: Sweep) -> list[str]:
+    """The problems at the ends of optuna's ranges (range_ends), one line each."""
+    ends = range_ends(sweep)
+    invalid = check_trials(sweep, [Trial(i, values) for i, (_, values) in enumerate(ends)])
+    return [f"[random] {ends[i][0]}: {'; '.join(p)}" for i, p in invalid.items()]

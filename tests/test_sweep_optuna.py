@@ -1,0 +1,187 @@
+"""`mpt sweep` with method = "optuna" (issue 17): TPE asks each trial's values, the median
+pruner stops a hopeless trial with its checkpoint ("pruned"), an interrupted trial resumes
+into its own optuna trial, and the study in the sweep directory agrees. Real processes,
+real signals, real digits runs; the study read back with optuna.load_study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from durable_helpers import mpt, profile_dict, read_jsonl, spawn_mpt, wait_for, write_toml
+
+from engine.sweep_spec import SweepError, load_sweep
+
+optuna = pytest.importorskip("optuna")
+
+# Two trials, one at a time. The sampler's seeded draws (optuna's random startup trials)
+# give trial 1 lr 0.01 (seed 2, the sweep's first part) and trial 2 lr 1e-7 (seed 3: a
+# resumed sweep's sampler moves its seed on by the trials asked before): at epoch 1 the
+# hopeless one is far below the completed one, so the pruner certainly stops it.
+SWEEP = """\
+profile = "profile.toml"
+method = "optuna"
+trials = 2
+seed = 2
+monitor = "val_acc"
+
+[random]
+"optim.lr" = { choice = [0.01, 1e-7] }
+
+[optuna]
+startup_trials = 1
+warmup_epochs = 0
+random_trials = 2
+"""
+
+
+def sweep_dir_of(text: str) -> Path | None:
+    line = next((x for x in text.splitlines() if x.startswith("sweep directory: ")), None)
+    return Path(line.removeprefix("sweep directory: ").split("  (")[0]) if line else None
+
+
+def last_records(sweep_dir: Path) -> dict[int, dict]:
+    """trials.jsonl: the last line of each trial."""
+    lines = (sweep_dir / "trials.jsonl").read_text().splitlines()
+    return {r["trial"]: r for r in map(json.loads, lines)}
+
+
+def epoch_values(run_dir: Path) -> dict[int, float]:
+    """val_acc by epoch, from the run's epoch_end events."""
+    ends = [e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"] == "epoch_end"]
+    return {e["epoch"]: e["val_acc"] for e in ends}
+
+
+def trial_runs(sweep_dir: Path, trial: int) -> list[Path]:
+    return sorted(p.parent for p in (sweep_dir / f"trial-{trial:03d}").glob("*/events.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> dict:
+    """One optuna sweep, interrupted in trial 1's second epoch and resumed: trial 1 resumes
+    from its checkpoint and ends at run.max_time (complete), trial 2 is asked anew and
+    pruned at epoch 1. 300 epochs: only max_time or the pruner ends a trial."""
+    folder = tmp_path_factory.mktemp("optuna")
+    extra = {"run": {"epochs": 300, "max_time": 5.0}, "optim": {"name": "adam"},
+             "train": {"log_every": 100}}  # fmt: skip
+    write_toml(folder / "profile.toml", profile_dict(folder / "runs", extra))
+    (folder / "sweep.toml").write_text(SWEEP)
+    first = folder / "first.txt"
+    with open(first, "w") as f:
+        proc = spawn_mpt("sweep", "sweep.toml", cwd=folder, stdout=f, stderr=subprocess.STDOUT)
+    wait_for(lambda: sweep_dir_of(first.read_text()) or proc.poll() is not None, 120, "a start")
+    sweep_dir = sweep_dir_of(first.read_text())
+    assert sweep_dir is not None, first.read_text()
+    in_epoch_2 = lambda: [r for r in trial_runs(sweep_dir, 0) if len(epoch_values(r)) >= 2]  # noqa: E731
+    wait_for(in_epoch_2, 120, f"trial 1's second epoch ({first.read_text()!r})", 0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, first.read_text()
+    interrupted = last_records(sweep_dir)
+    resumed = mpt("sweep", "--resume", sweep_dir, cwd=folder, timeout=240)
+    return {
+        "folder": folder,
+        "sweep_dir": sweep_dir,
+        "interrupted": interrupted,
+        "code": resumed.returncode,
+        "said": resumed.stdout + resumed.stderr,
+        "part_2": trial_runs(sweep_dir, 0)[-1],
+    }
+
+
+def test_an_interrupted_optuna_trial_resumes_from_its_checkpoint(swept: dict):
+    first = swept["interrupted"]
+    assert first[0]["state"] == "interrupted" and first[0]["optuna_trial"] == 0
+    assert first[0]["values"] == {"optim.lr": 0.01}
+    assert first[1]["state"] == "queued" and first[1]["values"] == {}  # not asked yet
+    assert swept["code"] == 0, swept["said"]
+    assert "trial 1/2 started: optim.lr=0.01, resuming " in swept["said"]
+
+
+def test_a_hopeless_trial_is_pruned_and_ends_with_its_checkpoint(swept: dict):
+    records = last_records(swept["sweep_dir"])
+    assert records[0]["state"] == "max_time" and records[0]["run_dir"] == str(swept["part_2"])
+    pruned = records[1]
+    assert pruned["values"] == {"optim.lr": 1e-7}, "optuna's seeded draws changed"
+    assert pruned["state"] == "pruned" and pruned["pruned_epoch"] == 1
+    assert "below the median of the completed trials at that epoch" in pruned["problem"]
+    run_dir = Path(pruned["run_dir"])
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    # the table: the pruned trial with its epoch; the best is the completed one
+    assert "pruned (ep 1)" in swept["said"]
+    assert f"best: trial 1, val_acc {records[0]['best'] * 100:.2f}%" in swept["said"]
+    # --resume takes a pruned trial as ended
+    again = mpt("sweep", "--resume", swept["sweep_dir"], cwd=swept["folder"])
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stderr
+    # its checkpoint resumes as any run's does
+    resumed = mpt("run", "--resume", run_dir, "--set", "run.epochs=4", cwd=swept["folder"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "finished (completed) at step" in resumed.stdout
+
+
+def test_the_study_in_the_sweep_directory_agrees(swept: dict):
+    sweep_dir = swept["sweep_dir"]
+    records = last_records(sweep_dir)
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_acc
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]  # no third: resumed
+    complete, pruned = trials
+    assert complete.params == {"optim.lr": 0.01} and complete.value == records[0]["best"]
+    # the resumed trial went on reporting to its own optuna trial: every epoch once, as
+    # its run (part 1's events copied up to the checkpoint, then part 2's) logged them
+    assert complete.intermediate_values == epoch_values(swept["part_2"])
+    assert pruned.params == {"optim.lr": 1e-7} and list(pruned.intermediate_values) == [1]
+    assert [t.user_attrs["mpt_trial"] for t in trials] == ["trial-000", "trial-001"]
+
+
+def test_without_optuna_installed_the_sweep_names_the_extra(tmp_path: Path):
+    # a stand-in package that fails to import, as a missing one does
+    (tmp_path / "shim" / "optuna").mkdir(parents=True)
+    (tmp_path / "shim" / "optuna" / "__init__.py").write_text(
+        "raise ImportError(\"No module named 'optuna'\")\n"
+    )
+    write_toml(tmp_path / "profile.toml", profile_dict(tmp_path / "runs"))
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    path = os.pathsep.join(filter(None, [str(tmp_path / "shim"), os.environ.get("PYTHONPATH")]))
+    done = mpt("sweep", "sweep.toml", cwd=tmp_path, env={"PYTHONPATH": path})
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        'error: sweep.toml: method: "optuna" needs the optuna package, which is not '
+        "installed here; install it with: pip install 'mpt[optuna]'"
+    )
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('prunner = "median"', "[optuna] prunner: unknown key; [optuna] has pruner, "),
+        ('pruner = "hyperband"', "[optuna] pruner: must be one of median, none"),
+        ("warmup_epochs = -1", "[optuna] warmup_epochs: must be a whole number >= 0 (got -1)"),
+    ],
+)
+def test_a_bad_optuna_setting_is_one_sentence_naming_the_key(tmp_path: Path, table: str, said: str):
+    write_toml(tmp_path / "profile.toml", profile_dict(tmp_path / "runs"))
+    (tmp_path / "sweep.toml").write_text(SWEEP.split("[optuna]")[0] + "[optuna]\n" + table)
+    with pytest.raises(SweepError) as e:
+        load_sweep(tmp_path / "sweep.toml")
+    assert str(e.value).startswith(f"{tmp_path / 'sweep.toml'}: {said}")
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_range_end_the_profile_refuses_stops_the_sweep_before_anything_runs(tmp_path: Path):
+    write_toml(tmp_path / "profile.toml", profile_dict(tmp_path / "runs"))
+    (tmp_path / "sweep.toml").write_text(
+        SWEEP.replace("{ choice = [0.01, 1e-7] }", "{ uniform = [0.0, 0.1] }")
+    )
+    done = mpt("sweep", "sweep.toml", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "[random] optim.lr = 0.0 (its low end): optim.lr: must be > 0" in done.stderr
+    assert "--skip-invalid cannot skip them" in done.stderr
+    emitted = mpt("sweep", "sweep.toml", "--emit", cwd=tmp_path)
+    assert emitted.returncode == 2 and "--emit cannot print them in advance" in emitted.stderr
+    assert not (tmp_path / "runs").exists()
