@@ -347,7 +347,7 @@ def sweep(
         ),
     ] = None,
 ) -> None:
-    """Run the trials of a sweep file (grid or random values of profile keys), each an
+    """Run the trials of a sweep file (grid, random or optuna values of profile keys), each an
     ordinary `mpt run`, `parallel` at a time; print the trials sorted by the monitor.
     Exit 0 only when every trial finished."""
     from engine import sweep_plan

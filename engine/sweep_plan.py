@@ -189,6 +189,10 @@ def resume(path: Path, console: Console) -> int:
         has_checkpoint = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
         queue.append((trial, run_dir if has_checkpoint else None))
     if not queue and not fresh:
+        if sweep.method == "optuna":  # trials that ended while no sweep watched: told now
+            from engine.sweep_optuna import open_study, settle_study
+
+            settle_study(open_study(sweep, folder.path), runner.records)
         console.line(f"{path}: every trial has ended; nothing to resume")
         finish(runner, console)
         return runner.exit_code()

@@ -185,3 +185,12 @@ def test_a_range_end_the_profile_refuses_stops_the_sweep_before_anything_runs(tm
     emitted = mpt("sweep", "sweep.toml", "--emit", cwd=tmp_path)
     assert emitted.returncode == 2 and "--emit cannot print them in advance" in emitted.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_example_optuna_sweep_file_is_valid_as_shipped():
+    from engine.sweep_spec import check_range_ends
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = load_sweep(repo / "sweeps" / "quickstart-optuna.toml")
+    assert sweep.method == "optuna" and sweep.trials == 4 and sweep.parallel == 2
+    assert sweep.optuna["pruner"] == "median" and not check_range_ends(sweep)
