@@ -66,7 +66,7 @@ def swept(tmp_path_factory) -> dict:
     from its checkpoint and ends at run.max_time (complete), trial 2 is asked anew and
     pruned at epoch 1. 300 epochs: only max_time or the pruner ends a trial."""
     folder = tmp_path_factory.mktemp("optuna")
-    extra = {"run": {"epochs": 300, "max_time": 5.0}, "optim": {"name": "adam"},
+    extra = {"run": {"epochs": 300, "max_time": 3.0}, "optim": {"name": "adam"},
              "train": {"log_every": 100}}  # fmt: skip
     write_toml(folder / "profile.toml", profile_dict(folder / "runs", extra))
     (folder / "sweep.toml").write_text(SWEEP)
@@ -116,8 +116,9 @@ def test_a_hopeless_trial_is_pruned_and_ends_with_its_checkpoint(swept: dict):
     # --resume takes a pruned trial as ended
     again = mpt("sweep", "--resume", swept["sweep_dir"], cwd=swept["folder"])
     assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stderr
-    # its checkpoint resumes as any run's does
-    resumed = mpt("run", "--resume", run_dir, "--set", "run.epochs=4", cwd=swept["folder"])
+    # its checkpoint resumes as any run's does (one epoch more than it had ended)
+    more = f"run.epochs={max(epoch_values(run_dir)) + 1}"
+    resumed = mpt("run", "--resume", run_dir, "--set", more, cwd=swept["folder"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "finished (completed) at step" in resumed.stdout
 
