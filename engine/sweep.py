@@ -315,6 +315,10 @@ class SweepRunner:
         rec.state = summary.state if summary is not None else "failed"
         if rec.state in LIVE:
             rec.state = "failed"
+        if summary is None and self.stopping:
+            # the sweep's own stop came before the run began (a trial killed importing
+            # torch): not a failure; --resume starts it again (or resumes its earlier part)
+            rec.state = "queued" if r.before is None else "interrupted"
         if pruned:  # (whatever the run says: the SIGTERM was the sweep's)
             rec.state = "pruned"
         if run_dir is not None:
@@ -325,6 +329,9 @@ class SweepRunner:
         self.folder.record(rec)
         best = metric(self.sweep.monitor, rec.best) if rec.best is not None else "-"
         why = f": {rec.problem}" if rec.problem and rec.state == "failed" else ""
+        if summary is None and rec.state in ("queued", "interrupted"):
+            self.console.line(f"trial {r.trial.index + 1}/{total} stopped before its run began")
+            return
         at = f" at epoch {rec.pruned_epoch}" if rec.state == "pruned" else ""
         self.console.line(
             f"trial {r.trial.index + 1}/{total} {rec.state}{at}{why}: best {self.sweep.monitor} "

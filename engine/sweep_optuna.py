@@ -186,14 +186,14 @@ class OptunaQueue:
     def ended(self, r: Running, rec: TrialRecord) -> None:
         index = r.trial.index
         trial = self.live.pop(index, None)
-        if trial is not None and rec.state != "interrupted":
+        if trial is not None and rec.state not in ("interrupted", "queued"):
             for epoch, value in self._new_values(r):  # the last epochs before it exited
                 trial.report(value, epoch)
             if rec.state in ENDED_WELL and rec.best is not None:
                 self.study.tell(trial, rec.best)
             else:
                 self.study.tell(trial, state=_state("FAIL"))
-        self.readers.pop(index, None)  # an interrupted one stays RUNNING: --resume goes on
+        self.readers.pop(index, None)  # one stopped stays RUNNING: --resume goes on with it
 
     def _new_values(self, r: Running) -> list[tuple[int, float]]:
         """The monitor's values of the epochs the trial's run wrote since the last call and

@@ -1,15 +1,18 @@
 """`mpt sweep` with method = "optuna" (issue 17): TPE asks each trial's values, the median
 pruner stops a hopeless trial with its checkpoint ("pruned"), and the study in the sweep
-directory agrees. Real processes, real digits runs; the study read with optuna.load_study."""
+directory agrees, also across an interrupted sweep's --resume. Real processes, real signals,
+real digits runs; the study read back with optuna.load_study."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
-from durable_helpers import mpt, profile_dict, read_jsonl, write_toml
+from durable_helpers import mpt, profile_dict, read_jsonl, spawn_mpt, wait_for, write_toml
 
 from engine.sweep_spec import SweepError, load_sweep
 
@@ -55,7 +58,9 @@ def epoch_values(run_dir: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> dict:
-    """One optuna sweep of two trials: one early-stopped (complete), one pruned."""
+    """One optuna sweep of two trials, stopped (Ctrl-C) as trial 2's process starts, and
+    resumed: trial 1 early-stopped (complete); trial 2 starts again into its own optuna
+    trial and is pruned."""
     folder = tmp_path_factory.mktemp("optuna")
     extra = {
         "run": {"epochs": 300},
@@ -66,12 +71,31 @@ def swept(tmp_path_factory) -> dict:
     }  # fmt: skip
     write_toml(folder / "profile.toml", profile_dict(folder / "runs", extra))
     (folder / "sweep.toml").write_text(SWEEP)
-    done = mpt("sweep", "sweep.toml", cwd=folder, timeout=240)
-    said = done.stdout + done.stderr
-    sweep_dir = sweep_dir_of(done.stdout)
-    assert sweep_dir is not None, said
+    out = folder / "first.txt"
+    with open(out, "w") as f:
+        proc = spawn_mpt("sweep", "sweep.toml", cwd=folder, stdout=f, stderr=subprocess.STDOUT)
+    # trial 2's process imports torch for seconds before its run begins: stopped in there
+    starting = lambda: "trial 2/2 started" in out.read_text() or proc.poll() is not None  # noqa: E731
+    wait_for(starting, 120, "trial 2's start", 0.01)
+    proc.send_signal(signal.SIGINT)
+    stopped = {"code": proc.wait(timeout=120), "said": out.read_text()}
+    sweep_dir = sweep_dir_of(stopped["said"])
+    assert sweep_dir is not None, stopped["said"]
+    stopped["records"] = last_records(folder / sweep_dir)
+    done = mpt("sweep", "--resume", sweep_dir, cwd=folder, timeout=240)
     return {"folder": folder, "sweep_dir": folder / sweep_dir, "code": done.returncode,
-            "said": said}  # fmt: skip
+            "said": done.stdout + done.stderr, "stopped": stopped}  # fmt: skip
+
+
+def test_a_trial_stopped_before_its_run_began_starts_again_into_its_optuna_trial(swept: dict):
+    stopped = swept["stopped"]
+    assert stopped["code"] == 130, stopped["said"]
+    assert "trial 2/2 stopped before its run began" in stopped["said"]
+    second = stopped["records"][1]  # queued again, not failed: asked, not begun
+    assert second["state"] == "queued", second
+    assert second["values"] == {"optim.lr": 1e-7} and second["optuna_trial"] == 1
+    assert "1 of 2 trials to run" in swept["said"]
+    assert "trial 2/2 started: optim.lr=1e-07 (pid" in swept["said"]
 
 
 def test_a_hopeless_trial_is_pruned_and_ends_with_its_checkpoint(swept: dict):
@@ -106,7 +130,7 @@ def test_the_study_in_the_sweep_directory_agrees(swept: dict):
     study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep_dir}/optuna.db")
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE  # val_acc
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]  # trial 2: asked once
     complete, pruned = trials
     assert complete.params == {"optim.lr": 0.01} and complete.value == records[0]["best"]
     # every epoch's monitor, as the run logged it
