@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine.errors import MptError
 from engine.formatting import metric
 from engine.monitor import resolve_mode
 from engine.sweep import ENDED_WELL, Prune, Running, SweepRunner, TrialRecord, monitor_value
@@ -165,7 +166,14 @@ class OptunaQueue:
         import optuna
 
         number = self.runner.records[index].optuna_trial
-        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        running = self.study.get_trials(deepcopy=False, states=(_state("RUNNING"),))
+        frozen = next((t for t in running if t.number == number), None)
+        if frozen is None:  # (optuna.db replaced or edited since)
+            raise MptError(
+                f"{self.runner.folder.path / STUDY_FILE}: trial {index + 1}'s optuna trial "
+                f"{number} is not running in the study; trials.jsonl and the study disagree, "
+                "so this sweep cannot be resumed: start it again"
+            )
         # optuna re-opens a running trial of another process only by its storage id
         self.live[index] = optuna.trial.Trial(self.study, frozen._trial_id)
         self.reported[index] = dict(frozen.intermediate_values)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from durable_helpers import mpt, profile_dict, read_jsonl, spawn_mpt, wait_for, write_toml
 
-from engine.sweep_spec import SweepError, load_sweep
+from engine.sweep_spec import SweepError, check_range_ends, load_sweep
 
 optuna = pytest.importorskip("optuna")
 
@@ -189,8 +189,6 @@ def test_a_range_end_the_profile_refuses_stops_the_sweep_before_anything_runs(tm
 
 
 def test_the_example_optuna_sweep_file_is_valid_as_shipped():
-    from engine.sweep_spec import check_range_ends
-
     repo = Path(__file__).resolve().parents[1]
     sweep = load_sweep(repo / "sweeps" / "quickstart-optuna.toml")
     assert sweep.method == "optuna" and sweep.trials == 4 and sweep.parallel == 2
