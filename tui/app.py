@@ -31,7 +31,8 @@ from engine.console import say
 from engine.errors import MptError
 from engine.profile import Profile
 from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
-from tui.messages import EventsArrived, OpenDashboard, OpenRun, StartRun
+from engine.sweep_ctl import is_sweep_dir
+from tui.messages import EventsArrived, OpenDashboard, OpenRun, OpenSweep, StartRun
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
 from tui.session import AttachedRun, RunSession, RunSource
@@ -65,6 +66,7 @@ class MptApp(App):
         attach: str | Path | None = None,
         on_hangup: str = "detach",
     ):
+        """`attach`: a run directory (its dashboard) or a sweep directory (its trials)."""
         super().__init__()
         self.profiles_dir = Path(profiles_dir)
         self.runs_dir = Path(runs_dir)
@@ -97,6 +99,8 @@ class MptApp(App):
             from tui.screens.resume import ResumeScreen
 
             self.push_screen(ResumeScreen(Path(self._resume)))
+        elif self._attach is not None and is_sweep_dir(Path(self._attach)):
+            self.open_sweep(Path(self._attach))
         elif self._attach is not None:
             self.open_run(Path(self._attach))
 
@@ -106,6 +110,15 @@ class MptApp(App):
 
     def on_open_run(self, message: OpenRun) -> None:
         self.open_run(message.run_dir)
+
+    def on_open_sweep(self, message: OpenSweep) -> None:
+        self.open_sweep(message.path)
+
+    def open_sweep(self, path: Path) -> None:
+        """A sweep's trials, live (the sweep runs in a process of its own)."""
+        from tui.screens.sweep import SweepScreen
+
+        self.push_screen(SweepScreen(path))
 
     def on_open_dashboard(self, message: OpenDashboard) -> None:
         if self.session is not None:
@@ -340,7 +353,8 @@ def _cli(
         list[str] | None,
         typer.Option(
             "--set",
-            help="With --run: override a key, --set optim.lr=0.05 (TOML value; repeatable).",
+            help="With --run or --sweep: override a key, --set optim.lr=0.05 (TOML value; "
+            "repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -358,6 +372,15 @@ def _cli(
             "--attach",
             help="Watch a run another process trains (mpt run in tmux or nohup): its "
             "dashboard, with p/c/s sent to that process. Quitting leaves it running.",
+            show_default=False,
+        ),
+    ] = None,
+    sweep: Annotated[
+        Path | None,
+        typer.Option(
+            "--sweep",
+            help="Start this sweep file (as mpt sweep FILE --detach) and show its trials. "
+            "The sweep runs in a process of its own: quitting leaves it running.",
             show_default=False,
         ),
     ] = None,
@@ -387,11 +410,17 @@ def _cli(
         except MptError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from None
+    elif sweep is not None:
+        attach = _start_sweep(sweep, set_ or [])
     elif set_:
-        typer.echo("--set needs --run PROFILE", err=True)
+        typer.echo("--set needs --run PROFILE or --sweep FILE", err=True)
         raise typer.Exit(2)
-    if attach is not None and not (attach / "events.jsonl").is_file():
-        typer.echo(f"{attach}: no events.jsonl here; give a run directory (mpt ls)", err=True)
+    if attach is not None and not (attach / "events.jsonl").is_file() and not is_sweep_dir(attach):
+        typer.echo(
+            f"{attach}: no events.jsonl or sweep.json here; give a run or a sweep directory "
+            "(mpt ls)",
+            err=True,
+        )
         raise typer.Exit(2)
     app = MptApp(
         profiles_dir,
@@ -410,9 +439,38 @@ def _cli(
         raise
     if app.detached is not None:  # the app is gone; the run trains on in this process
         raise typer.Exit(_train_on(app))
+    if attach is not None and is_sweep_dir(attach):
+        _say_the_sweep_runs_on(attach)
     RunSession.stop_all()  # a run still training (none should be): stop it with a checkpoint
     if app.return_code:
         raise typer.Exit(app.return_code)
+
+
+def _start_sweep(file: Path, overrides: list[str]) -> Path:
+    """Start the sweep file in a process of its own (mpt sweep --detach); its directory.
+    A file that cannot run: its sentences on stderr, exit 2, no console."""
+    from engine.sweep_ctl import start_detached
+
+    try:
+        return start_detached(file, overrides)
+    except MptError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def _say_the_sweep_runs_on(path: Path) -> None:
+    """After the console: a sweep still running goes on without it; say how to reach it."""
+    from engine.sweep_ctl import read_sweep_state
+
+    try:
+        live = read_sweep_state(path).live
+    except (MptError, OSError):
+        return
+    if live and sys.__stdout__ is not None and sys.__stdout__.isatty():
+        say(
+            f"the sweep {path} runs on in its own process: mpt-tui --attach {path} shows it, "
+            f"mpt ctl {path} stop stops it"
+        )
 
 
 def main() -> None:

@@ -1,0 +1,297 @@
+"""A sweep as the console shows it: its trials, followed while the sweep writes them.
+
+`SweepWatch(path).poll()` reads only what was added since its last call: the new lines of
+trials.jsonl, the new events of each running trial's run (a trial that ended is read
+once), and the runner's liveness (engine/sweep_ctl.py). It returns a `SweepSnapshot`,
+plain data the sweep screen draws. No Textual here; the screen polls in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import events as ev
+from engine import sweep_ctl
+from engine.errors import MptError
+from engine.formatting import metric
+from engine.monitor import resolve_mode
+from engine.stop import run_state, state_label
+from engine.sweep import ENDED_WELL, SweepDir, TrialRecord
+from engine.sweep_plan import SETTLED
+
+STARTING_S = 30.0  # a sweep this young whose runner is not live yet is still starting
+
+
+class TrialsFile:
+    """trials.jsonl read as it grows: the records of the whole lines written since the
+    last call (a line still being written waits; a torn or foreign line is skipped)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._pos = 0
+        self._pending = b""
+
+    def read_new(self) -> list[TrialRecord]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+        except OSError:
+            return []
+        self._pos += len(chunk)
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        names = set(TrialRecord.__dataclass_fields__)
+        records = []
+        for line in lines:
+            try:
+                data = json.loads(line)
+                records.append(TrialRecord(**{k: v for k, v in data.items() if k in names}))
+            except (ValueError, TypeError):
+                continue
+        return records
+
+
+class TrialRun:
+    """One trial's run directory, its events.jsonl folded as it grows: the epoch, the
+    monitor's last and best value, and whether the run is paused or has ended."""
+
+    def __init__(self, run_dir: Path, monitor: str):
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.lower = resolve_mode(monitor, "auto") == "min"
+        self._reader = ev.EventsReader(run_dir / "events.jsonl")
+        self.epoch = 0
+        self.epochs = 0
+        self.last: float | None = None
+        self.best: float | None = None
+        self.paused = False
+        self.ended: str | None = None  # the run's end state, once it wrote one
+
+    def read_new(self) -> None:
+        try:
+            events = self._reader.read_new()
+        except OSError:
+            return
+        for e in events:
+            self._add(e)
+
+    def _add(self, e: ev.Event) -> None:
+        if isinstance(e, ev.RunStarted):
+            self.epochs, self.paused, self.ended = e.epochs, False, None
+        elif isinstance(e, ev.EpochEnd):
+            self.epoch, self.epochs = e.epoch, e.epochs or self.epochs
+            value = e.metrics.get(self.monitor, getattr(e, self.monitor, None))
+            if isinstance(value, float | int) and math.isfinite(value):
+                self.last = value
+                if self.best is None or (value < self.best if self.lower else value > self.best):
+                    self.best = value
+        elif isinstance(e, ev.Paused | ev.Resumed):
+            self.paused = isinstance(e, ev.Paused)
+        elif isinstance(e, ev.RunFinished):
+            self.ended = run_state(e.reason)
+        elif isinstance(e, ev.RunFailed):
+            self.ended = "failed"
+
+
+@dataclass
+class TrialRow:
+    """One trial as the sweep screen lists it."""
+
+    trial: int  # 0-based; shown 1-based
+    values: dict[str, Any]
+    state: str
+    run_dir: Path | None = None
+    epoch: int = 0
+    epochs: int = 0
+    last: float | None = None  # the monitor's last value
+    best: float | None = None
+    problem: str = ""
+
+
+@dataclass
+class SweepSnapshot:
+    """What the sweep screen shows at one moment."""
+
+    path: Path
+    name: str
+    method: str
+    monitor: str
+    parallel: int
+    status: str  # starting, running, paused, stopping, interrupted, ended
+    rows: list[TrialRow] = field(default_factory=list)
+    process: str = ""  # `pid 123 on host`, while the runner is live
+
+    @property
+    def live(self) -> bool:
+        return self.status in ("starting", "running", "paused", "stopping")
+
+    def best(self) -> TrialRow | None:
+        """The trial with the best monitor value so far (a running one's counts too)."""
+        scored = [r for r in self.rows if r.best is not None]
+        lower = resolve_mode(self.monitor, "auto") == "min"
+        if not scored:
+            return None
+        return (min if lower else max)(scored, key=lambda r: r.best)
+
+    def counts(self) -> str:
+        """`1 running, 2 finished, 1 queued`: how many trials are in each state."""
+        seen: dict[str, int] = {}
+        for r in self.rows:
+            seen[r.state] = seen.get(r.state, 0) + 1
+        return ", ".join(f"{n} {state_label(s)}" for s, n in seen.items())
+
+
+class SweepWatch:
+    """Follows one sweep directory; see the module's docstring."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.folder = SweepDir(self.path)
+        self.sweep, trials = self.folder.read_sweep()  # MptError: not a sweep directory
+        self.records = {t.index: TrialRecord(t.index, t.values) for t in trials}
+        self._trials_file = TrialsFile(self.folder.trials_file)
+        self._runs: dict[int, TrialRun] = {}
+
+    def poll(self) -> SweepSnapshot:
+        for rec in self._trials_file.read_new():
+            self.records[rec.trial] = rec
+        state = _state_or_none(self.path)
+        rows = [self._row(rec) for _, rec in sorted(self.records.items())]
+        sweep = self.sweep
+        snapshot = SweepSnapshot(
+            self.path, sweep.name, sweep.method, sweep.monitor, sweep.parallel, "", rows
+        )
+        snapshot.status = self._status(state, rows)
+        if state is not None and state.live and state.pid:
+            snapshot.process = f"pid {state.pid}" + (f" on {state.host}" if state.host else "")
+        return snapshot
+
+    def _row(self, rec: TrialRecord) -> TrialRow:
+        row = TrialRow(rec.trial, rec.values, rec.state, best=rec.best, problem=rec.problem)
+        run = self._run_of(rec)
+        if run is None:
+            return row
+        row.run_dir, row.epoch, row.epochs, row.last = run.run_dir, run.epoch, run.epochs, run.last
+        if rec.state == "running":  # the run's own word, until the sweep records its end
+            row.best = run.best
+            if run.ended is not None:
+                row.state = run.ended
+            elif run.paused:
+                row.state = "paused"
+        return row
+
+    def _run_of(self, rec: TrialRecord) -> TrialRun | None:
+        """The trial's run, followed: a running trial's newest run directory (a resumed
+        trial makes a new one), read on every poll; an ended trial's, read once."""
+        if rec.state == "running":
+            run_dir = self.folder.newest_run(rec.trial)
+        elif rec.run_dir:  # (recorded relative to where the sweep started: by its name)
+            run_dir = self.folder.trial_folder(rec.trial) / Path(rec.run_dir).name
+        else:
+            return None
+        if run_dir is None:
+            return None
+        run = self._runs.get(rec.trial)
+        fresh = run is None or run.run_dir != run_dir
+        if fresh:
+            run = self._runs[rec.trial] = TrialRun(run_dir, self.sweep.monitor)
+        if fresh or rec.state == "running" or run.ended is None:
+            run.read_new()
+        return run
+
+    def _status(self, state: sweep_ctl.SweepState | None, rows: list[TrialRow]) -> str:
+        return sweep_status(self.path, state, [r.state for r in rows])
+
+
+def sweep_status(path: Path, state: sweep_ctl.SweepState | None, trials: list[str]) -> str:
+    """starting, running, paused, stopping, interrupted or ended: from the runner's
+    liveness (`state`, None when unknown) and the trials' states."""
+    if state is not None and state.live:
+        if state.stopping:
+            return "stopping"
+        return "paused" if state.paused else "running"
+    if all(s in SETTLED for s in trials):
+        return "ended"
+    started = any(s != "queued" for s in trials)
+    if not started and time.time() - _mtime(path / "sweep.json") < STARTING_S:
+        return "starting"
+    return "interrupted"
+
+
+def _state_or_none(path: Path) -> sweep_ctl.SweepState | None:
+    try:
+        return sweep_ctl.read_sweep_state(path)
+    except (MptError, OSError):
+        return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---- text ----
+def values_text(values: dict[str, Any]) -> str:
+    """`lr=0.001 batch_size=32`: each key by its last part (the whole key if two share it)."""
+    short = [k.rpartition(".")[2] for k in values]
+    parts = []
+    for (key, value), name in zip(values.items(), short, strict=True):
+        shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value)
+        parts.append(f"{name if short.count(name) == 1 else key}={shown}")
+    return " ".join(parts) or "(as is)"
+
+
+def value_text(monitor: str, value: float | None) -> str:
+    return metric(monitor, value) if value is not None else "-"
+
+
+def trial_cells(row: TrialRow, monitor: str, marked: bool) -> list[str]:
+    """A trial's row: number, state, values, epoch, the monitor's last value, its best."""
+    epoch = f"{row.epoch}/{row.epochs}" if row.epochs else (str(row.epoch) if row.epoch else "-")
+    return [
+        ("● " if marked else "") + str(row.trial + 1),
+        state_label(row.state),
+        values_text(row.values),
+        epoch,
+        value_text(monitor, row.last),
+        value_text(monitor, row.best),
+    ]
+
+
+def status_text(snap: SweepSnapshot) -> str:
+    """The sweep's state in a sentence, and what to do about it."""
+    best = snap.best()
+    best_text = (
+        f" · best: trial {best.trial + 1}, {snap.monitor} {value_text(snap.monitor, best.best)}"
+        if best is not None
+        else ""
+    )
+    counts = snap.counts()
+    if snap.status == "paused":
+        return f"paused: no new trial starts, the running ones wait (p resumes) · {counts}"
+    if snap.status == "stopping":
+        return "stopping: the running trials save a checkpoint, then the sweep ends"
+    if snap.status == "interrupted":
+        todo = sum(r.state not in SETTLED for r in snap.rows)
+        return (
+            f"interrupted, {todo} of {len(snap.rows)} trials to run: finish it with "
+            f"mpt sweep --resume {snap.path}"
+        )
+    if snap.status == "ended":
+        well = sum(r.state in ENDED_WELL for r in snap.rows)
+        return f"ended: {well} of {len(snap.rows)} trials ended well · {counts}{best_text}"
+    if snap.status == "starting":
+        return "starting: the trials are being checked and the first ones started"
+    return f"running · {counts}{best_text}"
+
+
+def sweep_label(path: Path) -> str:
+    """`quickstart-lr/20261202-070000`: a sweep as the lists name it."""
+    return f"{path.parent.name}/{path.name}"
