@@ -32,6 +32,7 @@ from engine.formatting import metric
 from engine.monitor import resolve_mode
 from engine.runs import summarize_run
 from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.sweep_live import RunnerMark
 from engine.sweep_spec import Sweep, Trial
 
 POLL_S = 0.2
@@ -181,10 +182,11 @@ class SweepRunner:
         running: dict[int, Running] = {}
         free = list(range(len(self.slots)))
         total = len(self.records)
+        mark = RunnerMark(self.folder.path, self.console)  # runner.json: mpt ctl, the console
         with _forwarding_stops(self, running) as stops:
             try:
                 while (queue and not self.stopping) or running:
-                    while queue and free and not self.stopping:
+                    while queue and free and not self.stopping and not mark.paused():
                         trial, resume = queue.pop(0)
                         running[trial.index] = self._start(trial, resume, free.pop(0), total)
                     for index, r in list(running.items()):
@@ -199,7 +201,9 @@ class SweepRunner:
                     stops.stop_all()
                     for r in running.values():
                         r.proc.wait()
-        return self.exit_code()
+        code = self.exit_code()
+        mark.ended(code)
+        return code
 
     def _start(self, trial: Trial, resume: Path | None, slot: int, total: int) -> Running:
         folder = self.folder.trial_folder(trial.index)

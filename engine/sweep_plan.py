@@ -20,6 +20,7 @@ from engine.run import make_run_dir
 from engine.runs import summarize_run
 from engine.stop import EXIT_FAILED, EXIT_OK
 from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialRecord, best_of
+from engine.sweep_live import refuse_second_runner
 from engine.sweep_spec import Sweep, SweepError, Trial, check_trials, load_sweep
 
 # a trial in these states is not run again by --resume (failed: it would fail again)
@@ -28,6 +29,15 @@ SETTLED = (*ENDED_WELL, "failed", "invalid")
 
 def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
     runner, trials = prepare(file, overrides, skip_invalid, console)
+    announce(runner, trials, console)
+    queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
+    code = runner.run(queue)
+    finish(runner, console)
+    return code
+
+
+def announce(runner: SweepRunner, trials: list[Trial], console: Console) -> None:
+    """The sweep's first lines: its directory, its trials, the ones skipped as invalid."""
     console.line(
         f"sweep directory: {runner.folder.path}  ({len(trials)} trials, "
         f"{runner.sweep.method}, {len(runner.slots)} at a time; mpt ls {runner.folder.path} "
@@ -36,10 +46,6 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
     for rec in runner.records.values():
         if rec.state == "invalid":
             console.line(f"trial {rec.trial + 1} skipped: {rec.problem}")
-    queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
-    code = runner.run(queue)
-    finish(runner, console)
-    return code
 
 
 def emit(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
@@ -113,6 +119,7 @@ def prepare(
 def resume(path: Path, console: Console) -> int:
     folder = SweepDir(path)
     sweep, trials = folder.read_sweep()
+    refuse_second_runner(path)  # its trials are that runner's: none is run twice
     runner = SweepRunner(sweep, folder, console)
     records = folder.records()
     queue: list[tuple[Trial, Path | None]] = []
@@ -141,7 +148,10 @@ def resume(path: Path, console: Console) -> int:
         console.line(f"{path}: every trial has ended; nothing to resume")
         finish(runner, console)
         return runner.exit_code()
-    console.line(f"resuming the sweep {path}: {len(queue)} of {len(trials)} trials to run")
+    fresh = all(records.get(t.index, TrialRecord(0, {})).state in ("queued", "invalid")
+                for t in trials) and not any(r for _, r in queue)  # fmt: skip
+    doing = "starting" if fresh else "resuming"  # (a detached sweep's runner starts so)
+    console.line(f"{doing} the sweep {path}: {len(queue)} of {len(trials)} trials to run")
     code = runner.run(queue)
     finish(runner, console)
     return code
