@@ -19,7 +19,7 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from textual import work
@@ -395,33 +395,19 @@ def _cli(
     ] = OnHangup.detach,
 ) -> None:
     """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
-    profiles_dir, open_profile = Path("profiles"), None
-    if path is not None:
-        if path.is_dir():
-            profiles_dir = path
-        else:
-            profiles_dir, open_profile = path.parent, path
+    profiles_dir, open_profile = _profiles_and_file(path)
     profile = None
     if run is not None:
-        from engine.profile import load_profile
-
-        try:
-            profile = load_profile(run, set_ or [])
-        except MptError as e:
-            typer.echo(str(e), err=True)
-            raise typer.Exit(2) from None
+        profile = _load_run_profile(run, set_ or [])
     elif sweep is not None:
         attach = _start_sweep(sweep, set_ or [])
     elif set_:
-        typer.echo("--set needs --run PROFILE or --sweep FILE", err=True)
-        raise typer.Exit(2)
+        _usage("--set needs --run PROFILE or --sweep FILE")
     if attach is not None and not (attach / "events.jsonl").is_file() and not is_sweep_dir(attach):
-        typer.echo(
+        _usage(
             f"{attach}: no events.jsonl or sweep.json here; give a run or a sweep directory "
-            "(mpt ls)",
-            err=True,
+            "(mpt ls)"
         )
-        raise typer.Exit(2)
     app = MptApp(
         profiles_dir,
         runs,
@@ -446,6 +432,28 @@ def _cli(
         raise typer.Exit(app.return_code)
 
 
+def _profiles_and_file(path: Path | None) -> tuple[Path, Path | None]:
+    """The profiles folder to list, and the profile to open (the argument, if a file)."""
+    if path is None:
+        return Path("profiles"), None
+    return (path, None) if path.is_dir() else (path.parent, path)
+
+
+def _usage(text: str) -> NoReturn:
+    """A usage mistake: its sentence on stderr, exit 2, no console."""
+    typer.echo(text, err=True)
+    raise typer.Exit(2)
+
+
+def _load_run_profile(path: Path, overrides: list[str]) -> Profile:
+    from engine.profile import load_profile
+
+    try:
+        return load_profile(path, overrides)
+    except MptError as e:
+        _usage(str(e))
+
+
 def _start_sweep(file: Path, overrides: list[str]) -> Path:
     """Start the sweep file in a process of its own (mpt sweep --detach); its directory.
     A file that cannot run: its sentences on stderr, exit 2, no console."""
@@ -454,8 +462,7 @@ def _start_sweep(file: Path, overrides: list[str]) -> Path:
     try:
         return start_detached(file, overrides)
     except MptError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+        _usage(str(e))
 
 
 def _say_the_sweep_runs_on(path: Path) -> None:

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
-from engine import sweep_ctl
-from engine.errors import MptError
+from engine import sweep_ctl, sweep_live
 from engine.formatting import metric
 from engine.monitor import resolve_mode
 from engine.stop import run_state, state_label
 from engine.sweep import ENDED_WELL, SweepDir, TrialRecord
-from engine.sweep_plan import SETTLED
-
-STARTING_S = 30.0  # a sweep this young whose runner is not live yet is still starting
+from engine.sweep_ctl import SETTLED
 
 
 class TrialsFile:
@@ -115,20 +111,29 @@ class TrialRow:
 
 @dataclass
 class SweepSnapshot:
-    """What the sweep screen shows at one moment."""
+    """What the sweep screen shows at one moment: the sweep's state as `mpt ls` sees it
+    (`state.state`: running, paused, stopping, finished, failed, interrupted, not
+    started) and a row per trial."""
 
-    path: Path
-    name: str
-    method: str
-    monitor: str
+    state: sweep_ctl.SweepState
     parallel: int
-    status: str  # starting, running, paused, stopping, interrupted, ended
     rows: list[TrialRow] = field(default_factory=list)
-    process: str = ""  # `pid 123 on host`, while the runner is live
+
+    @property
+    def path(self) -> Path:
+        return self.state.path
+
+    @property
+    def monitor(self) -> str:
+        return self.state.monitor
+
+    @property
+    def status(self) -> str:
+        return self.state.state
 
     @property
     def live(self) -> bool:
-        return self.status in ("starting", "running", "paused", "stopping")
+        return self.state.live
 
     def best(self) -> TrialRow | None:
         """The trial with the best monitor value so far (a running one's counts too)."""
@@ -160,16 +165,30 @@ class SweepWatch:
     def poll(self) -> SweepSnapshot:
         for rec in self._trials_file.read_new():
             self.records[rec.trial] = rec
-        state = _state_or_none(self.path)
         rows = [self._row(rec) for _, rec in sorted(self.records.items())]
+        return SweepSnapshot(self._state(), self.sweep.parallel, rows)
+
+    def _state(self) -> sweep_ctl.SweepState:
+        """The sweep's state as read_sweep_state says it, from the records read so far
+        (never trials.jsonl again) and the runner's record and flags (small files)."""
+        record = sweep_live.read_runner(self.path)
+        live = sweep_live.is_live(record)
         sweep = self.sweep
-        snapshot = SweepSnapshot(
-            self.path, sweep.name, sweep.method, sweep.monitor, sweep.parallel, "", rows
+        return sweep_ctl.SweepState(
+            path=self.path,
+            name=sweep.name,
+            method=sweep.method,
+            monitor=sweep.monitor,
+            live=live,
+            pid=record.pid if live else None,
+            host=record.host if live else None,
+            paused=live and sweep_live.is_paused(self.path),
+            stopping=live and sweep_live.is_stopping(self.path),
+            records=dict(self.records),
+            trials=len(self.records),
+            ran=record is not None,
+            exit=record.exit if record is not None else None,
         )
-        snapshot.status = self._status(state, rows)
-        if state is not None and state.live and state.pid:
-            snapshot.process = f"pid {state.pid}" + (f" on {state.host}" if state.host else "")
-        return snapshot
 
     def _row(self, rec: TrialRecord) -> TrialRow:
         row = TrialRow(rec.trial, rec.values, rec.state, best=rec.best, problem=rec.problem)
@@ -203,38 +222,6 @@ class SweepWatch:
         if fresh or rec.state == "running" or run.ended is None:
             run.read_new()
         return run
-
-    def _status(self, state: sweep_ctl.SweepState | None, rows: list[TrialRow]) -> str:
-        return sweep_status(self.path, state, [r.state for r in rows])
-
-
-def sweep_status(path: Path, state: sweep_ctl.SweepState | None, trials: list[str]) -> str:
-    """starting, running, paused, stopping, interrupted or ended: from the runner's
-    liveness (`state`, None when unknown) and the trials' states."""
-    if state is not None and state.live:
-        if state.stopping:
-            return "stopping"
-        return "paused" if state.paused else "running"
-    if all(s in SETTLED for s in trials):
-        return "ended"
-    started = any(s != "queued" for s in trials)
-    if not started and time.time() - _mtime(path / "sweep.json") < STARTING_S:
-        return "starting"
-    return "interrupted"
-
-
-def _state_or_none(path: Path) -> sweep_ctl.SweepState | None:
-    try:
-        return sweep_ctl.read_sweep_state(path)
-    except (MptError, OSError):
-        return None
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 # ---- text ----
@@ -273,22 +260,20 @@ def status_text(snap: SweepSnapshot) -> str:
         if best is not None
         else ""
     )
-    counts = snap.counts()
+    counts, path = snap.counts(), snap.path
     if snap.status == "paused":
         return f"paused: no new trial starts, the running ones wait (p resumes) · {counts}"
     if snap.status == "stopping":
         return "stopping: the running trials save a checkpoint, then the sweep ends"
-    if snap.status == "interrupted":
+    if snap.status in ("interrupted", "not started"):
         todo = sum(r.state not in SETTLED for r in snap.rows)
         return (
-            f"interrupted, {todo} of {len(snap.rows)} trials to run: finish it with "
-            f"mpt sweep --resume {snap.path}"
+            f"{snap.status}, {todo} of {len(snap.rows)} trials to run: finish it with "
+            f"mpt sweep --resume {path}"
         )
-    if snap.status == "ended":
+    if snap.status in ("finished", "failed"):
         well = sum(r.state in ENDED_WELL for r in snap.rows)
         return f"ended: {well} of {len(snap.rows)} trials ended well · {counts}{best_text}"
-    if snap.status == "starting":
-        return "starting: the trials are being checked and the first ones started"
     return f"running · {counts}{best_text}"
 
 

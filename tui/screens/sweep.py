@@ -87,7 +87,7 @@ class SweepScreen(Screen):
 
     def _watch_is_useful(self) -> bool:
         snap = self.snapshot
-        return snap is None or snap.live or snap.status == "interrupted"
+        return snap is None or snap.live or snap.status in ("interrupted", "not started")
 
     @work(thread=True, group="sweep-poll")
     def _poll(self) -> None:
@@ -114,9 +114,10 @@ class SweepScreen(Screen):
         if first:
             table = self.query_one("#trials", FittedTable)
             table.fitted_columns = trial_columns(snap.monitor)
-        process = f", {snap.process}" if snap.process else ""
+        state = snap.state
+        process = f", pid {state.pid} on {state.host}" if state.live else ""
         title = (
-            f"sweep {sweep_label(snap.path)} · {snap.method}, {len(snap.rows)} trials, "
+            f"sweep {sweep_label(snap.path)} · {state.method}, {len(snap.rows)} trials, "
             f"{snap.parallel} at a time{process}"
         )
         self.query_one("#title", Static).update(title)
@@ -160,7 +161,7 @@ class SweepScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         snap = self.snapshot
         if action in ("pause", "stop"):
-            return snap is not None and snap.status in ("running", "paused")
+            return snap is not None and snap.live
         return True
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

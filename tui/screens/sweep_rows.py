@@ -12,28 +12,21 @@ from pathlib import Path
 from engine import sweep_ctl
 from engine.errors import MptError
 from engine.formatting import metric
-from engine.monitor import resolve_mode
-from engine.sweep import ENDED_WELL
 from tui.messages import OpenSweep
-from tui.sweep_view import sweep_label, sweep_status
+from tui.sweep_view import sweep_label
 from tui.widgets.fitted_table import FittedTable
 
 
 def sweep_cells(state: sweep_ctl.SweepState) -> list[str]:
-    """A sweep's row in the runs list: its name/stamp, `sweep running`, how many trials
-    have ended well of how many, the best monitor value."""
-    records = list(state.records.values())
-    status = sweep_status(state.path, state, [r.state for r in records])
-    done = sum(r.state in ENDED_WELL for r in records)
-    scored = [r.best for r in records if r.best is not None]
-    best = "-"
-    if scored:
-        lower = resolve_mode(state.monitor, "auto") == "min"
-        value = min(scored) if lower else max(scored)
+    """A sweep's row in the runs list: its name/stamp, `sweep running` (its state as
+    `mpt ls` says it), how many trials have ended for good of how many, the best value."""
+    best = state.best()
+    shown = "-"
+    if best is not None:
         name = state.monitor.removeprefix("val_")
-        best = metric(state.monitor, value) + ("" if name == "acc" else f" {name}")
-    total = state.trials or len(records)
-    return [sweep_label(state.path), f"sweep {status}", f"{done}/{total} trials", best, "-"]
+        shown = metric(state.monitor, best.best) + ("" if name == "acc" else f" {name}")
+    trials = f"{state.done}/{state.trials} trials"
+    return [sweep_label(state.path), f"sweep {state.state}", trials, shown, "-"]
 
 
 def read_sweeps(folders: list[Path]) -> list[sweep_ctl.SweepState]:
