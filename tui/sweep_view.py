@@ -77,10 +77,11 @@ class TrialRun:
             self._add(e)
 
     def _add(self, e: ev.Event) -> None:
+        self.epoch = max(self.epoch, e.epoch)  # the epoch in progress, as the dashboard says
         if isinstance(e, ev.RunStarted):
             self.epochs, self.paused, self.ended = e.epochs, False, None
         elif isinstance(e, ev.EpochEnd):
-            self.epoch, self.epochs = e.epoch, e.epochs or self.epochs
+            self.epochs = e.epochs or self.epochs
             value = e.metrics.get(self.monitor, getattr(e, self.monitor, None))
             if isinstance(value, float | int) and math.isfinite(value):
                 self.last = value

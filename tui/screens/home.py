@@ -254,10 +254,11 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
         self.query_one("#runs", FittedTable).show(self._run_rows, width, bottom)
 
     def _refresh_if_live(self) -> None:
-        # only while shown: under the dashboard, re-reading a busy events.jsonl every
-        # 2 s would cost the trainer time for nothing. A run started elsewhere (mpt run in
-        # tmux) shows up by its new folder: two levels of folder names, no file read.
-        if not self.is_current:
+        # only while on top: under the dashboard, re-reading a busy events.jsonl every
+        # 2 s would cost the trainer time for nothing (is_current is also true for the
+        # screen just beneath the top one). A run started elsewhere (mpt run in tmux) shows
+        # up by its new folder: two levels of folder names, no file read.
+        if self.app.screen is not self:
             return
         folders = self._run_folders()
         if folders != self._folders_seen or any(r.live for r in self.runs) or self.sweep_live:

@@ -26,7 +26,7 @@ from tui.messages import OpenRun
 from tui.sweep_view import SweepSnapshot, SweepWatch, status_text, sweep_label, trial_cells
 from tui.widgets.fitted_table import Column, FittedTable
 
-POLL_S = 1.0  # seconds between two looks at the sweep directory, while shown
+POLL_S = 2.0  # seconds between two looks at the sweep directory, while on top (as the runs list)
 
 
 def trial_columns(monitor: str) -> tuple[Column, ...]:
@@ -60,6 +60,7 @@ class SweepScreen(Screen):
         self._polling = False
         self._rows: list[tuple[str, list[str]]] = []
         self._texts = {"#status": "", "#hint": ""}  # what each line says (for its height)
+        self._title = ""
 
     def compose(self) -> ComposeResult:
         yield Static(f"sweep {sweep_label(self.path)} ...", id="title", markup=False)
@@ -69,6 +70,7 @@ class SweepScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.query_one("#hint", Static).display = False  # until there is something to say
         self.query_one("#trials", DataTable).focus()
         self._poll()
         self.set_interval(POLL_S, self._tick)
@@ -81,8 +83,9 @@ class SweepScreen(Screen):
 
     # ---- reading the sweep, in a thread ----
     def _tick(self) -> None:
-        # only while shown: under a trial's dashboard, the sweep waits
-        if self.is_current and not self._polling and self._watch_is_useful():
+        # only while on top: under a trial's dashboard, the sweep waits (is_current is
+        # also true for the screen just beneath the top one)
+        if self.app.screen is self and not self._polling and self._watch_is_useful():
             self._poll()
 
     def _watch_is_useful(self) -> bool:
@@ -105,11 +108,19 @@ class SweepScreen(Screen):
         self.app.call_from_thread(self._show, snapshot)
 
     def _say(self, text: str) -> None:
-        self._texts["#status"] = text
-        self.query_one("#status", Static).update(text)
+        before = self._texts["#status"]
+        if text != before:  # a new layout only when its height changes: it costs CPU
+            self._texts["#status"] = text
+            layout = self._lines(text) != self._lines(before)
+            self.query_one("#status", Static).update(text, layout=layout)
+
+    def _lines(self, text: str) -> int:
+        """The rows `text` takes on a line of the screen (it wraps in the width less its
+        padding)."""
+        return math.ceil(cell_len(text) / max(1, self.app.size.width - 2))
 
     def _show(self, snap: SweepSnapshot) -> None:
-        first = self.snapshot is None
+        first, before = self.snapshot is None, self.snapshot
         self.snapshot = snap
         if first:
             table = self.query_one("#trials", FittedTable)
@@ -120,7 +131,9 @@ class SweepScreen(Screen):
             f"sweep {sweep_label(snap.path)} · {state.method}, {len(snap.rows)} trials, "
             f"{snap.parallel} at a time{process}"
         )
-        self.query_one("#title", Static).update(title)
+        if title != self._title:
+            self._title = title
+            self.query_one("#title", Static).update(title, layout=False)  # (one line)
         self._say(status_text(snap))
         marked = set(self.marked)
         self._rows = [
@@ -128,7 +141,8 @@ class SweepScreen(Screen):
         ]
         self._hint(self._hint_text(snap))
         self._fit()
-        self.refresh_bindings()
+        if first or before.live != snap.live:  # p and s show while it is live (the footer
+            self.refresh_bindings()  # is rebuilt on each refresh: only when that changes)
 
     def _hint_text(self, snap: SweepSnapshot) -> str:
         if snap.live:
@@ -139,6 +153,8 @@ class SweepScreen(Screen):
         return ""
 
     def _hint(self, text: str) -> None:
+        if text == self._texts["#hint"]:
+            return
         self._texts["#hint"] = text
         hint = self.query_one("#hint", Static)
         hint.update(text)
@@ -147,8 +163,7 @@ class SweepScreen(Screen):
     def _fit(self) -> None:
         width, height = self.app.size
         used = 1 + 1  # the title and the footer
-        for text in self._texts.values():  # each wraps in the width less its padding
-            used += math.ceil(cell_len(text) / max(1, width - 2))
+        used += sum(self._lines(text) for text in self._texts.values())
         self.query_one("#trials", FittedTable).show(self._rows, width, max(2, height - used))
 
     # ---- the trial under the cursor ----
