@@ -83,11 +83,13 @@ def test_a_detached_sweep_outlives_its_terminals_hang_up_and_finishes(tmp_path: 
     assert f"mpt ctl {printed_sweep_dir(text)} pause|continue|stop steers it" in text
     wait_for(lambda: not read_sweep_state(sweep_dir).live, 240, "the sweep's end")
     state = read_sweep_state(sweep_dir)
-    log = (sweep_dir / "console.log").read_text()
+    log_file = sweep_dir / "console.log"
+    wait_for(lambda: "best: trial 1, val_acc" in log_file.read_text(), 60, "the table")
+    log = log_file.read_text()
     assert (state.state, state.exit, records(sweep_dir)) == ("finished", 0, {0: "finished"}), log
     # its console.log says what `mpt sweep FILE` says
     assert log.startswith(f"sweep directory: {printed_sweep_dir(text)}  (")
-    assert "trial 1/1 finished: best val_acc " in log and "best: trial 1, val_acc" in log
+    assert "trial 1/1 finished: best val_acc " in log
     listed = mpt("ls", "runs", cwd=tmp_path)
     assert re.search(rf"^sweep/{sweep_dir.name}\s+finished\s+1/1\s+val_acc \S+ \(trial 1\)$",
                      listed.stdout, re.MULTILINE), listed.stdout  # fmt: skip
@@ -172,13 +174,17 @@ def test_pause_holds_the_queue_resume_goes_on_stop_exits_130_and_a_killed_runner
     assert killed.returncode == 1 and "its runner is gone (killed" in killed.stderr
     assert re.search(r"resuming the sweep .*: 1 of 2 trials to run", out.read_text())
 
-    # its trial (a process of its own) trains on to its end; --resume records it
+    # its trial (a process of its own) trains on to its end; --resume --detach's runner
+    # records it (in the background too)
     trial2 = re.search(r"trial 2/2 started: .*resuming .*\(pid (\d+)\)", out.read_text())
     wait_for(lambda: gone(int(trial2.group(1))), 240, "the resumed trial's end")
-    final = mpt("sweep", "--resume", sweep_dir, cwd=tmp_path)
+    final = mpt("sweep", "--resume", sweep_dir, "--detach", cwd=tmp_path)
     assert final.returncode == 0, final.stdout + final.stderr
+    assert "the sweep runs in the background (pid " in final.stdout
+    wait_for(lambda: not read_sweep_state(sweep_dir).live, 120, "the runner's end")
     assert records(sweep_dir) == {0: "finished", 1: "finished"}
     assert read_sweep_state(sweep_dir).state == "finished"
+    assert "every trial has ended; nothing to resume" in (sweep_dir / "console.log").read_text()
 
 
 def test_detach_checks_everything_first_and_a_sweep_that_never_ran_takes_no_command(
@@ -220,3 +226,22 @@ def _no_runner_left(tmp_path: Path):
         state = read_sweep_state(runner.parent)
         if state.live and state.pid:
             os.kill(state.pid, signal.SIGTERM)
+
+
+def test_a_sweep_stopped_while_its_trial_starts_keeps_the_trial_for_resume(tmp_path: Path):
+    # the stop reaches the trial while it is still importing torch, before its run began:
+    # that trial has not failed, it has not started: --resume starts it (exit 130, queued)
+    sweep_file(tmp_path, 1, [0.01])
+    started = mpt("sweep", "sweep.toml", "--detach", cwd=tmp_path)
+    sweep_dir = tmp_path / printed_sweep_dir(started.stdout)
+    wait_for(lambda: records(sweep_dir)[0] == "running", 60, "the trial's start")
+    stopped = mpt("ctl", sweep_dir, "stop", cwd=tmp_path, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout == (
+        f"stopped: 1 trial stopped before its run began; mpt sweep --resume {sweep_dir} "
+        "finishes it\n"
+    )
+    state = read_sweep_state(sweep_dir)
+    assert (state.live, state.state, state.exit, records(sweep_dir)) == (
+        False, "interrupted", 130, {0: "queued"}
+    )  # fmt: skip
