@@ -523,7 +523,9 @@ def ctl(
     """Pause, continue, checkpoint or stop a live run; waits for the run to acknowledge.
 
     Exit 0 once the run's events say it was done, 1 if the run is not live or did not
-    acknowledge within --timeout (the command is then taken back if it was not taken)."""
+    acknowledge within --timeout (the command is then taken back if it was not taken).
+    On a sweep directory: pause holds its queue and pauses its running trials, continue
+    undoes both, stop is Ctrl-C's (checkpoints; mpt sweep --resume finishes it)."""
     from engine.ctl import NotLive, steer
     from engine.report import find_run
     from engine.sweep_ctl import is_sweep_dir, steer_sweep

@@ -44,6 +44,7 @@ SWEEP_FILE = "sweep.json"
 CONSOLE_LOG = "console.log"
 DEFAULT_TIMEOUT_S = 10.0
 POLL_S = 0.05
+SETTLE_S = 0.1  # the runner's start of a trial (its check of the flag to its record) is ms
 SETTLED = (*ENDED_WELL, "failed", "invalid")  # a trial in these has ended for good
 MAX_SWEEPS = 1000  # find_sweeps reads no more than this many (newest first)
 
@@ -227,6 +228,7 @@ def pause_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     path = Path(path)
     state = _live_state(path, "pause")
     set_paused(path, True)
+    time.sleep(SETTLE_S)  # a trial the runner was starting as the flag came is recorded
     answers = _steer_running(path, "pause", timeout)  # (again: one continued alone pauses)
     said = "already paused" if state.paused else "paused"
     return f"{said}: no new trial starts" + _joined(answers, "no trial is running")
@@ -272,14 +274,24 @@ def stop_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         )
     if after.state in ("finished", "failed"):
         return f"the sweep ended ({after.state}) as it was stopped; nothing is left to run"
-    ends = [after.records[t].state for t in running if t in after.records]
-    said = [
-        f"{_count(ends.count(state), 'trial')} {what}"
-        for state, what in (("interrupted", "interrupted with checkpoints"),
-                            ("queued", "stopped before its run began"))
-        if state in ends
-    ]  # fmt: skip
-    return f"stopped: {', '.join(said) or 'no trial was running'}; {resume}"
+    return f"stopped: {_stopped_trials(after, running)}; {resume}"
+
+
+def _stopped_trials(after: SweepState, running: set[int]) -> str:
+    """`2 trials interrupted with checkpoints, 1 trial stopped before its run began`."""
+    ends = [after.records[t] for t in running if t in after.records]
+    interrupted = [r for r in ends if r.state == "interrupted"]
+    runs = [after.run_dir(r.trial) for r in interrupted]  # (from the path given: any cwd)
+    saved = sum(run is not None and (run / "checkpoints" / "last.pt").is_file() for run in runs)
+    said = []
+    if interrupted:
+        n = len(interrupted)
+        kept = "with checkpoints" if saved == n else f"({saved} with a checkpoint)"
+        said.append(f"{_count(n, 'trial')} interrupted {kept}")
+    queued = sum(r.state == "queued" for r in ends)
+    if queued:
+        said.append(f"{_count(queued, 'trial')} stopped before its run began")
+    return ", ".join(said) or "no trial was running"
 
 
 def steer_sweep(path: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:

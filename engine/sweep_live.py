@@ -29,6 +29,7 @@ from engine.console import Console
 from engine.errors import MptError
 
 RUNNER_FILE = "runner.json"
+LOCK_FILE = "runner.lock"  # held (flock) by the runner while it runs: two never both claim
 PAUSED_FILE = "paused"
 STOPPING_FILE = "stopping"
 _SAME_PROCESS_S = 1.0  # two start times this close are the same process's (clock ticks)
@@ -156,6 +157,7 @@ class RunnerMark:
     def __init__(self, path: Path, console: Console):
         self.path, self.console = path, console
         self.was_paused = False
+        self.lock = _lock(path)
         earlier = read_runner(path)
         refuse_second_runner(path)
         if earlier is None or not _is_me(earlier):
@@ -182,6 +184,32 @@ class RunnerMark:
         write_runner(self.path, self.record)
         with contextlib.suppress(FileNotFoundError):
             (self.path / STOPPING_FILE).unlink()
+        if self.lock is not None:
+            os.close(self.lock)  # (the kernel lets go of it too if the process is killed)
+            self.lock = None
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock on SWEEP_DIR/runner.lock for this process: two runners that both
+    passed the record's check (started the same moment) never both run the queue.
+    SecondRunner if another process holds it; None where the file system has no locks."""
+    try:
+        import fcntl
+    except ImportError:  # (not on Windows: the record's check alone)
+        return None
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SecondRunner(
+            f"{path}: another process has just started running the sweep; it needs no "
+            f"second runner: mpt ctl {path} stop stops it"
+        ) from None
+    except OSError:  # a file system without locks (some network ones)
+        os.close(fd)
+        return None
+    return fd
 
 
 def _write_atomically(target: Path, text: str) -> None:

@@ -2,12 +2,14 @@
 `mpt ctl SWEEP_DIR pause|continue|stop` steers its queue and its trials, `mpt ls` shows
 it, and a runner killed with SIGKILL reads as not live at once.
 
-Real processes: the detached runner, its trials (cold `mpt run`s: ~5 s of CPU each, so
-the whole file runs four), a real pty hang-up, real signals.
+Real processes: the detached runner, its trials (cold `mpt run`s: ~7 s of CPU each, so
+the whole file runs four to their end, and stops two while they import torch), a real
+pty hang-up, real signals.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -53,6 +55,15 @@ def last_event(run_dir: Path) -> dict:
     return read_jsonl(run_dir / "events.jsonl")[-1]
 
 
+# A trial's process (`... engine.cli run ...`) waits here before anything else.
+SLOW_TRIAL_START = """\
+import time
+with open("/proc/self/cmdline", "rb") as f:
+    if b"\\x00run\\x00" in f.read():
+        time.sleep(60)
+"""
+
+
 def gone(pid: int) -> bool:
     """No such process, or a zombie (exited; whoever adopted it has not reaped it yet)."""
     try:
@@ -95,7 +106,7 @@ def test_a_detached_sweep_outlives_its_terminals_hang_up_and_finishes(tmp_path: 
                      listed.stdout, re.MULTILINE), listed.stdout  # fmt: skip
 
 
-def test_pause_holds_the_queue_resume_goes_on_stop_exits_130_and_a_killed_runner_is_not_live(
+def test_pause_holds_the_queue_continue_goes_on_stop_exits_130_and_resume_finishes(
     tmp_path: Path,
 ):
     sweep_file(tmp_path, 20, [0.001, 0.003])
@@ -135,10 +146,12 @@ def test_pause_holds_the_queue_resume_goes_on_stop_exits_130_and_a_killed_runner
     assert records(sweep_dir)[1] == "queued" and not (sweep_dir / "trial-001").exists()
 
     # continue: trial 2 starts; paused, then stopped, it saves a checkpoint; exit 130
+    # (paused as it starts: the pause waits for its run, and lands at its first steps)
     assert ctl(sweep_dir, "continue") == "resumed: trials start again (no trial was paused)\n"
-    run2 = wait_for(lambda: live_run(sweep_dir, 1), 120, "trial 2's first step")
-    assert "trial 2: paused at step " in ctl(sweep_dir, "pause")
-    assert ctl(sweep_dir, "stop") == (
+    wait_for(lambda: records(sweep_dir)[1] == "running", 60, "trial 2's start")
+    assert "trial 2: paused at step " in ctl(sweep_dir, "pause", "--timeout", "120")
+    (run2,) = [p.parent for p in (sweep_dir / "trial-001").glob("*/events.jsonl")]
+    assert ctl(sweep_dir, "stop", "--timeout", "120") == (
         f"stopped: 1 trial interrupted with checkpoints; mpt sweep --resume {sweep_dir} "
         "finishes it\n"
     )
@@ -153,38 +166,19 @@ def test_pause_holds_the_queue_resume_goes_on_stop_exits_130_and_a_killed_runner
         f"no pause: mpt sweep --resume {sweep_dir} finishes it\n"
     ))  # fmt: skip
 
-    # --resume takes it up again (trial 2 from its checkpoint); its runner killed with
-    # SIGKILL reads as not live at once, even before it is reaped
-    out = tmp_path / "resume.txt"
-    with open(out, "w") as f:
-        resumer = spawn_mpt("sweep", "--resume", sweep_dir, cwd=tmp_path, stdout=f,
-                            stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        wait_for(lambda: live_run(sweep_dir, 1, after=run2), 120, "trial 2's resumed run")
-        assert read_sweep_state(sweep_dir).pid == resumer.pid
-        resumer.send_signal(signal.SIGKILL)
-        wait_for(lambda: gone(resumer.pid), 30, "the runner's death")
-        assert not read_sweep_state(sweep_dir).live  # a zombie: not live
-    finally:
-        resumer.kill()
-        resumer.wait()
-    state = read_sweep_state(sweep_dir)
-    assert (state.live, state.state, state.pid) == (False, "interrupted", None)
-    killed = mpt("ctl", sweep_dir, "stop", cwd=tmp_path)
-    assert killed.returncode == 1 and "its runner is gone (killed" in killed.stderr
-    assert re.search(r"resuming the sweep .*: 1 of 2 trials to run", out.read_text())
-
-    # its trial (a process of its own) trains on to its end; --resume --detach's runner
-    # records it (in the background too)
-    trial2 = re.search(r"trial 2/2 started: .*resuming .*\(pid (\d+)\)", out.read_text())
-    wait_for(lambda: gone(int(trial2.group(1))), 240, "the resumed trial's end")
+    # --resume (here in the background too) takes trial 2 up from its checkpoint and
+    # finishes the sweep: exit 0
     final = mpt("sweep", "--resume", sweep_dir, "--detach", cwd=tmp_path)
     assert final.returncode == 0, final.stdout + final.stderr
     assert "the sweep runs in the background (pid " in final.stdout
-    wait_for(lambda: not read_sweep_state(sweep_dir).live, 120, "the runner's end")
-    assert records(sweep_dir) == {0: "finished", 1: "finished"}
-    assert read_sweep_state(sweep_dir).state == "finished"
-    assert "every trial has ended; nothing to resume" in (sweep_dir / "console.log").read_text()
+    wait_for(lambda: not read_sweep_state(sweep_dir).live, 240, "the sweep's end")
+    state = read_sweep_state(sweep_dir)
+    assert (state.state, state.exit, records(sweep_dir)) == (
+        "finished", 0, {0: "finished", 1: "finished"}
+    )  # fmt: skip
+    log = (sweep_dir / "console.log").read_text()
+    assert re.search(r"resuming the sweep .*: 1 of 2 trials to run", log), log
+    assert "trial 2/2 started: optim.lr=0.003, resuming " in log
 
 
 def test_detach_checks_everything_first_and_a_sweep_that_never_ran_takes_no_command(
@@ -228,14 +222,22 @@ def _no_runner_left(tmp_path: Path):
             os.kill(state.pid, signal.SIGTERM)
 
 
-def test_a_sweep_stopped_while_its_trial_starts_keeps_the_trial_for_resume(tmp_path: Path):
-    # the stop reaches the trial while it is still importing torch, before its run began:
-    # that trial has not failed, it has not started: --resume starts it (exit 130, queued)
+def test_a_stop_while_a_trial_starts_keeps_it_and_a_sigkilled_runner_is_not_live(
+    tmp_path: Path,
+):
+    # the stop reaches the trial while it is still starting, before its run began: that
+    # trial has not failed, it has not started: --resume starts it (exit 130, queued).
+    # Its start is made slow (a sitecustomize that waits in trials alone): the stop always
+    # lands there, and no trial here spends seconds importing torch.
     sweep_file(tmp_path, 1, [0.01])
-    started = mpt("sweep", "sweep.toml", "--detach", cwd=tmp_path)
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_TRIAL_START)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")]))}
+    started = mpt("sweep", "sweep.toml", "--detach", cwd=tmp_path, env=env)
     sweep_dir = tmp_path / printed_sweep_dir(started.stdout)
     wait_for(lambda: records(sweep_dir)[0] == "running", 60, "the trial's start")
-    stopped = mpt("ctl", sweep_dir, "stop", cwd=tmp_path, timeout=120)
+    stopped = mpt("ctl", sweep_dir, "stop", "--timeout", "120", cwd=tmp_path, timeout=180)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout == (
         f"stopped: 1 trial stopped before its run began; mpt sweep --resume {sweep_dir} "
@@ -245,3 +247,32 @@ def test_a_sweep_stopped_while_its_trial_starts_keeps_the_trial_for_resume(tmp_p
     assert (state.live, state.state, state.exit, records(sweep_dir)) == (
         False, "interrupted", 130, {0: "queued"}
     )  # fmt: skip
+
+    # a runner killed with SIGKILL reads as not live at once, even before it is reaped
+    # (its pid is a zombie); its trial, a process of its own, is ended here by hand
+    out = tmp_path / "resume.txt"
+    with open(out, "w") as f:
+        resumer = spawn_mpt("sweep", "--resume", sweep_dir, cwd=tmp_path, stdout=f,
+                            stderr=subprocess.STDOUT, **env)  # fmt: skip
+    trial = None
+    try:
+        trial = wait_for(lambda: re.search(r"trial 1/1 started: .*\(pid (\d+)\)",
+                                           out.read_text()), 60, "the trial's start")  # fmt: skip
+        assert read_sweep_state(sweep_dir).pid == resumer.pid
+        resumer.send_signal(signal.SIGKILL)
+        wait_for(lambda: gone(resumer.pid), 30, "the runner's death")
+        assert not read_sweep_state(sweep_dir).live  # a zombie: not live
+    finally:
+        resumer.kill()
+        resumer.wait()
+        with contextlib.suppress(ProcessLookupError, AttributeError):
+            os.kill(int(trial.group(1)), signal.SIGKILL)
+    state = read_sweep_state(sweep_dir)
+    assert (state.live, state.state, state.pid) == (False, "interrupted", None)
+    killed = mpt("ctl", sweep_dir, "stop", cwd=tmp_path)
+    assert killed.returncode == 1 and killed.stderr == (
+        f"error: {sweep_dir}: the sweep is not running: its runner is gone (killed, or its "
+        f"machine went down); it takes no stop: mpt sweep --resume {sweep_dir} finishes it\n"
+    )
+    listed = mpt("ls", tmp_path / "runs", cwd=tmp_path).stdout
+    assert f"sweep/{sweep_dir.name}  interrupted     0/1  -" in listed, listed
