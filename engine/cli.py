@@ -357,9 +357,9 @@ def sweep(
         bool,
         typer.Option(
             "--detach",
-            help="Check the file, then run the sweep in the background (it outlives the "
-            "terminal; its output goes to SWEEP_DIR/console.log); mpt ctl SWEEP_DIR "
-            "pause|continue|stop steers it.",
+            help="Check the file (or the sweep to --resume), then run the sweep in the "
+            "background: it outlives the terminal, its output goes to SWEEP_DIR/console.log, "
+            "mpt ctl SWEEP_DIR pause|continue|stop steers it.",
         ),
     ] = False,
 ) -> None:
@@ -372,12 +372,13 @@ def sweep(
         _fail("mpt sweep: give a sweep file, --resume SWEEP_DIR or --collect SWEEP_DIR")
     if emit and file is None:
         _fail("mpt sweep --emit: give the sweep file whose trials to print")
-    if detach and (file is None or emit):
-        _fail("mpt sweep --detach: give the sweep file to run in the background (not --emit)")
+    if detach and (collect is not None or emit):
+        _fail("mpt sweep --detach: give the sweep file, or --resume SWEEP_DIR, to run in the "
+              "background (not --emit or --collect)")  # fmt: skip
     console = Console()
     with _user_errors(also=(OSError,), console=console):
         if detach:
-            code = _detached_sweep(file, set_ or [], skip_invalid, console)
+            code = _detached_sweep(file, resume, set_ or [], skip_invalid, console)
         elif resume is not None:
             code = sweep_plan.resume(resume, console)
         elif collect is not None:
@@ -389,11 +390,18 @@ def sweep(
     raise typer.Exit(code)
 
 
-def _detached_sweep(file: Path, overrides: list[str], skip_invalid: bool, console) -> int:
-    from engine.sweep_ctl import CONSOLE_LOG, read_sweep_state, start_detached
+def _detached_sweep(
+    file: Path | None, resume: Path | None, overrides: list[str], skip_invalid: bool, console
+) -> int:
+    from engine.sweep_ctl import CONSOLE_LOG, read_sweep_state, resume_detached, start_detached
 
-    path = start_detached(file, overrides, skip_invalid, console)
+    if resume is not None:
+        path = resume_detached(resume, console)
+    else:
+        path = start_detached(file, overrides, skip_invalid, console)
     state = read_sweep_state(path)
+    if not state.live:  # (a resume with nothing left to run: said so)
+        return 0
     runner = f" (pid {state.pid})" if state.pid else ""
     console.line(
         f"the sweep runs in the background{runner}, its output in {path / CONSOLE_LOG}; "
@@ -515,7 +523,9 @@ def ctl(
     """Pause, continue, checkpoint or stop a live run; waits for the run to acknowledge.
 
     Exit 0 once the run's events say it was done, 1 if the run is not live or did not
-    acknowledge within --timeout (the command is then taken back if it was not taken)."""
+    acknowledge within --timeout (the command is then taken back if it was not taken).
+    On a sweep directory: pause holds its queue and pauses its running trials, continue
+    undoes both, stop is Ctrl-C's (checkpoints; mpt sweep --resume finishes it)."""
     from engine.ctl import NotLive, steer
     from engine.report import find_run
     from engine.sweep_ctl import is_sweep_dir, steer_sweep

@@ -244,6 +244,8 @@ class SweepRunner:
         rec.state = summary.state if summary is not None else "failed"
         if rec.state in LIVE:
             rec.state = "failed"
+        if summary is None and self.stopping and rec.exit in (EXIT_INTERRUPTED, -signal.SIGTERM):
+            rec.state = "queued"  # stopped before its run began: --resume starts it
         if run_dir is not None:
             rec.best, rec.best_epoch = best_of(run_dir, self.sweep.monitor)
         if rec.state == "failed":

@@ -35,6 +35,7 @@ from engine.sweep_live import (
     live_runner,
     read_runner,
     record_runner,
+    refuse_second_runner,
     set_paused,
     set_stopping,
 )
@@ -43,6 +44,7 @@ SWEEP_FILE = "sweep.json"
 CONSOLE_LOG = "console.log"
 DEFAULT_TIMEOUT_S = 10.0
 POLL_S = 0.05
+SETTLE_S = 0.1  # the runner's start of a trial (its check of the flag to its record) is ms
 SETTLED = (*ENDED_WELL, "failed", "invalid")  # a trial in these has ended for good
 MAX_SWEEPS = 1000  # find_sweeps reads no more than this many (newest first)
 
@@ -77,7 +79,7 @@ class SweepState:
     stopping: bool
     records: dict[int, TrialRecord] = field(default_factory=dict)
     trials: int = 0
-    ran: bool = False  # a runner has had the sweep (else: --emit, or never started)
+    ran: bool = False  # a runner or a trial has run (else: --emit's, not run yet)
     exit: int | None = None  # the runner's exit code, once it has ended
 
     @property
@@ -104,6 +106,10 @@ class SweepState:
     def running(self) -> list[TrialRecord]:
         return [r for r in self.records.values() if r.state == "running"]
 
+    def run_dir(self, trial: int) -> Path | None:
+        """The trial's newest run directory (a running trial's record names none yet)."""
+        return SweepDir(self.path).newest_run(trial)
+
 
 def read_sweep_state(path: Path) -> SweepState:
     """The sweep directory's state now; MptError (one sentence) if it is not one."""
@@ -117,6 +123,8 @@ def read_sweep_state(path: Path) -> SweepState:
     sweep, trials = folder.read_sweep()
     record = read_runner(path)
     live = is_live(record)
+    records = folder.records()
+    moved = records.values()
     return SweepState(
         path=path,
         name=sweep.name,
@@ -127,9 +135,9 @@ def read_sweep_state(path: Path) -> SweepState:
         host=record.host if live else None,
         paused=live and is_paused(path),
         stopping=live and is_stopping(path),
-        records=folder.records(),
+        records=records,
         trials=len(trials),
-        ran=record is not None,
+        ran=record is not None or any(r.state not in ("queued", "invalid") for r in moved),
         exit=record.exit if record is not None else None,
     )
 
@@ -151,19 +159,58 @@ def start_detached(
     path = runner.folder.path
     with open(path / CONSOLE_LOG, "a", buffering=1, encoding="utf-8") as log:
         sweep_plan.announce(runner, trials, Console(out=log, err=log, tty=False))
+    if console is not None:
+        sweep_plan.announce(runner, trials, console)
+    _spawn_runner(path)
+    return path
+
+
+def resume_detached(path: Path, console: Console | None = None) -> Path:
+    """`mpt sweep --resume SWEEP_DIR --detach`: the checks `--resume` makes first (a sweep
+    directory; no live runner; no trial's run still live), then its runner in the
+    background as `start_detached`'s. MptError with the sentence when one fails; a sweep
+    with nothing left to run starts nothing (`console` says so)."""
+    path = Path(path)
+    folder = SweepDir(path)
+    _, trials = folder.read_sweep()
+    refuse_second_runner(path)
+    records = folder.records()
+    left = [t for t in trials if t.index not in records or records[t.index].state not in SETTLED]
+    for trial in left:
+        run_dir = folder.newest_run(trial.index)
+        summary = summarize_run(run_dir) if run_dir is not None else None
+        if summary is not None and summary.live:
+            raise MptError(
+                f"{path}: trial {trial.index + 1}'s run {run_dir} is still {summary.state}; "
+                f"stop it (mpt ctl {run_dir} stop) or let it end, then resume the sweep"
+            )
+    if not left:
         if console is not None:
-            sweep_plan.announce(runner, trials, console)
+            console.line(f"{path}: every trial has ended; nothing to resume")
+        return path
+    set_paused(path, False)  # a new runner goes on (as `mpt sweep --resume` does)
+    _spawn_runner(path)
+    return path
+
+
+def _spawn_runner(path: Path) -> int:
+    """Start `mpt sweep --resume SWEEP_DIR` in a session of its own (no controlling
+    terminal: no hang-up reaches it), stdin /dev/null, its output appended to
+    SWEEP_DIR/console.log; record it as the sweep's runner at once. Its pid."""
+    with open(path / CONSOLE_LOG, "a", buffering=1, encoding="utf-8") as log:
         proc = subprocess.Popen(
             runner_command(path),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # no controlling terminal: a hang-up never reaches it
+            start_new_session=True,
         )
-    # `mpt ctl` and a second `mpt sweep --resume` see the runner at once, before it has
-    # claimed the sweep itself (it then writes the same process's record)
-    record_runner(path, proc.pid, only_if_absent=True)
-    return path
+    # `mpt ctl` and a second `mpt sweep --resume` see the runner before it has claimed
+    # the sweep itself (unless it has already: then the record is its own, the same)
+    earlier = read_runner(path)
+    if earlier is None or earlier.pid != proc.pid:
+        record_runner(path, proc.pid)
+    return proc.pid
 
 
 def runner_command(path: Path) -> list[str]:
@@ -180,11 +227,11 @@ def pause_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     what each trial answered. NotLive (an MptError) when the sweep is not live."""
     path = Path(path)
     state = _live_state(path, "pause")
-    if state.paused:
-        return f"already paused ({_count(len(state.running()), 'trial')} running)"
     set_paused(path, True)
-    answers = _steer_running(path, "pause", timeout)
-    return "paused: no new trial starts" + _joined(answers, "no trial was running")
+    time.sleep(SETTLE_S)  # a trial the runner was starting as the flag came is recorded
+    answers = _steer_running(path, "pause", timeout)  # (again: one continued alone pauses)
+    said = "already paused" if state.paused else "paused"
+    return f"{said}: no new trial starts" + _joined(answers, "no trial is running")
 
 
 def resume_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
@@ -214,7 +261,7 @@ def stop_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
         os.kill(state.pid, signal.SIGTERM)
     except ProcessLookupError:
         raise NotLive(f"{path}: the sweep's runner (pid {state.pid}) has just ended") from None
-    running = len(state.running())
+    running = {r.trial for r in state.running()}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and live_runner(path) is not None:
         time.sleep(POLL_S)
@@ -222,13 +269,29 @@ def stop_sweep(path: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     after = read_sweep_state(path)
     if after.live:
         return (
-            f"stopping: {_count(running, 'running trial')} saving checkpoints; the sweep "
+            f"stopping: {_count(len(running), 'running trial')} saving checkpoints; the sweep "
             f"exits when they have; {resume}"
         )
-    stopped = [r for r in after.records.values() if r.state == "interrupted"]
     if after.state in ("finished", "failed"):
         return f"the sweep ended ({after.state}) as it was stopped; nothing is left to run"
-    return f"stopped: {_count(len(stopped), 'trial')} interrupted with checkpoints; {resume}"
+    return f"stopped: {_stopped_trials(after, running)}; {resume}"
+
+
+def _stopped_trials(after: SweepState, running: set[int]) -> str:
+    """`2 trials interrupted with checkpoints, 1 trial stopped before its run began`."""
+    ends = [after.records[t] for t in running if t in after.records]
+    interrupted = [r for r in ends if r.state == "interrupted"]
+    runs = [after.run_dir(r.trial) for r in interrupted]  # (from the path given: any cwd)
+    saved = sum(run is not None and (run / "checkpoints" / "last.pt").is_file() for run in runs)
+    said = []
+    if interrupted:
+        n = len(interrupted)
+        kept = "with checkpoints" if saved == n else f"({saved} with a checkpoint)"
+        said.append(f"{_count(n, 'trial')} interrupted {kept}")
+    queued = sum(r.state == "queued" for r in ends)
+    if queued:
+        said.append(f"{_count(queued, 'trial')} stopped before its run began")
+    return ", ".join(said) or "no trial was running"
 
 
 def steer_sweep(path: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> str:
@@ -242,7 +305,7 @@ def steer_sweep(path: Path, word: str, timeout: float = DEFAULT_TIMEOUT_S) -> st
     if word == "checkpoint":
         _live_state(Path(path), "checkpoint")
         answers = _steer_running(Path(path), "checkpoint", timeout)
-        return "checkpoint" + _joined(answers, "no trial is running")
+        return "; ".join(answers) if answers else "no trial is running: nothing to save"
     raise MptError(f"mpt ctl: unknown command {word!r}; use pause, continue, checkpoint or stop")
 
 
@@ -362,6 +425,7 @@ __all__ = [
     "is_sweep_dir",
     "pause_sweep",
     "read_sweep_state",
+    "resume_detached",
     "resume_sweep",
     "start_detached",
     "steer_sweep",

@@ -29,6 +29,7 @@ from engine.console import Console
 from engine.errors import MptError
 
 RUNNER_FILE = "runner.json"
+LOCK_FILE = "runner.lock"  # held (flock) by the runner while it runs: two never both claim
 PAUSED_FILE = "paused"
 STOPPING_FILE = "stopping"
 _SAME_PROCESS_S = 1.0  # two start times this close are the same process's (clock ticks)
@@ -82,7 +83,7 @@ def is_live(record: RunnerRecord | None) -> bool:
     process (pid and start time); a record from another host is taken at its word."""
     if record is None or record.ended is not None:
         return False
-    if not isinstance(record.pid, int) or record.pid <= 0:
+    if not isinstance(record.pid, int) or record.pid <= 0 or not isinstance(record.host, str):
         return False
     if record.host != socket.gethostname():
         return True  # (its process cannot be looked at from here)
@@ -97,28 +98,31 @@ def live_runner(path: Path) -> RunnerRecord | None:
     return record if is_live(record) else None
 
 
-def write_runner(path: Path, record: RunnerRecord, only_if_absent: bool = False) -> None:
-    """runner.json, whole or not at all (a reader never sees half of it); `only_if_absent`:
-    not over one already there."""
-    _write_atomically(path / RUNNER_FILE, json.dumps(vars(record)) + "\n", only_if_absent)
+def write_runner(path: Path, record: RunnerRecord) -> None:
+    """runner.json, whole or not at all (a reader never sees half of it)."""
+    _write_atomically(path / RUNNER_FILE, json.dumps(vars(record)) + "\n")
 
 
-def record_runner(path: Path, pid: int, only_if_absent: bool = False) -> RunnerRecord:
-    """Write the record of process `pid` as the sweep's runner (a detached runner's is
-    written first by the process that started it: only if the runner has not yet)."""
+def record_runner(path: Path, pid: int) -> RunnerRecord:
+    """Write the record of process `pid` as the sweep's runner."""
     record = RunnerRecord(pid, socket.gethostname(), process_start(pid), time.time())
-    write_runner(path, record, only_if_absent)
+    write_runner(path, record)
     return record
 
 
 def refuse_second_runner(path: Path) -> None:
     """SecondRunner when another live process runs this sweep."""
     record = live_runner(path)
-    if record is not None and not _is_me(record):
-        raise SecondRunner(
-            f"{path}: the sweep is already running ({record.process}); it needs no second "
-            f"runner: mpt ctl {path} stop stops it, mpt sweep --resume {path} then finishes it"
-        )
+    if record is None or _is_me(record):
+        return
+    elsewhere = ""
+    if record.host != socket.gethostname():  # (a machine that went down never says so)
+        elsewhere = f" (if that machine is down: remove {path / RUNNER_FILE})"
+    raise SecondRunner(
+        f"{path}: the sweep is already running ({record.process}); it needs no second "
+        f"runner: mpt ctl {path} stop stops it, mpt sweep --resume {path} then finishes "
+        f"it{elsewhere}"
+    )
 
 
 def _is_me(record: RunnerRecord) -> bool:
@@ -153,6 +157,7 @@ class RunnerMark:
     def __init__(self, path: Path, console: Console):
         self.path, self.console = path, console
         self.was_paused = False
+        self.lock = _lock(path)
         earlier = read_runner(path)
         refuse_second_runner(path)
         if earlier is None or not _is_me(earlier):
@@ -168,7 +173,7 @@ class RunnerMark:
         if now != self.was_paused:
             self.was_paused = now
             self.console.line(
-                f"the sweep is paused: no new trial starts (mpt ctl {self.path} resume goes on)"
+                f"the sweep is paused: no new trial starts (mpt ctl {self.path} continue)"
                 if now
                 else "the sweep goes on: trials start again"
             )
@@ -179,21 +184,35 @@ class RunnerMark:
         write_runner(self.path, self.record)
         with contextlib.suppress(FileNotFoundError):
             (self.path / STOPPING_FILE).unlink()
+        if self.lock is not None:
+            os.close(self.lock)  # (the kernel lets go of it too if the process is killed)
+            self.lock = None
 
 
-def _write_atomically(target: Path, text: str, only_if_absent: bool = False) -> None:
+def _lock(path: Path) -> int | None:
+    """An exclusive lock on SWEEP_DIR/runner.lock for this process: two runners that both
+    passed the record's check (started the same moment) never both run the queue.
+    SecondRunner if another process holds it; None where the file system has no locks."""
+    try:
+        import fcntl
+    except ImportError:  # (not on Windows: the record's check alone)
+        return None
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SecondRunner(
+            f"{path}: another process has just started running the sweep; it needs no "
+            f"second runner: mpt ctl {path} stop stops it"
+        ) from None
+    except OSError:  # a file system without locks (some network ones)
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_atomically(target: Path, text: str) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    if not only_if_absent:
-        os.replace(tmp, target)
-        return
-    try:
-        os.link(tmp, target)  # fails if the target exists: never over another's
-    except FileExistsError:
-        pass
-    except OSError:  # a file system without hard links: a check, then the rename
-        if not target.exists():
-            os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    os.replace(tmp, target)
