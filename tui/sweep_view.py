@@ -66,6 +66,7 @@ class TrialRun:
         self.last: float | None = None
         self.best: float | None = None
         self.paused = False
+        self.started = False  # its run_started is read (before: torch and the data load)
         self.ended: str | None = None  # the run's end state, once it wrote one
 
     def read_new(self) -> None:
@@ -79,7 +80,7 @@ class TrialRun:
     def _add(self, e: ev.Event) -> None:
         self.epoch = max(self.epoch, e.epoch)  # the epoch in progress, as the dashboard says
         if isinstance(e, ev.RunStarted):
-            self.epochs, self.paused, self.ended = e.epochs, False, None
+            self.epochs, self.paused, self.ended, self.started = e.epochs, False, None, True
         elif isinstance(e, ev.EpochEnd):
             self.epochs = e.epochs or self.epochs
             value = e.metrics.get(self.monitor, getattr(e, self.monitor, None))
@@ -170,9 +171,11 @@ class SweepWatch:
         return SweepSnapshot(self._state(), self.sweep.parallel, rows)
 
     def _state(self) -> sweep_ctl.SweepState:
-        """The sweep's state as read_sweep_state says it, from the records read so far
-        (never trials.jsonl again) and the runner's record and flags (small files)."""
+        """The sweep's state as read_sweep_state says it (the same fields, the same
+        way), from the records read so far (never trials.jsonl again) and the runner's
+        record and flags (small files)."""
         record = sweep_live.read_runner(self.path)
+        rows = self.records.values()
         live = sweep_live.is_live(record)
         sweep = self.sweep
         return sweep_ctl.SweepState(
@@ -187,13 +190,15 @@ class SweepWatch:
             stopping=live and sweep_live.is_stopping(self.path),
             records=dict(self.records),
             trials=len(self.records),
-            ran=record is not None,
+            ran=record is not None or any(r.state not in ("queued", "invalid") for r in rows),
             exit=record.exit if record is not None else None,
         )
 
     def _row(self, rec: TrialRecord) -> TrialRow:
         row = TrialRow(rec.trial, rec.values, rec.state, best=rec.best, problem=rec.problem)
         run = self._run_of(rec)
+        if rec.state == "running" and (run is None or not run.started):
+            row.state = "starting"  # its process imports torch and loads the data: seconds
         if run is None:
             return row
         row.run_dir, row.epoch, row.epochs, row.last = run.run_dir, run.epoch, run.epochs, run.last
@@ -269,8 +274,8 @@ def status_text(snap: SweepSnapshot) -> str:
     if snap.status in ("interrupted", "not started"):
         todo = sum(r.state not in SETTLED for r in snap.rows)
         return (
-            f"{snap.status}, {todo} of {len(snap.rows)} trials to run: finish it with "
-            f"mpt sweep --resume {path}"
+            f"{snap.status}, {todo} of {len(snap.rows)} trials to run: r goes on in the "
+            f"background, as mpt sweep --resume {path} does"
         )
     if snap.status in ("finished", "failed"):
         well = sum(r.state in ENDED_WELL for r in snap.rows)

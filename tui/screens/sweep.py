@@ -47,6 +47,7 @@ class SweepScreen(Screen):
         Binding("v", "compare", "Compare"),
         Binding("p", "pause", "Pause/resume"),
         Binding("s", "stop", "Stop sweep"),
+        Binding("r", "resume_sweep", "Resume sweep"),
         Binding("escape", "back", "Back"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -141,8 +142,8 @@ class SweepScreen(Screen):
         ]
         self._hint(self._hint_text(snap))
         self._fit()
-        if first or before.live != snap.live:  # p and s show while it is live (the footer
-            self.refresh_bindings()  # is rebuilt on each refresh: only when that changes)
+        if first or before.status != snap.status:  # p and s show while it is live, r when
+            self.refresh_bindings()  # not (the footer is rebuilt: only when that changes)
 
     def _hint_text(self, snap: SweepSnapshot) -> str:
         if snap.live:
@@ -177,6 +178,8 @@ class SweepScreen(Screen):
         snap = self.snapshot
         if action in ("pause", "stop"):
             return snap is not None and snap.live
+        if action == "resume_sweep":
+            return snap is not None and snap.status in ("interrupted", "not started")
         return True
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
@@ -234,19 +237,34 @@ class SweepScreen(Screen):
 
         self.app.push_screen(ConfirmScreen(question), answer)
 
+    def action_resume_sweep(self) -> None:
+        """An interrupted sweep goes on in the background, as `mpt sweep --resume DIR
+        --detach`: its interrupted trials resume from their checkpoints, the rest start."""
+        self._control("resume the sweep")
+
     @work(thread=True, group="sweep-control")
     def _control(self, command: str) -> None:
         do = {
             "pause": sweep_ctl.pause_sweep,
             "resume": sweep_ctl.resume_sweep,
             "stop": sweep_ctl.stop_sweep,
+            "resume the sweep": _resume_detached,
         }[command]
         try:
             answer, severity = do(self.path), "information"
         except (MptError, OSError) as e:
-            answer, severity = f"cannot {command} the sweep: {e}", "error"
+            what = command if command.endswith("sweep") else f"{command} the sweep"
+            answer, severity = f"cannot {what}: {e}", "error"
         self.app.call_from_thread(self.notify, answer, severity=severity, markup=False)
         self.app.call_from_thread(self._tick)
 
     def action_back(self) -> None:
         self.dismiss()
+
+
+def _resume_detached(path: Path) -> str:
+    sweep_ctl.resume_detached(path)
+    return (
+        f"resuming the sweep in the background (as mpt sweep --resume {path} --detach): "
+        "its interrupted trials go on from their checkpoints, the others start"
+    )
