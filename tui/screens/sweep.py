@@ -266,5 +266,6 @@ def _resume_detached(path: Path) -> str:
     sweep_ctl.resume_detached(path)
     return (
         f"resuming the sweep in the background (as mpt sweep --resume {path} --detach): "
-        "its interrupted trials go on from their checkpoints, the others start"
+        "an interrupted trial goes on from its checkpoint (from the start without one), "
+        "the queued ones start"
     )
