@@ -75,7 +75,8 @@ class SweepRows:
             return False
         label = sweep_label(sweep.path)
         said = {
-            "r": f"{label} is a sweep: mpt sweep --resume {sweep.path} finishes it",
+            "r": f"{label} is a sweep: enter shows its trials, and r there resumes it when "
+            f"interrupted (as mpt sweep --resume {sweep.path})",
             "x": f"{label} is a sweep: x removes single runs; remove its folder "
             f"{sweep.path} yourself once it has ended",
             "space": f"{label} is a sweep: enter shows its trials, mark them there",
