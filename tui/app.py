@@ -397,10 +397,10 @@ def _cli(
     """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
     profiles_dir, open_profile = _profiles_and_file(path)
     profile = None
-    if run is not None:
+    if sweep is not None:
+        attach = _start_sweep(sweep, set_ or [], alone=(run, resume, attach) == (None,) * 3)
+    elif run is not None:
         profile = _load_run_profile(run, set_ or [])
-    elif sweep is not None:
-        attach = _start_sweep(sweep, set_ or [])
     elif set_:
         _usage("--set needs --run PROFILE or --sweep FILE")
     if attach is not None and not (attach / "events.jsonl").is_file() and not is_sweep_dir(attach):
@@ -454,10 +454,16 @@ def _load_run_profile(path: Path, overrides: list[str]) -> Profile:
         _usage(str(e))
 
 
-def _start_sweep(file: Path, overrides: list[str]) -> Path:
+def _start_sweep(file: Path, overrides: list[str], alone: bool) -> Path:
     """Start the sweep file in a process of its own (mpt sweep --detach); its directory.
-    A file that cannot run: its sentences on stderr, exit 2, no console."""
+    A file that cannot run: its sentences on stderr, exit 2, no console. `alone`: no
+    --run, --resume or --attach was given with it (else nothing starts)."""
     from engine.sweep_ctl import start_detached
+
+    if not alone:
+        _usage(
+            "--sweep FILE starts a sweep and shows it: give it without --run, --resume or --attach"
+        )
 
     try:
         return start_detached(file, overrides)

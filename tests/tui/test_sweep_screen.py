@@ -176,6 +176,9 @@ def test_usage_mistakes_are_one_sentence_and_exit_2_without_a_console(sweep_dir:
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("bad.toml: method") and "\x1b[" not in done.stdout
     assert [p.name for p in Path("runs").iterdir()] == ["lr"]
+    # --sweep starts a sweep and shows it: with --attach (or --run, --resume) it is no plan
+    done = mpt_tui("--sweep", "long-sweep.toml", "--attach", str(sweep_dir))
+    assert done.returncode == 2 and "give it without --run, --resume or --attach" in done.stderr
     # --attach takes a run directory or a sweep directory
     done = mpt_tui("--attach", "profiles")
     assert done.returncode == 2
