@@ -282,9 +282,16 @@ def ls(runs: RunsArg = Path("runs")) -> None:
     """List the runs in a runs folder, newest first: state, epochs, the best value of each
     run's headline metric (val acc by default), checkpoint."""
     from engine.report import runs_table
+    from engine.sweep_ctl import sweeps_table
 
     with _user_errors():
-        say(runs_table(runs))
+        listed, sweeps = runs_table(runs), sweeps_table(runs)
+    if sweeps is None:
+        say(listed)
+    elif listed.startswith("no runs in "):  # a folder of sweeps alone
+        say(sweeps)
+    else:
+        say(f"{listed}\n\n{sweeps}")
 
 
 @app.command()
@@ -346,6 +353,15 @@ def sweep(
             show_default=False,
         ),
     ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="Check the file (or the sweep to --resume), then run the sweep in the "
+            "background: it outlives the terminal, its output goes to SWEEP_DIR/console.log, "
+            "mpt ctl SWEEP_DIR pause|continue|stop steers it.",
+        ),
+    ] = False,
 ) -> None:
     """Run the trials of a sweep file (grid, random or optuna values of profile keys), each an
     ordinary `mpt run`, `parallel` at a time; print the trials sorted by the monitor.
@@ -356,9 +372,14 @@ def sweep(
         _fail("mpt sweep: give a sweep file, --resume SWEEP_DIR or --collect SWEEP_DIR")
     if emit and file is None:
         _fail("mpt sweep --emit: give the sweep file whose trials to print")
+    if detach and (collect is not None or emit):
+        _fail("mpt sweep --detach: give the sweep file, or --resume SWEEP_DIR, to run in the "
+              "background (not --emit or --collect)")  # fmt: skip
     console = Console()
     with _user_errors(also=(OSError,), console=console):
-        if resume is not None:
+        if detach:
+            code = _detached_sweep(file, resume, set_ or [], skip_invalid, console)
+        elif resume is not None:
             code = sweep_plan.resume(resume, console)
         elif collect is not None:
             code = sweep_plan.collect(collect, console)
@@ -367,6 +388,27 @@ def sweep(
         else:
             code = sweep_plan.start(file, set_ or [], skip_invalid, console)
     raise typer.Exit(code)
+
+
+def _detached_sweep(
+    file: Path | None, resume: Path | None, overrides: list[str], skip_invalid: bool, console
+) -> int:
+    from engine.sweep_ctl import CONSOLE_LOG, read_sweep_state, resume_detached, start_detached
+
+    if resume is not None:
+        path = resume_detached(resume, console)
+    else:
+        path = start_detached(file, overrides, skip_invalid, console)
+    state = read_sweep_state(path)
+    if not state.live:  # (a resume with nothing left to run: said so)
+        return 0
+    runner = f" (pid {state.pid})" if state.pid else ""
+    console.line(
+        f"the sweep runs in the background{runner}, its output in {path / CONSOLE_LOG}; "
+        f"mpt ls {path} lists its trials' runs, mpt ctl {path} pause|continue|stop "
+        "steers it"
+    )
+    return 0
 
 
 # ---- runs side by side: diff and compare (engine/compare.py) ----
@@ -453,7 +495,8 @@ def ctl(
     run: Annotated[
         str,
         typer.Argument(
-            help="A live run's directory, or a run name under --runs (its newest run).",
+            help="A live run's directory, a run name under --runs (its newest run), or a "
+            "live sweep's directory (its queue and its running trials).",
             show_default=False,
         ),
     ],
@@ -480,14 +523,19 @@ def ctl(
     """Pause, continue, checkpoint or stop a live run; waits for the run to acknowledge.
 
     Exit 0 once the run's events say it was done, 1 if the run is not live or did not
-    acknowledge within --timeout (the command is then taken back if it was not taken)."""
+    acknowledge within --timeout (the command is then taken back if it was not taken).
+    On a sweep directory: pause holds its queue and pauses its running trials, continue
+    undoes both, stop is Ctrl-C's (checkpoints; mpt sweep --resume finishes it)."""
     from engine.ctl import NotLive, steer
     from engine.report import find_run
+    from engine.sweep_ctl import is_sweep_dir, steer_sweep
 
     with _user_errors(also=(OSError,)):
-        run_dir = find_run(run, runs)
         try:
-            done = steer(run_dir, command, timeout)
+            if is_sweep_dir(Path(run).expanduser()):  # a sweep: its queue and its trials
+                done = steer_sweep(Path(run).expanduser(), command, timeout)
+            else:
+                done = steer(find_run(run, runs), command, timeout)
         except NotLive as e:
             _fail(f"error: {e}", EXIT_FAILED)
     say(done)

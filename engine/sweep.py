@@ -32,6 +32,7 @@ from engine.formatting import metric
 from engine.monitor import resolve_mode
 from engine.runs import summarize_run
 from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from engine.sweep_live import RunnerMark
 from engine.sweep_spec import Sweep, Trial
 
 POLL_S = 0.2
@@ -234,10 +235,16 @@ class SweepRunner:
         running: dict[int, Running] = {}
         free = list(range(len(self.slots)))
         total = len(self.records)
+        mark = RunnerMark(self.folder.path, self.console)  # runner.json: mpt ctl, the console
         with _forwarding_stops(self, running) as stops:
             try:
                 while (self.policy.pending() and not self.stopping) or running:
-                    while free and not self.stopping and (nxt := self.policy.next_trial()):
+                    while (
+                        free
+                        and not self.stopping
+                        and not mark.paused()  # (before next_trial: optuna's asks the study)
+                        and (nxt := self.policy.next_trial())
+                    ):
                         trial, resume = nxt
                         running[trial.index] = self._start(trial, resume, free.pop(0), total)
                     for index, r in list(running.items()):
@@ -254,7 +261,9 @@ class SweepRunner:
                     stops.stop_all()
                     for r in running.values():
                         r.proc.wait()
-        return self.exit_code()
+        code = self.exit_code()
+        mark.ended(code)
+        return code
 
     def _start(self, trial: Trial, resume: Path | None, slot: int, total: int) -> Running:
         folder = self.folder.trial_folder(trial.index)
@@ -315,7 +324,8 @@ class SweepRunner:
         rec.state = summary.state if summary is not None else "failed"
         if rec.state in LIVE:
             rec.state = "failed"
-        if summary is None and self.stopping:
+        stopped = rec.exit in (EXIT_INTERRUPTED, -signal.SIGTERM)
+        if summary is None and self.stopping and stopped:
             # the sweep's own stop came before the run began (a trial killed importing
             # torch): not a failure; --resume starts it again (or resumes its earlier part)
             rec.state = "queued" if r.before is None else "interrupted"

@@ -20,6 +20,7 @@ from engine.run import make_run_dir
 from engine.runs import summarize_run
 from engine.stop import EXIT_FAILED, EXIT_OK
 from engine.sweep import ENDED_WELL, SweepDir, SweepRunner, TrialPolicy, TrialRecord, best_of
+from engine.sweep_live import refuse_second_runner
 from engine.sweep_spec import (
     Sweep,
     SweepError,
@@ -35,6 +36,15 @@ SETTLED = (*ENDED_WELL, "failed", "invalid")
 
 def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console) -> int:
     runner, trials = prepare(file, overrides, skip_invalid, console)
+    announce(runner, trials, console)
+    queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
+    code = runner.run(_policy(runner, queue))
+    finish(runner, console)
+    return code
+
+
+def announce(runner: SweepRunner, trials: list[Trial], console: Console) -> None:
+    """The sweep's first lines: its directory, its trials, the ones skipped as invalid."""
     console.line(
         f"sweep directory: {runner.folder.path}  ({len(trials)} trials, "
         f"{runner.sweep.method}, {len(runner.slots)} at a time; mpt ls {runner.folder.path} "
@@ -43,10 +53,6 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
     for rec in runner.records.values():
         if rec.state == "invalid":
             console.line(f"trial {rec.trial + 1} skipped: {rec.problem}")
-    queue = [(t, None) for t in trials if runner.records[t.index].state != "invalid"]
-    code = runner.run(_policy(runner, queue))
-    finish(runner, console)
-    return code
 
 
 def _policy(
@@ -159,6 +165,7 @@ def _check_range_ends(sweep: Sweep) -> None:
 def resume(path: Path, console: Console) -> int:
     folder = SweepDir(path)
     sweep, trials = folder.read_sweep()
+    refuse_second_runner(path)  # its trials are that runner's: none is run twice
     runner = SweepRunner(sweep, folder, console)
     records = folder.records()
     queue: list[tuple[Trial, Path | None]] = []
@@ -197,7 +204,11 @@ def resume(path: Path, console: Console) -> int:
         finish(runner, console)
         return runner.exit_code()
     to_run = len(queue) + len(fresh)
-    console.line(f"resuming the sweep {path}: {to_run} of {len(trials)} trials to run")
+    starting = all(
+        records.get(t.index, TrialRecord(0, {})).state in ("queued", "invalid") for t in trials
+    ) and not any(r for _, r in queue)
+    doing = "starting" if starting else "resuming"  # (a detached sweep's runner starts so)
+    console.line(f"{doing} the sweep {path}: {to_run} of {len(trials)} trials to run")
     code = runner.run(_policy(runner, queue, fresh))
     finish(runner, console)
     return code

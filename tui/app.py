@@ -19,7 +19,7 @@ import threading
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from textual import work
@@ -31,7 +31,8 @@ from engine.console import say
 from engine.errors import MptError
 from engine.profile import Profile
 from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
-from tui.messages import EventsArrived, OpenDashboard, OpenRun, StartRun
+from engine.sweep_ctl import is_sweep_dir
+from tui.messages import EventsArrived, OpenDashboard, OpenRun, OpenSweep, StartRun
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
 from tui.session import AttachedRun, RunSession, RunSource
@@ -65,6 +66,7 @@ class MptApp(App):
         attach: str | Path | None = None,
         on_hangup: str = "detach",
     ):
+        """`attach`: a run directory (its dashboard) or a sweep directory (its trials)."""
         super().__init__()
         self.profiles_dir = Path(profiles_dir)
         self.runs_dir = Path(runs_dir)
@@ -97,6 +99,8 @@ class MptApp(App):
             from tui.screens.resume import ResumeScreen
 
             self.push_screen(ResumeScreen(Path(self._resume)))
+        elif self._attach is not None and is_sweep_dir(Path(self._attach)):
+            self.open_sweep(Path(self._attach))
         elif self._attach is not None:
             self.open_run(Path(self._attach))
 
@@ -106,6 +110,15 @@ class MptApp(App):
 
     def on_open_run(self, message: OpenRun) -> None:
         self.open_run(message.run_dir)
+
+    def on_open_sweep(self, message: OpenSweep) -> None:
+        self.open_sweep(message.path)
+
+    def open_sweep(self, path: Path) -> None:
+        """A sweep's trials, live (the sweep runs in a process of its own)."""
+        from tui.screens.sweep import SweepScreen
+
+        self.push_screen(SweepScreen(path))
 
     def on_open_dashboard(self, message: OpenDashboard) -> None:
         if self.session is not None:
@@ -340,7 +353,8 @@ def _cli(
         list[str] | None,
         typer.Option(
             "--set",
-            help="With --run: override a key, --set optim.lr=0.05 (TOML value; repeatable).",
+            help="With --run or --sweep: override a key, --set optim.lr=0.05 (TOML value; "
+            "repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -361,6 +375,15 @@ def _cli(
             show_default=False,
         ),
     ] = None,
+    sweep: Annotated[
+        Path | None,
+        typer.Option(
+            "--sweep",
+            help="Start this sweep file (as mpt sweep FILE --detach) and show its trials. "
+            "The sweep runs in a process of its own: quitting leaves it running.",
+            show_default=False,
+        ),
+    ] = None,
     on_hangup: Annotated[
         OnHangup,
         typer.Option(
@@ -372,27 +395,19 @@ def _cli(
     ] = OnHangup.detach,
 ) -> None:
     """mpt-tui: edit profiles, start and watch runs, pause, checkpoint, stop and resume them."""
-    profiles_dir, open_profile = Path("profiles"), None
-    if path is not None:
-        if path.is_dir():
-            profiles_dir = path
-        else:
-            profiles_dir, open_profile = path.parent, path
+    profiles_dir, open_profile = _profiles_and_file(path)
     profile = None
-    if run is not None:
-        from engine.profile import load_profile
-
-        try:
-            profile = load_profile(run, set_ or [])
-        except MptError as e:
-            typer.echo(str(e), err=True)
-            raise typer.Exit(2) from None
+    if sweep is not None:
+        attach = _start_sweep(sweep, set_ or [], alone=(run, resume, attach) == (None,) * 3)
+    elif run is not None:
+        profile = _load_run_profile(run, set_ or [])
     elif set_:
-        typer.echo("--set needs --run PROFILE", err=True)
-        raise typer.Exit(2)
-    if attach is not None and not (attach / "events.jsonl").is_file():
-        typer.echo(f"{attach}: no events.jsonl here; give a run directory (mpt ls)", err=True)
-        raise typer.Exit(2)
+        _usage("--set needs --run PROFILE or --sweep FILE")
+    if attach is not None and not (attach / "events.jsonl").is_file() and not is_sweep_dir(attach):
+        _usage(
+            f"{attach}: no events.jsonl or sweep.json here; give a run or a sweep directory "
+            "(mpt ls)"
+        )
     app = MptApp(
         profiles_dir,
         runs,
@@ -410,9 +425,65 @@ def _cli(
         raise
     if app.detached is not None:  # the app is gone; the run trains on in this process
         raise typer.Exit(_train_on(app))
+    if attach is not None and is_sweep_dir(attach):
+        _say_the_sweep_runs_on(attach)
     RunSession.stop_all()  # a run still training (none should be): stop it with a checkpoint
     if app.return_code:
         raise typer.Exit(app.return_code)
+
+
+def _profiles_and_file(path: Path | None) -> tuple[Path, Path | None]:
+    """The profiles folder to list, and the profile to open (the argument, if a file)."""
+    if path is None:
+        return Path("profiles"), None
+    return (path, None) if path.is_dir() else (path.parent, path)
+
+
+def _usage(text: str) -> NoReturn:
+    """A usage mistake: its sentence on stderr, exit 2, no console."""
+    typer.echo(text, err=True)
+    raise typer.Exit(2)
+
+
+def _load_run_profile(path: Path, overrides: list[str]) -> Profile:
+    from engine.profile import load_profile
+
+    try:
+        return load_profile(path, overrides)
+    except MptError as e:
+        _usage(str(e))
+
+
+def _start_sweep(file: Path, overrides: list[str], alone: bool) -> Path:
+    """Start the sweep file in a process of its own (mpt sweep --detach); its directory.
+    A file that cannot run: its sentences on stderr, exit 2, no console. `alone`: no
+    --run, --resume or --attach was given with it (else nothing starts)."""
+    from engine.sweep_ctl import start_detached
+
+    if not alone:
+        _usage(
+            "--sweep FILE starts a sweep and shows it: give it without --run, --resume or --attach"
+        )
+
+    try:
+        return start_detached(file, overrides)
+    except MptError as e:
+        _usage(str(e))
+
+
+def _say_the_sweep_runs_on(path: Path) -> None:
+    """After the console: a sweep still running goes on without it; say how to reach it."""
+    from engine.sweep_ctl import read_sweep_state
+
+    try:
+        live = read_sweep_state(path).live
+    except (MptError, OSError):
+        return
+    if live and sys.__stdout__ is not None and sys.__stdout__.isatty():
+        say(
+            f"the sweep {path} runs on in its own process: mpt-tui --attach {path} shows it, "
+            f"mpt ctl {path} stop stops it"
+        )
 
 
 def main() -> None:

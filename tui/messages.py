@@ -46,3 +46,11 @@ class OpenRun(Message):
 
 class OpenDashboard(Message):
     """Show the dashboard of the run this app trains."""
+
+
+class OpenSweep(Message):
+    """Show a sweep directory's trials (the sweep screen)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path

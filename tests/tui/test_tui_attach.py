@@ -100,5 +100,8 @@ def test_attach_without_events_is_refused_in_one_sentence(workdir: Path):
         timeout=60,
     )
     assert done.returncode == 2
-    expected = "runs/nothing: no events.jsonl here; give a run directory (mpt ls)"
+    expected = (
+        "runs/nothing: no events.jsonl or sweep.json here; give a run or a sweep directory "
+        "(mpt ls)"
+    )
     assert done.stderr.strip() == expected

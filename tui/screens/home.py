@@ -29,6 +29,7 @@ from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
 from tui.screens.run_removal import RunRemoval, run_label
+from tui.screens.sweep_rows import SweepRows
 from tui.widgets.fitted_table import Column, FittedTable
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def profile_cells(e: ProfileEntry) -> list[str]:
     ]
 
 
-class HomeScreen(RunRemoval, Screen):
+class HomeScreen(RunRemoval, SweepRows, Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
         Binding("r", "run_profile", "Run"),
@@ -166,6 +167,7 @@ class HomeScreen(RunRemoval, Screen):
         self.own_run = own_run
         self.profiles: list[ProfileEntry] = []
         self.runs: list[RunSummary] = []
+        self.sweeps = []  # engine.sweep_ctl.SweepState, a row each among the runs
         self._folders_seen: frozenset[str] = frozenset()  # the run folders last listed
         self._profile_rows: list[tuple[str, list[str]]] = []  # (key, cells), as read
         self._run_rows: list[tuple[str, list[str]]] = []
@@ -206,12 +208,14 @@ class HomeScreen(RunRemoval, Screen):
         self._folders_seen = self._run_folders()
         now = time.time()
         runs: list[RunSummary] = []
-        for folder in runs_folders(self.runs_dir, self.profiles):
+        folders = runs_folders(self.runs_dir, self.profiles)
+        for folder in folders:
             runs += list_runs(folder, now)
         runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)
         self.runs = runs
         here = self._here()
-        self._run_rows = [(str(r.run_dir), self._run_cells(r, here)) for r in runs]
+        rows = [(str(r.run_dir), self._run_cells(r, here)) for r in runs]
+        self._run_rows = self._with_sweeps(rows, folders)
         self._fit_tables()
         self.refresh_bindings()  # x shows only with a run to remove
 
@@ -250,13 +254,14 @@ class HomeScreen(RunRemoval, Screen):
         self.query_one("#runs", FittedTable).show(self._run_rows, width, bottom)
 
     def _refresh_if_live(self) -> None:
-        # only while shown: under the dashboard, re-reading a busy events.jsonl every
-        # 2 s would cost the trainer time for nothing. A run started elsewhere (mpt run in
-        # tmux) shows up by its new folder: two levels of folder names, no file read.
-        if not self.is_current:
+        # only while on top: under the dashboard, re-reading a busy events.jsonl every
+        # 2 s would cost the trainer time for nothing (is_current is also true for the
+        # screen just beneath the top one). A run started elsewhere (mpt run in tmux) shows
+        # up by its new folder: two levels of folder names, no file read.
+        if self.app.screen is not self:
             return
         folders = self._run_folders()
-        if folders != self._folders_seen or any(r.live for r in self.runs):
+        if folders != self._folders_seen or any(r.live for r in self.runs) or self.sweep_live:
             self._refresh_runs()
 
     def _run_folders(self) -> frozenset[str]:
@@ -294,7 +299,7 @@ class HomeScreen(RunRemoval, Screen):
         if action == "resume_run":
             return self._focused_table() == "runs"
         if action in ("remove_run", "mark_run", "compare_runs"):
-            return self._focused_table() == "runs" and bool(self.runs)
+            return self._focused_table() == "runs" and bool(self.runs or self.sweeps)
         if action == "dashboard":
             return self.own_run() is not None
         return True
@@ -339,6 +344,7 @@ class HomeScreen(RunRemoval, Screen):
 
         run = self.highlighted_run()
         if run is None:
+            self.refused_on_sweep("r")
             return
         if run.live:  # resuming it would train a second copy beside it: watch it instead
             self.notify("this run is live: its dashboard, not a second copy of it")
@@ -347,6 +353,8 @@ class HomeScreen(RunRemoval, Screen):
         self.app.push_screen(ResumeScreen(run.run_dir))
 
     def view_run(self) -> None:
+        if self.open_sweep():
+            return
         run = self.highlighted_run()
         if run is not None:
             self.post_message(OpenRun(run.run_dir))
@@ -358,6 +366,7 @@ class HomeScreen(RunRemoval, Screen):
     def action_mark_run(self) -> None:
         run = self.highlighted_run()
         if run is None:
+            self.refused_on_sweep("space")
             return
         if run.run_dir in self.marked:
             self.marked.remove(run.run_dir)

@@ -52,6 +52,7 @@ class RunRemoval:
 
         run = self.highlighted_run()
         if run is None:
+            self.refused_on_sweep("x")
             return
         refusal = why_not_removable(run, self._here(), self._removing)
         if refusal is not None:

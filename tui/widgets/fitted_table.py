@@ -101,6 +101,8 @@ class FittedTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self.fitted_columns = tuple(columns)
         self._shown: tuple = ()  # the rows, width and height last shown
+        self._layout: tuple = ()  # the row keys and column widths last laid out
+        self._visible: list[list[str]] = []  # the cells as last shown, cut to their width
 
     def show(self, rows: Sequence[tuple[str, Sequence[str]]], width: int, height: int) -> None:
         """`rows`: (key, cells) pairs. `width`, `height`: the table's size in cells; rows
@@ -118,17 +120,32 @@ class FittedTable(DataTable):
         scrollbar = SCROLLBAR if len(rows) + 1 > height else 0
         budget = width - scrollbar - 2 * CELL_PADDING * len(columns)
         widths = fit_widths(natural, [c.floor for c in columns], budget)
+        visible = [
+            [escape(cut(text, w, c.cut)) for text, w, c in zip(row, widths, columns, strict=True)]
+            for row in cells
+        ]
+        layout = ([key for key, _ in rows], widths, [c.label for c in columns])
+        if layout == self._layout:  # the same rows and widths: only the cells that changed
+            self._update_cells(layout[0], visible)
+            return
+        self._layout, self._visible = layout, visible
         key = self.cursor_key()
         self.clear(columns=True)
         for col, w in zip(columns, widths, strict=True):
             self.add_column(escape(cut(col.label, w)), width=w, key=col.label)
-        for (row_key, _), row in zip(rows, cells, strict=True):
-            visible = [
-                escape(cut(text, w, col.cut))
-                for text, w, col in zip(row, widths, columns, strict=True)
-            ]
-            self.add_row(*visible, key=row_key)
+        for (row_key, _), row in zip(rows, visible, strict=True):
+            self.add_row(*row, key=row_key)
         self.move_to(key)
+
+    def _update_cells(self, keys: list[str], visible: list[list[str]]) -> None:
+        """A live list's new values (every second or two): cell by cell, never the whole
+        table rebuilt (which lays the screen out again: a console watching a sweep would
+        cost the trials' CPU)."""
+        for key, old, new in zip(keys, self._visible, visible, strict=True):
+            for col, before, now in zip(self.fitted_columns, old, new, strict=True):
+                if before != now:
+                    self.update_cell(key, col.label, now)
+        self._visible = visible
 
     def cursor_key(self) -> str | None:
         """The key of the row under the cursor; None when the table is empty."""
