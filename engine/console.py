@@ -14,26 +14,38 @@ import sys
 from typing import TextIO
 
 from engine import events as ev
-from engine.formatting import metric, number, percent
+from engine.formatting import metric, percent, seconds
 
 
 def format_epoch(e: ev.EpochEnd) -> str:
+    """`epoch 3/15  loss 0.0910 val 0.1406  acc 98.54% val 95.54%  lr 1.00e-03  0.31s`:
+    each figure's train value, then its validation one, so the quickstart's line fits
+    in 80 columns (with up to 999 epochs)."""
     return (
-        f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  "
-        f"train loss {number(e.train_loss)}{_metrics(e, 'train_')}  "
-        f"val loss {number(e.val_loss)}{_metrics(e, 'val_')}  "
-        f"lr {e.lr:.2e}  {e.seconds:.1f}s"
+        f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  {'  '.join(_pairs(e))}  "
+        f"lr {e.lr:.2e}  {seconds(e.seconds)}"
     )
 
 
-def _metrics(e: ev.EpochEnd, prefix: str) -> str:
-    """` acc 97.25%`, ` mae 0.4123 r2 0.5612`: the epoch's metrics of one side."""
-    shown = {k: v for k, v in e.metrics.items() if k.startswith(prefix)}
-    if not e.metrics:  # an epoch_end without metrics (written before they existed)
-        shown = {f"{prefix}acc": e.train_acc if prefix == "train_" else e.val_acc}
-    if prefix == "val_" and e.val_loss is None and all(v is None for v in shown.values()):
-        shown = dict.fromkeys(list(shown)[:1])  # no validation: one "-" is enough
-    return "".join(f" {k.removeprefix(prefix)} {metric(k, v)}" for k, v in shown.items())
+def _pairs(e: ev.EpochEnd) -> list[str]:
+    """`loss 0.0910 val 0.1406`, `acc 98.54% val 95.54%`, `mae 0.4123 val 0.4500`: the
+    loss and each metric, train then val; no `val` part when the epoch had no validation."""
+    shown = dict(e.metrics)
+    if not shown:  # an epoch_end without metrics (written before they existed)
+        shown = {"train_acc": e.train_acc, "val_acc": e.val_acc}
+    validated = e.val_loss is not None or any(
+        v is not None for k, v in shown.items() if k.startswith("val_")
+    )
+    names = list(dict.fromkeys(k.partition("_")[2] for k in shown if "_" in k))
+    shown |= {"train_loss": e.train_loss, "val_loss": e.val_loss}
+    pairs = []
+    for name in ["loss", *(n for n in names if n != "loss")]:
+        train, val = f"train_{name}", f"val_{name}"
+        part = f"{name} {metric(train, shown[train])}" if train in shown else name
+        if validated and val in shown:
+            part += f" val {metric(val, shown[val])}"
+        pairs.append(part)
+    return pairs
 
 
 def format_started(e: ev.RunStarted) -> str:
@@ -62,7 +74,7 @@ def _count(n: int, noun: str) -> str:
 
 def format_finished(e: ev.RunFinished) -> str:
     # step counts the whole run (a resumed one too); seconds only this process's part
-    text = f"finished ({e.reason}) at step {e.step} after {e.seconds:.1f}s"
+    text = f"finished ({e.reason}) at step {e.step} after {seconds(e.seconds)}"
     if e.headline in ("", "val_acc") and e.final_val_acc is not None:
         text += f": final val acc {percent(e.final_val_acc)}, best {percent(e.best_val_acc)}"
     elif e.final_headline is not None:

@@ -68,8 +68,8 @@ def test_quickstart_prints_one_line_per_epoch(quickstart):
     assert numbers == list(range(1, 16))
     assert all(
         re.fullmatch(
-            r"epoch +\d+/15  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+%  "
-            r"lr [\d.e+-]+  [\d.]+s",
+            r"epoch +\d+/15  loss [\d.]+ val [\d.]+  acc [\d.]+% val [\d.]+%  "
+            r"lr [\d.e+-]+  (\d+ms|[\d.]+s|\d+m\d\ds)",
             line,
         )
         for line in epoch_lines
@@ -136,14 +136,22 @@ def test_console_off_a_terminal_writes_whole_lines_only():
 
 def test_epoch_line_shows_losses_accuracies_lr_and_seconds():
     assert format_epoch(_epoch_end()) == (
-        "epoch 1/2  train loss 0.5000 acc 80.00%  val loss 0.6000 acc 75.00%  lr 1.00e-02  1.2s"
+        "epoch 1/2  loss 0.5000 val 0.6000  acc 80.00% val 75.00%  lr 1.00e-02  1.25s"
     )
 
 
-def test_epoch_line_without_validation_shows_dashes():
+def test_epoch_line_without_validation_has_no_val_figures():
     e = _epoch_end()
     e.val_loss = e.val_acc = None
-    assert "val loss - acc -" in format_epoch(e)
+    e.metrics = {"train_acc": 0.8, "val_acc": None}
+    assert format_epoch(e) == "epoch 1/2  loss 0.5000  acc 80.00%  lr 1.00e-02  1.25s"
+
+
+def test_the_quickstart_epoch_line_fits_80_columns_and_short_epochs_keep_digits():
+    e = _epoch_end()
+    e.epoch, e.epochs, e.seconds = 100, 300, 0.031
+    assert len(format_epoch(e)) <= 80
+    assert format_epoch(e).endswith("  31ms")
 
 
 def test_console_sends_errors_and_warnings_to_stderr():

@@ -87,7 +87,7 @@ def test_each_event_is_one_line_in_the_headless_consoles_words_with_its_categori
         ),
         (
             ev.RunFinished(step=91, reason="stopped", seconds=3.0),
-            "finished (stopped) at step 91 after 3.0s",
+            "finished (stopped) at step 91 after 3.00s",
             ("run", "control"),
         ),
     ]
@@ -470,7 +470,7 @@ def test_the_log_of_an_attached_detached_run_shows_its_console_log(tmp_path):
         assert f"mpt-tui--attach{c.run_dir}" in shown
         # the run's own lines, as mpt run prints them (from the epoch it was detached in:
         # an epoch takes 0.2 s, the first may end before the console lets go)
-        assert re.search(r"epoch\d+/1000trainloss", shown), shown
+        assert re.search(r"epoch\d+/1000loss", shown), shown
         assert c.stop_from_outside() == 0
     finally:
         c.close()
