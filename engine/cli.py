@@ -15,6 +15,7 @@ import typer
 
 from engine.console import Console, say, silence
 from engine.errors import ExportFailed, MptError
+from engine.exiting import exit_now, exit_status
 from engine.follow import follow
 from engine.stop import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, exit_code
 
@@ -669,6 +670,9 @@ def main() -> None:
     _open_std_fds()
     try:
         app()
+        code = 0
+    except SystemExit as e:
+        code = exit_status(e)
     finally:
         # Python flushes stdout and stderr at exit; on a dead one that would print
         # "Exception ignored" and turn the exit code into 120. Flush now, silencing the dead.
@@ -678,6 +682,9 @@ def main() -> None:
                     stream.flush()
             except (OSError, ValueError):
                 silence(stream)
+    if "torch" in sys.modules:
+        exit_now(code)
+    raise SystemExit(code)
 
 
 def _open_std_fds() -> None:

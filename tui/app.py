@@ -29,6 +29,7 @@ from textual.signal import Signal
 
 from engine.console import say
 from engine.errors import MptError
+from engine.exiting import exit_now, exit_status
 from engine.profile import Profile
 from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
 from engine.sweep_ctl import is_sweep_dir
@@ -487,7 +488,14 @@ def _say_the_sweep_runs_on(path: Path) -> None:
 
 
 def main() -> None:
-    typer.run(_cli)
+    try:
+        typer.run(_cli)
+        code = 0
+    except SystemExit as e:
+        code = exit_status(e)
+    if "torch" in sys.modules:  # (a run trained here: skip the teardown's seconds)
+        exit_now(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
