@@ -281,7 +281,8 @@ RunsArg = Annotated[
 @app.command("ls")
 def ls(runs: RunsArg = Path("runs")) -> None:
     """List the runs in a runs folder, newest first: state, epochs, the best value of each
-    run's headline metric (val acc by default), checkpoint."""
+    run's headline metric (val acc by default), checkpoint; then its sweeps, one line each
+    (a sweep directory: its trials' runs)."""
     from engine.report import runs_table
     from engine.sweep_ctl import sweeps_table
 

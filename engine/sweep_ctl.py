@@ -39,6 +39,7 @@ from engine.sweep_live import (
     set_paused,
     set_stopping,
 )
+from engine.sweep_spec import Sweep
 
 SWEEP_FILE = "sweep.json"
 CONSOLE_LOG = "console.log"
@@ -98,9 +99,14 @@ class SweepState:
         return "interrupted" if self.ran else "not started"
 
     def best(self) -> TrialRecord | None:
-        """The trial with the best monitor value among those that ended well."""
+        """The trial with the best monitor value among those that ended well (a pruned
+        trial never: as the end table says)."""
         sign = 1 if resolve_mode(self.monitor, "auto") == "min" else -1
-        ended = [r for r in self.records.values() if r.best is not None and r.state in ENDED_WELL]
+        ended = [
+            r
+            for r in self.records.values()
+            if r.best is not None and r.state in ENDED_WELL and r.state != "pruned"
+        ]
         return min(ended, key=lambda r: (sign * r.best, r.trial), default=None)
 
     def running(self) -> list[TrialRecord]:
@@ -121,10 +127,17 @@ def read_sweep_state(path: Path) -> SweepState:
         )
     folder = SweepDir(path)
     sweep, trials = folder.read_sweep()
+    return sweep_state(path, sweep, folder.records(), len(trials))
+
+
+def sweep_state(
+    path: Path, sweep: Sweep, records: dict[int, TrialRecord], trials: int
+) -> SweepState:
+    """The state of the sweep at `path` from its trials' records (already read): the
+    runner's record and flags are read now (small files)."""
     record = read_runner(path)
     live = is_live(record)
-    records = folder.records()
-    moved = records.values()
+    started = any(r.state not in ("queued", "invalid") for r in records.values())
     return SweepState(
         path=path,
         name=sweep.name,
@@ -136,8 +149,8 @@ def read_sweep_state(path: Path) -> SweepState:
         paused=live and is_paused(path),
         stopping=live and is_stopping(path),
         records=records,
-        trials=len(trials),
-        ran=record is not None or any(r.state not in ("queued", "invalid") for r in moved),
+        trials=trials,
+        ran=record is not None or started,
         exit=record.exit if record is not None else None,
     )
 

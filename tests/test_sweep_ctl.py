@@ -109,7 +109,8 @@ def test_a_detached_sweep_outlives_its_terminals_hang_up_and_finishes(tmp_path: 
 def test_pause_holds_the_queue_continue_goes_on_stop_exits_130_and_resume_finishes(
     tmp_path: Path,
 ):
-    sweep_file(tmp_path, 20, [0.001, 0.003])
+    # (100 epochs, about 5 s here: the pause surely lands before trial 1 ends)
+    sweep_file(tmp_path, 100, [0.001, 0.003])
     started = mpt("sweep", "sweep.toml", "--detach", cwd=tmp_path)
     assert started.returncode == 0, started.stderr
     sweep_dir = tmp_path / printed_sweep_dir(started.stdout)

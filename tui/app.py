@@ -372,7 +372,8 @@ def _cli(
         typer.Option(
             "--attach",
             help="Watch a run another process trains (mpt run in tmux or nohup): its "
-            "dashboard, with p/c/s sent to that process. Quitting leaves it running.",
+            "dashboard, with p/c/s sent to that process; or a sweep directory (mpt sweep "
+            "--detach): its trials. Quitting leaves either running.",
             show_default=False,
         ),
     ] = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import events as ev
-from engine import sweep_ctl, sweep_live
+from engine import sweep_ctl
 from engine.formatting import metric
 from engine.monitor import resolve_mode
 from engine.stop import run_state, state_label
@@ -138,8 +138,9 @@ class SweepSnapshot:
         return self.state.live
 
     def best(self) -> TrialRow | None:
-        """The trial with the best monitor value so far (a running one's counts too)."""
-        scored = [r for r in self.rows if r.best is not None]
+        """The trial with the best monitor value so far (a running one's counts too; a
+        pruned one's never, as in the end table)."""
+        scored = [r for r in self.rows if r.best is not None and r.state != "pruned"]
         lower = resolve_mode(self.monitor, "auto") == "min"
         if not scored:
             return None
@@ -171,28 +172,9 @@ class SweepWatch:
         return SweepSnapshot(self._state(), self.sweep.parallel, rows)
 
     def _state(self) -> sweep_ctl.SweepState:
-        """The sweep's state as read_sweep_state says it (the same fields, the same
-        way), from the records read so far (never trials.jsonl again) and the runner's
-        record and flags (small files)."""
-        record = sweep_live.read_runner(self.path)
-        rows = self.records.values()
-        live = sweep_live.is_live(record)
-        sweep = self.sweep
-        return sweep_ctl.SweepState(
-            path=self.path,
-            name=sweep.name,
-            method=sweep.method,
-            monitor=sweep.monitor,
-            live=live,
-            pid=record.pid if live else None,
-            host=record.host if live else None,
-            paused=live and sweep_live.is_paused(self.path),
-            stopping=live and sweep_live.is_stopping(self.path),
-            records=dict(self.records),
-            trials=len(self.records),
-            ran=record is not None or any(r.state not in ("queued", "invalid") for r in rows),
-            exit=record.exit if record is not None else None,
-        )
+        """The sweep's state as read_sweep_state says it, from the records read so far
+        (never trials.jsonl again)."""
+        return sweep_ctl.sweep_state(self.path, self.sweep, dict(self.records), len(self.records))
 
     def _row(self, rec: TrialRecord) -> TrialRow:
         row = TrialRow(rec.trial, rec.values, rec.state, best=rec.best, problem=rec.problem)
