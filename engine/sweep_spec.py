@@ -82,7 +82,13 @@ class Trial:
         return [f"{key}={json.dumps(value)}" for key, value in self.values.items()]
 
     def describe(self) -> str:
-        return " ".join(f"{k}={json.dumps(v)}" for k, v in self.values.items()) or "(as is)"
+        """`optim.lr=0.001568 optim.name="adam"`: floats to 4 significant digits (the
+        exact values are in trials.jsonl and the trial's profile.toml)."""
+        shown = (
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}"
+            for k, v in self.values.items()
+        )
+        return " ".join(shown) or "(as is)"
 
 
 @dataclass

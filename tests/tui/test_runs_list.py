@@ -253,3 +253,15 @@ async def test_long_names_with_markup_or_wide_characters_are_cut_by_terminal_cel
         width = runs.ordered_columns[0].width
         assert cell_len(cells[0].replace("\\[", "[")) <= width and cell_len(cells[1]) <= width
         assert runs.virtual_size.width <= runs.size.width
+
+
+def test_a_name_cut_in_the_middle_keeps_ten_characters_before_its_stamp_keeps_its_date():
+    from tui.widgets.fitted_table import cut
+
+    # two sweeps of one profile, quickstart-lr and quickstart-optuna, stay apart at 80x24
+    assert cut("quickstart-optuna/20261202-081748", 24, "middle") == "quickstart-optu…/…081748"
+    assert cut("quickstart-lr/20261202-081811", 24, "middle") == "quickstart-lr/…081811"
+    assert cut("quickstart-optuna/20261202-081748", 30, "middle") == (
+        "quickstart-op…/20261202-081748"
+    )
+    assert cut("lr/20261202-081748", 24, "middle") == "lr/20261202-081748"

@@ -3,13 +3,15 @@
 When every cell fits, each column is as wide as its widest cell. When not, the widest
 columns are cut to one common width (never below each column's floor), and a cut cell
 shows "…" where text was left out: a name keeps its start, a `module:function` its end,
-a run's `name/stamp` the start of its name and its whole stamp. So at 80 columns the
+a run's `name/stamp` the start of its name and its whole stamp (its time alone when the
+name would keep less than 10 characters). So at 80 columns the
 table shows every column instead of scrolling sideways.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +21,8 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
 ELLIPSIS = "…"
+STAMP = re.compile(r"\d{8}-\d{6}")  # a run's YYYYmmdd-HHMMSS
+NAME_KEPT = 10  # a run's name keeps this many characters before its stamp loses its date
 CELL_PADDING = 1  # DataTable's, each side of a cell
 SCROLLBAR = 2  # the vertical scrollbar's width (Textual's default)
 CELL_LIMIT = 80  # characters a cell shows at most, however wide the terminal
@@ -44,6 +48,9 @@ def cut(text: str, width: int, where: str = "end") -> str:
         return text
     if where == "middle":
         head, slash, tail = text.rpartition("/")
+        if STAMP.fullmatch(tail) and width - len(tail) - 1 < min(cell_len(head), NAME_KEPT):
+            # the name says more than the stamp's date: `quickstart-optuna/…081748`
+            tail = ELLIPSIS + tail[9:]
         if slash and cell_len(tail) + 3 <= width:  # at least one character of the head
             return cut(head, width - cell_len(tail) - 1) + slash + tail
         where = "start"
