@@ -1,9 +1,12 @@
-"""Start-up: `mpt --help`, `mpt validate` and mpt-tui's first paint. Prints figures.
+"""Start-up: `mpt --help`, `mpt validate`, mpt-tui's first paint, and `mpt run`'s time to
+its first step and to its exit. Prints figures.
 
 Each command runs in a fresh process, several times; the median wall time is printed
 beside its target (issue 6: <= 0.4 s for the CLI, <= 1.5 s for the TUI's first paint).
 The TUI runs in a real pseudo-terminal (80x24); its first paint is the moment the profile
-list's first name has been written to the terminal.
+list's first name has been written to the terminal. `mpt run profiles/quickstart.toml` is
+timed against a bare `python -c "import torch"` (issue 19: the first step <= that + 0.6 s;
+the whole command <= the first step + the training + 0.3 s).
 
     python bench/startup.py              # 7 repetitions
     python bench/startup.py --reps 15
@@ -70,9 +73,45 @@ def time_first_paint(argv: list[str], marker: bytes, timeout: float = 20.0) -> f
         os.close(fd)
 
 
+def time_run(mpt: str, out: Path) -> tuple[float, float, float]:
+    """(seconds to the first step event, seconds of training: first step to the last
+    event, seconds of the whole command) of the quickstart, from the process's start."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out) as folder:
+        start = time.time()
+        subprocess.run(
+            [mpt, "run", "profiles/quickstart.toml", "--set", f"run.out_dir={json.dumps(folder)}"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
+        )  # fmt: skip
+        whole = time.time() - start
+        (log,) = Path(folder).glob("*/*/events.jsonl")
+        events = [json.loads(line) for line in log.read_text().splitlines()]
+    first = next(e["time"] for e in events if e["kind"] == "step")
+    return first - start, events[-1]["time"] - first, whole
+
+
+def run_figures(reps: int) -> None:
+    bare = [time_command([sys.executable, "-c", "import torch"]) for _ in range(reps)]
+    mpt = _exe("mpt")
+    runs = [time_run(mpt, Path("/tmp")) for _ in range(reps)]
+    torch_s = statistics.median(bare)
+    first, training, whole = (statistics.median(r[i] for r in runs) for i in range(3))
+    print(f"mpt run profiles/quickstart.toml, median of {reps}")
+    print(f"  bare import torch       {torch_s:7.2f} s")
+    target = torch_s + 0.6
+    print(f"  first step              {first:7.2f} s  target <= {target:.2f}  "
+          f"{'ok' if first <= target else 'MISS'}")  # fmt: skip
+    target = first + training + 0.3
+    print(f"  whole command           {whole:7.2f} s  target <= {target:.2f} (training "
+          f"{training:.2f} s)  {'ok' if whole <= target else 'MISS'}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--run-reps", type=int, default=3, help="quickstart runs (0: none)")
     args = ap.parse_args()
     mpt, tui = _exe("mpt"), _exe("mpt-tui")
     probes = {
@@ -92,6 +131,8 @@ def main() -> None:
         med = statistics.median(values)
         flag = "ok" if med <= TARGETS[name] else "OVER"
         print(f"  {name:<22}{med:>10.3f}{max(values):>8.3f}{TARGETS[name]:>10.1f}  {flag}")
+    if args.run_reps:
+        run_figures(args.run_reps)
 
 
 if __name__ == "__main__":
