@@ -46,8 +46,11 @@ def time_command(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def time_first_paint(argv: list[str], marker: bytes, timeout: float = 20.0) -> float:
-    """Seconds from spawning `argv` in an 80x24 pty until `marker` appears on its screen."""
+def time_first_paint(
+    argv: list[str], marker: bytes, timeout: float = 20.0, before_kill=None
+) -> float:
+    """Seconds from spawning `argv` in an 80x24 pty until `marker` appears on its screen
+    (`before_kill(pid)`: a last look at the process, e.g. its peak memory)."""
     start = time.perf_counter()
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal of its own, as in tmux or an SSH session
@@ -68,6 +71,8 @@ def time_first_paint(argv: list[str], marker: bytes, timeout: float = 20.0) -> f
                     return time.perf_counter() - start
         raise SystemExit(f"{' '.join(argv)}: {marker!r} did not appear in {timeout:.0f} s")
     finally:
+        if before_kill is not None:
+            before_kill(pid)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(fd)

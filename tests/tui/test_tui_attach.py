@@ -101,7 +101,6 @@ def test_attach_without_events_is_refused_in_one_sentence(workdir: Path):
     )
     assert done.returncode == 2
     expected = (
-        "runs/nothing: no events.jsonl or sweep.json here; give a run or a sweep directory "
-        "(mpt ls)"
+        "runs/nothing: no events.jsonl or sweep.json here; give a run or a sweep directory (mpt ls)"
     )
     assert done.stderr.strip() == expected

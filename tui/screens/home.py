@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
-from textual import events
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -29,7 +29,7 @@ from engine.runs import RunSummary, list_runs
 from engine.stop import state_label
 from tui.messages import OpenDashboard, OpenRun, StartRun
 from tui.screens.run_removal import RunRemoval, run_label
-from tui.screens.sweep_rows import SweepRows
+from tui.screens.sweep_rows import SweepRows, read_sweeps
 from tui.widgets.fitted_table import Column, FittedTable
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
         self._removing: set[Path] = set()  # run directories a worker is removing
         self.marked: list[Path] = []  # runs marked (space) to compare (v)
         self._hint_text = ""
+        self._listing = False  # a thread is listing the runs
+        self._list_again = False  # a refresh came during that listing
 
     def compose(self) -> ComposeResult:
         yield Static(f"mpt · profiles in {self.profiles_dir}/", id="profiles-title", markup=False)
@@ -205,19 +207,46 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
         self._refresh_runs()
 
     def _refresh_runs(self) -> None:
+        """List the runs again, in a thread: thousands of run directories, or a history
+        of hundreds of MB, take seconds to read, and the screen stays drawn and answering
+        meanwhile (one listing at a time; a refresh asked during one follows it)."""
         self._folders_seen = self._run_folders()
-        now = time.time()
-        runs: list[RunSummary] = []
-        folders = runs_folders(self.runs_dir, self.profiles)
-        for folder in folders:
-            runs += list_runs(folder, now)
-        runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)
-        self.runs = runs
+        if self._listing:
+            self._list_again = True
+            return
+        self._listing, self._list_again = True, False
+        self._list_runs(runs_folders(self.runs_dir, self.profiles))
+
+    @work(thread=True, group="runs-list")
+    def _list_runs(self, folders: list[Path]) -> None:
+        try:
+            now = time.time()
+            runs: list[RunSummary] = []
+            for folder in folders:
+                runs += list_runs(folder, now)
+            runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)
+            sweeps = read_sweeps(folders)
+        except Exception:  # noqa: BLE001 - a worker's error would end the app: list none
+            runs, sweeps = [], []
+        self.app.call_from_thread(self._show_runs, runs, sweeps)
+
+    def _show_runs(self, runs: list[RunSummary], sweeps: list) -> None:
+        self._listing = False
+        self.runs, self.sweeps = runs, sweeps
         here = self._here()
         rows = [(str(r.run_dir), self._run_cells(r, here)) for r in runs]
-        self._run_rows = self._with_sweeps(rows, folders)
+        self._run_rows = self._with_sweeps(rows)
         self._fit_tables()
         self.refresh_bindings()  # x shows only with a run to remove
+        if self._list_again:
+            self._refresh_runs()
+
+    def _redraw_runs(self) -> None:
+        """The runs' rows again from the listing in hand (a mark, a removal under way)."""
+        here = self._here()
+        rows = [(str(r.run_dir), self._run_cells(r, here)) for r in self.runs]
+        self._run_rows = self._with_sweeps(rows)
+        self._fit_tables()
 
     def _here(self) -> Path | None:
         """The directory of the live run this console trains, if any."""
@@ -372,7 +401,7 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
             self.marked.remove(run.run_dir)
         else:
             self.marked.append(run.run_dir)
-        self._refresh_runs()
+        self._redraw_runs()
         self.query_one("#runs", FittedTable).action_cursor_down()  # on to the next one
 
     def action_compare_runs(self) -> None:

@@ -45,7 +45,7 @@ def why_not_removable(run: RunSummary, here: Path | None, removing: set[Path]) -
 
 class RunRemoval:
     """`action_remove_run` for a screen with `highlighted_run`, `_here`, `_removing`,
-    `runs_dir`, `action_refresh` and `_refresh_runs` (the home screen)."""
+    `runs_dir`, `action_refresh`, `_refresh_runs` and `_redraw_runs` (the home screen)."""
 
     def action_remove_run(self) -> None:
         from tui.screens.confirm import ConfirmScreen
@@ -82,7 +82,7 @@ class RunRemoval:
             return
         self._removing.add(run.run_dir)
         self._remove(run, removal)
-        self._refresh_runs()
+        self._redraw_runs()  # its row says "removing..." at once
 
     @work(thread=True, group="remove-run")
     def _remove(self, run: RunSummary, removal: Removal) -> None:

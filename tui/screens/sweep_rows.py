@@ -47,9 +47,8 @@ class SweepRows:
 
     sweeps: list[sweep_ctl.SweepState]
 
-    def _with_sweeps(self, rows: list[tuple[str, list[str]]], folders: list[Path]):
-        """The runs' rows (newest first) with a row for each sweep, by stamp."""
-        self.sweeps = read_sweeps(folders)
+    def _with_sweeps(self, rows: list[tuple[str, list[str]]]):
+        """The runs' rows (newest first) with a row for each sweep (as last read), by stamp."""
         rows = rows + [(str(s.path), sweep_cells(s)) for s in self.sweeps]
         return sorted(rows, key=lambda row: Path(row[0]).name, reverse=True)  # (stable)
 

@@ -136,13 +136,16 @@ class FittedTable(DataTable):
             self._update_cells(layout[0], visible)
             return
         self._layout, self._visible = layout, visible
-        key = self.cursor_key()
+        key, index = self.cursor_key(), self.cursor_row
         self.clear(columns=True)
         for col, w in zip(columns, widths, strict=True):
             self.add_column(escape(cut(col.label, w)), width=w, key=col.label)
         for (row_key, _), row in zip(rows, visible, strict=True):
             self.add_row(*row, key=row_key)
-        self.move_to(key)
+        if key in layout[0]:
+            self.move_to(key)
+        elif rows:  # its row went (removed, here or elsewhere): the next row takes its place
+            self.move_cursor(row=min(index, len(rows) - 1))
 
     def _update_cells(self, keys: list[str], visible: list[list[str]]) -> None:
         """A live list's new values (every second or two): cell by cell, never the whole
