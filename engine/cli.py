@@ -630,14 +630,14 @@ def lr_find(
     against the lr and suggest the lr of its steepest descent. Writes no run."""
     from engine import lr_find as finder
 
-    with _user_errors():
+    with _user_errors(prefix=""):  # its sentence names the command
         finder.check_range(start, end, steps)
     p = _load(profile, set_)
     try:
         with _user_errors(prefix=""):
             sweep = finder.run_sweep(p, start, end, steps)
     except KeyboardInterrupt:
-        _fail("lr-find: interrupted; nothing was written", EXIT_INTERRUPTED)
+        _fail("mpt lr-find: interrupted; nothing was written", EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: a sentence, exit 1
         from engine.trainer import describe_failure
 

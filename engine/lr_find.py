@@ -56,11 +56,13 @@ class Suggestion:
 def check_range(start: float, end: float, steps: int) -> None:
     """Refuse, with one sentence, a sweep that cannot be run."""
     if not (math.isfinite(start) and math.isfinite(end)) or start <= 0:
-        raise MptError(f"lr-find: --start and --end must be positive numbers (got {start}, {end})")
+        raise MptError(
+            f"mpt lr-find: --start and --end must be positive numbers (got {start}, {end})"
+        )
     if start >= end:
-        raise MptError(f"lr-find: --start ({start:g}) must be below --end ({end:g})")
+        raise MptError(f"mpt lr-find: --start ({start:g}) must be below --end ({end:g})")
     if steps < 10:
-        raise MptError(f"lr-find: --steps must be at least 10 (got {steps})")
+        raise MptError(f"mpt lr-find: --steps must be at least 10 (got {steps})")
 
 
 def sweep_profile(profile: Profile) -> Profile:
@@ -158,11 +160,11 @@ def _useless(sweep: Sweep) -> str:
     lo = f"{sweep.lrs[0]:.2g}" if sweep.lrs else "?"
     if sweep.diverged_at is not None:
         return (
-            f"lr-find: the loss diverged at lr {sweep.diverged_at:.2g} before it fell "
+            f"mpt lr-find: the loss diverged at lr {sweep.diverged_at:.2g} before it fell "
             f"(the sweep started at {lo}); try a lower --start"
         )
     return (
-        f"lr-find: the loss did not fall between lr {lo} and {sweep.lrs[-1]:.2g}; "
+        f"mpt lr-find: the loss did not fall between lr {lo} and {sweep.lrs[-1]:.2g}; "
         "try a higher --end or more --steps"
     )
 
