@@ -636,6 +636,8 @@ def lr_find(
     try:
         with _user_errors(prefix=""):
             sweep = finder.run_sweep(p, start, end, steps)
+    except typer.Exit:  # (the sentence of a user error, said)
+        raise
     except KeyboardInterrupt:
         _fail("mpt lr-find: interrupted; nothing was written", EXIT_INTERRUPTED)
     except Exception as e:  # noqa: BLE001 - e.g. out of memory: a sentence, exit 1
@@ -643,9 +645,11 @@ def lr_find(
 
         _fail(f"error: {describe_failure(e, p, None)}", EXIT_FAILED)
     found = _suggestion(finder, sweep)
-    if plot if plot is not None else sys.stdout.isatty():
-        columns, lines = os.get_terminal_size() if sys.stdout.isatty() else (80, 24)
-        say(finder.chart(sweep, found, min(columns, 100), max(12, min(lines - 20, 24))))
+    terminal = sys.stdout.isatty()
+    if plot if plot is not None else terminal:
+        columns, lines = os.get_terminal_size() if terminal else (80, 24)
+        size = min(columns, 100), max(12, min(lines - 20, 24))  # room for the table under it
+        say(finder.chart(sweep, found, *size, color=terminal))
     say(finder.summary(sweep, found))
     if apply:
         with _user_errors(prefix=""):

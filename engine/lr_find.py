@@ -78,8 +78,11 @@ def run_sweep(profile: Profile, start: float, end: float, steps: int) -> Sweep:
 
     from engine import events as ev
     from engine.control import Control
+    from engine.distributed import world_from_env
     from engine.trainer import Trainer
 
+    if world_from_env().distributed:  # the sweep's loop is one process's
+        raise MptError("mpt lr-find runs in one process: run it without torchrun")
     trainer = Trainer(sweep_profile(profile), ev.EventLog(queue.Queue()), Control(), run_dir=None)
     try:
         return _sweep(trainer, start, end, steps)
@@ -201,9 +204,9 @@ def summary(sweep: Sweep, found: Suggestion) -> str:
     return "\n".join(lines)
 
 
-def chart(sweep: Sweep, found: Suggestion, width: int, height: int) -> str:
+def chart(sweep: Sweep, found: Suggestion, width: int, height: int, color: bool) -> str:
     """A plotext chart of the smoothed loss against the lr (log scale), the suggestion a
-    vertical line."""
+    vertical line; `color` false: plain text (off a terminal)."""
     import plotext as plt  # only when a chart is drawn
 
     shown = len(sweep.lrs) - (1 if sweep.diverged_at is not None else 0)
@@ -213,9 +216,16 @@ def chart(sweep: Sweep, found: Suggestion, width: int, height: int) -> str:
     plt.xscale("log")
     plt.plot(sweep.lrs[:shown], sweep.smoothed[:shown], marker="braille", color="cyan")
     plt.vline(found.lr, "red")
+    # Up to the start's loss (and a little over): the diverging tail would flatten the
+    # part of the curve that matters.
+    low, high = min(sweep.smoothed[:shown]), max(sweep.smoothed[: found.minimum + 1])
+    plt.ylim(low - 0.05 * (high - low), high + 0.25 * (high - low))
+    decades = range(math.floor(math.log10(sweep.lrs[0])), math.ceil(math.log10(sweep.lrs[-1])) + 1)
+    plt.xticks([10.0**d for d in decades], [f"1e{d}" for d in decades])
     plt.title(f"smoothed loss vs lr (suggestion {found.lr:g})")
     plt.xlabel("lr")
-    return plt.build().rstrip("\n")
+    text = plt.build().rstrip("\n")
+    return text if color else plt.uncolorize(text)
 
 
 # ---- --apply: optim.lr in the profile file, every other byte kept ----
