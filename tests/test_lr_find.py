@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from durable_helpers import REPO, mpt
 
+from engine.errors import MptError
 from engine.lr_find import apply_lr
 
 QUICKSTART = REPO / "profiles" / "quickstart.toml"
@@ -106,3 +107,11 @@ def test_a_hopeless_sweep_reports_its_divergence_in_one_sentence(tmp_path):
     assert result.stderr.strip().endswith("try a lower --start")
     assert len(result.stderr.strip().splitlines()) == 1
     assert "suggestion" not in result.stdout
+
+
+def test_apply_refuses_a_file_it_cannot_edit_in_place_and_leaves_it(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("optim.lr = 0.1  # dotted, above any [section]\n")
+    with pytest.raises(MptError, match=r"p\.toml: optim\.lr cannot be set in place .*by hand"):
+        apply_lr(path, 0.02)
+    assert path.read_text() == "optim.lr = 0.1  # dotted, above any [section]\n"
