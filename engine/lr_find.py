@@ -114,7 +114,7 @@ def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
             for param_group in optimizer.param_groups:  # optim.lr_mult's groups keep their share
                 param_group["lr"] = lr * param_group.get("lr_multiplier", 1.0)
             samples = sum(len(b) for b in group)
-            step_loss = 0.0
+            total = None
             for _ in group:
                 xb, yb = next(fetch)
                 xb = trainer.transform(xb, augment)
@@ -123,7 +123,8 @@ def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
                 with autocast(trainer.device.type, p.precision.mode):
                     loss = trainer.task.loss(trainer.forward(xb), yb, "sum") / samples
                 (trainer.scaler.scale(loss) if trainer.scaler else loss).backward()
-                step_loss += loss.item()  # one sync a step: the sweep decides on each
+                total = loss.detach() if total is None else total + loss.detach()
+            step_loss = float(total)  # one sync a step: the sweep decides on each
             optimizer_step(optimizer, trainer.scaler, model, p.train.clip_norm, trainer.state)
             n = len(sweep.lrs) + 1
             average = BETA * average + (1 - BETA) * step_loss
