@@ -605,6 +605,66 @@ def _confirmed(question: str, removals) -> bool:
         return False
 
 
+@app.command("lr-find")
+def lr_find(
+    profile: ProfileArg,
+    set_: SetOpt = None,
+    start: Annotated[float, typer.Option("--start", help="The sweep's first lr.")] = 1e-7,
+    end: Annotated[float, typer.Option("--end", help="The sweep's last lr.")] = 10.0,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps (one lr each).")] = 100,
+    apply: Annotated[
+        bool,
+        typer.Option("--apply", help="Write the suggestion into the profile file as optim.lr."),
+    ] = False,
+    plot: Annotated[
+        bool | None,
+        typer.Option(
+            "--plot/--no-plot",
+            help="Draw the loss against the lr (default: on a terminal only).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Find a learning rate: train STEPS steps on a fresh copy of the profile's model, the
+    lr growing from --start to --end, until the loss diverges; print the smoothed loss
+    against the lr and suggest the lr of its steepest descent. Writes no run."""
+    from engine import lr_find as finder
+
+    with _user_errors(prefix=""):  # its sentence names the command
+        finder.check_range(start, end, steps)
+    p = _load(profile, set_)
+    try:
+        with _user_errors(prefix=""):
+            sweep = finder.run_sweep(p, start, end, steps)
+    except typer.Exit:  # (the sentence of a user error, said)
+        raise
+    except KeyboardInterrupt:
+        _fail("mpt lr-find: interrupted; nothing was written", EXIT_INTERRUPTED)
+    except Exception as e:  # noqa: BLE001 - e.g. out of memory: a sentence, exit 1
+        from engine.trainer import describe_failure
+
+        _fail(f"error: {describe_failure(e, p, None)}", EXIT_FAILED)
+    found = _suggestion(finder, sweep)
+    terminal = sys.stdout.isatty()
+    if plot if plot is not None else terminal:
+        columns, lines = os.get_terminal_size() if terminal else (80, 24)
+        size = min(columns, 100), max(12, min(lines - 20, 24))  # room for the table under it
+        say(finder.chart(sweep, found, *size, color=terminal))
+    say(finder.summary(sweep, found))
+    if apply:
+        with _user_errors(prefix=""):
+            finder.apply_lr(profile, found.lr)
+        say(f"{profile}: optim.lr = {found.lr!r} written (was {p.optim.lr!r})")
+
+
+def _suggestion(finder, sweep):
+    """The sweep's suggestion; a sweep whose loss never fell: its sentence, exit 1."""
+    try:
+        return finder.suggest(sweep)
+    except finder.SweepUseless as e:
+        _fail(str(e), EXIT_FAILED)
+
+
 class ExportFormat(StrEnum):
     state_dict = "state_dict"
     torchscript = "torchscript"
