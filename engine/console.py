@@ -14,7 +14,7 @@ import sys
 from typing import TextIO
 
 from engine import events as ev
-from engine.formatting import metric, percent, seconds
+from engine.formatting import metric, number, percent, seconds
 
 
 def format_epoch(e: ev.EpochEnd) -> str:
@@ -88,10 +88,10 @@ def format_early_stop(e: ev.EarlyStop) -> str:
     if e.why == "patience":
         return (
             f"early stopping: {e.monitor} has not improved for {e.wait} validation(s) "
-            f"(best {e.best:.4f})"
+            f"(best {number(e.best)})"
         )
     limit = "above" if e.why == "stop_above" else "below"
-    return f"early stopping: {e.monitor} = {e.value:.4f} is {limit} the threshold"
+    return f"early stopping: {e.monitor} = {number(e.value)} is {limit} the threshold"
 
 
 def write(stream: TextIO | None, text: str) -> bool:

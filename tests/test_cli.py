@@ -414,3 +414,13 @@ def test_user_model_module_without_the_factory_exits_2(tmp_path):
     assert result.stderr.strip() == (
         "error: model.arch 'mymodel:nope': module 'mymodel' has no callable 'nope'"
     )
+
+
+def test_an_early_stop_line_without_its_values_prints_dashes():
+    # a hand-written or older events.jsonl may hold null where a value was expected
+    from engine.console import format_early_stop
+
+    e = ev.EarlyStop(why="patience", monitor="val_loss", wait=3, best=None)
+    assert format_early_stop(e).endswith("for 3 validation(s) (best -)")
+    e = ev.EarlyStop(why="stop_above", monitor="val_acc", value=None)
+    assert format_early_stop(e) == "early stopping: val_acc = - is above the threshold"
