@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,11 @@ _BATCH = 1000  # MLflow's most metrics per log_batch
 _PARAM_BATCH = 100  # and params
 _PARAM_LIMIT = 6000  # MLflow's longest param value
 _MIB = 1024 * 1024
-_STEP_FIELDS = ("loss", "lr", "samples_per_s", "gpu_util", "gpu_temp", "gpu_power")
-_STEP_MIB = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "rss", "mem_available")
+# Each `step` event's: a SQLite store takes ~0.3 ms of CPU a point, so the host and GPU
+# figures, which change slowly, are logged once an epoch (the epoch's last step event's).
+_STEP_FIELDS = ("loss", "lr", "samples_per_s")
+_HOST_FIELDS = ("gpu_util", "gpu_temp", "gpu_power", "cpu_percent")
+_HOST_MIB = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "rss", "mem_available")
 MISSING = "the mlflow package is not installed; pip install 'mpt[mlflow]' or set log.mlflow = false"
 # The MLflow run's status for each ending (RunFinished.reason; RunFailed is FAILED).
 _STATUS = {"interrupted": "KILLED"}
@@ -95,8 +100,16 @@ class MlflowSink:
         self._metrics: list = []
         self._tags: dict[str, str] = {}
         self._state = "running"  # mpt.state: the ending's reason, or failed
+        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
+        # Batches are written by a thread of the sink's own: the store's seconds stay out
+        # of the training loop. Its first failure is raised by the next write (a warning).
+        self._jobs: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._failure: Exception | None = None
 
     def write(self, event: ev.Event) -> None:
+        if self._failure is not None:
+            raise self._failure
         if self.run_id is None:
             if isinstance(event, ev.RunStarted) and event.time >= self._opened:
                 self._start(event)
@@ -124,6 +137,10 @@ class MlflowSink:
         self._log_params(continued)
         self._log(started)
         self._save_id(Path(started.run_dir))
+        self._writer = threading.Thread(
+            target=self._write_batches, args=(self.run_id,), name="mpt-mlflow", daemon=True
+        )
+        self._writer.start()
         self.flush()
 
     def _previous_run(self) -> str | None:
@@ -191,11 +208,9 @@ class MlflowSink:
         if isinstance(event, ev.Step):
             for name in _STEP_FIELDS:
                 self._metric(name, getattr(event, name), event)
-            for name in _STEP_MIB:
-                nbytes = getattr(event, name)
-                if nbytes is not None:
-                    self._metric(f"{name}_mib", nbytes / _MIB, event)
+            self._last_step = event
         elif isinstance(event, ev.EpochEnd):
+            self._host_figures()
             values = {"train_acc": event.train_acc, "val_acc": event.val_acc, **event.metrics}
             values.update(train_loss=event.train_loss, val_loss=event.val_loss)
             values.update(epoch=event.epoch, epoch_lr=event.lr, epoch_seconds=event.seconds)
@@ -203,6 +218,18 @@ class MlflowSink:
                 self._metric(name, value, event)
         else:
             self._tag(event)
+
+    def _host_figures(self) -> None:
+        """The last step event's host and GPU figures, at its step."""
+        step, self._last_step = self._last_step, None
+        if step is None:
+            return
+        for name in _HOST_FIELDS:
+            self._metric(name, getattr(step, name), step)
+        for name in _HOST_MIB:
+            nbytes = getattr(step, name)
+            if nbytes is not None:
+                self._metric(f"{name}_mib", nbytes / _MIB, step)
 
     def _tag(self, event: ev.Event) -> None:
         if isinstance(event, ev.RunStarted):
@@ -234,23 +261,36 @@ class MlflowSink:
         return []
 
     def flush(self) -> None:
-        """Write the batched metrics and tags (at each epoch's end and at the run's)."""
-        if self.run_id is None:
+        """Hand the batched metrics and tags to the writer (at each epoch's end and the run's)."""
+        if self.run_id is None or not (self._metrics or self._tags):
             return
         from mlflow.entities import RunTag
 
-        metrics, self._metrics = self._metrics, []
         tags = [RunTag(k, v) for k, v in self._tags.items()]
-        self._tags = {}
-        for i in range(0, max(len(metrics), 1), _BATCH):
-            self._client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH], tags=tags)
-            tags = []
+        self._jobs.put((self._metrics, tags))
+        self._metrics, self._tags = [], {}
+
+    def _write_batches(self, run_id: str) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._failure is not None:
+                continue  # the sink is being removed: drop what is left
+            metrics, tags = job
+            try:
+                for i in range(0, max(len(metrics), 1), _BATCH):
+                    self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
+                    tags = []
+            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
+                self._failure = e
 
     def close(self) -> None:
         if self.run_id is None:
             return
+        self._host_figures()
         self.flush()
-        self._client.set_terminated(self.run_id, status=self._status())
+        self._jobs.put(None)
+        self._writer.join(timeout=60)  # a store that hangs never holds the run's end longer
+        if self._failure is None and not self._writer.is_alive():
+            self._client.set_terminated(self.run_id, status=self._status())
         self.run_id = None
 
     def _status(self) -> str:
