@@ -25,6 +25,17 @@ from engine import events as ev  # noqa: E402
 LOGGED = {"log": {"mlflow": True}, "train": {"log_every": 5}, "run": {"name": "flow"}}
 
 
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One out_dir, so one mlflow.db, for the module: creating a store's tables takes
+    seconds; each test has its own run.name, so its own experiment."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def logged(out: Path, name: str, *extras: dict) -> dict:
+    return profile_dict(out, LOGGED, {"run": {"name": name}}, *extras)
+
+
 def client_of(out: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
 
@@ -38,11 +49,10 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def test_a_run_is_one_mlflow_run_with_params_metrics_and_tags(tmp_path):
-    out = tmp_path / "runs"
-    done = train(profile_dict(out, LOGGED, {"run": {"epochs": 2}}))
+def test_a_run_is_one_mlflow_run_with_params_metrics_and_tags(out):
+    done = train(logged(out, "plain", {"run": {"epochs": 2}}))
     client = client_of(out)
-    (run,) = runs_of(client, "flow")
+    (run,) = runs_of(client, "plain")
     run_id = run.info.run_id
     assert json.loads((done.run_dir / "mlflow.json").read_text())["run_id"] == run_id
     assert run.info.status == "FINISHED"
@@ -66,9 +76,8 @@ def test_a_run_is_one_mlflow_run_with_params_metrics_and_tags(tmp_path):
     assert tags["mpt.final_checkpoint"] == tags["mpt.last_checkpoint"]
 
 
-def test_a_stopped_run_resumed_continues_its_mlflow_run_without_a_step_twice(tmp_path):
-    out = tmp_path / "runs"
-    data = profile_dict(out, LOGGED, {"run": {"epochs": 2}})
+def test_a_stopped_run_resumed_continues_its_mlflow_run_without_a_step_twice(out):
+    data = logged(out, "stopped", {"run": {"epochs": 2}})
     first = start(data)
     next_event(first, "epoch_end", timeout=60)
     first.stop()
@@ -78,7 +87,7 @@ def test_a_stopped_run_resumed_continues_its_mlflow_run_without_a_step_twice(tmp
     again = train(data, resume=stopped.ckpt_dir / "last.pt")
 
     client = client_of(out)
-    (run,) = runs_of(client, "flow")  # continued, not a second MLflow run
+    (run,) = runs_of(client, "stopped")  # continued, not a second MLflow run
     run_id = run.info.run_id
     assert json.loads((again.run_dir / "mlflow.json").read_text())["run_id"] == run_id
     steps = [s for s, _ in history(client, run_id, "loss")]
@@ -117,3 +126,26 @@ def test_without_the_package_validate_warns_and_the_run_goes_on_with_one_warning
     warnings = [e.message for e in done.of("warning") if "mlflow" in e.message]
     assert len(warnings) == 1 and "pip install 'mpt[mlflow]'" in warnings[0]
     assert not (done.run_dir / "mlflow.json").exists()
+
+
+def test_a_resume_from_before_the_last_logged_step_starts_a_linked_mlflow_run(out):
+    # As after a SIGKILL: the MLflow run holds steps past the checkpoint resumed from, so
+    # continuing it would log those steps twice; a new MLflow run gets the whole history.
+    data = logged(
+        out,
+        "linked",
+        {"run": {"epochs": 2}, "checkpoint": {"every_epochs": 1, "keep_last": 0}},
+    )
+    first = train(data)
+    again = train(data, resume=first.ckpt_dir / "step-000023.pt")
+
+    client = client_of(out)
+    old_id = json.loads((first.run_dir / "mlflow.json").read_text())["run_id"]
+    new_id = json.loads((again.run_dir / "mlflow.json").read_text())["run_id"]
+    assert new_id != old_id and len(runs_of(client, "linked")) == 2
+    new = client.get_run(new_id)
+    assert new.data.tags["mpt.resumed_from_mlflow_run"] == old_id
+    events = ev.read_events(again.run_dir / "events.jsonl")
+    steps = [s for s, _ in history(client, new_id, "loss")]
+    assert steps == [e.step for e in events if isinstance(e, ev.Step)]
+    assert steps == sorted(set(steps))
