@@ -386,6 +386,17 @@ class LogSection:
         "needs pip install 'mpt[tensorboard]'.",
         "bool",
     )
+    mlflow: bool = key(
+        False,
+        "Log the run to MLflow: params, step and epoch metrics, tags; a resumed run continues "
+        "its MLflow run; needs pip install 'mpt[mlflow]'.",
+        "bool",
+    )
+    mlflow_uri: str = key(
+        "",
+        "MLflow tracking URI (empty: the SQLite store sqlite:///<out_dir>/mlflow.db, no server).",
+        "str",
+    )
 
 
 @dataclass

@@ -376,7 +376,8 @@ class Run:
             # TensorBoard's import is slow. A resumed run replays its history into them.
             from engine.sinks import open_sinks
 
-            sinks = open_sinks(self.profile.log, self.run_dir, self.profile.notify, self.events)
+            p = self.profile
+            sinks = open_sinks(p.log, self.run_dir, p.notify, self.events, profile=p)
             self._log.attach(sinks, self._history)
             self._history = []
             self._trainer = loop.Trainer(

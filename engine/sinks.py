@@ -150,10 +150,15 @@ class TensorBoardSink:
 
 
 def open_sinks(
-    log: Any, run_dir: Path | None, notify: Any = None, events: queue.Queue | None = None
+    log: Any,
+    run_dir: Path | None,
+    notify: Any = None,
+    events: queue.Queue | None = None,
+    profile: Any = None,
 ) -> list[Sink]:
     """The sinks `log` (the profile's LogSection) asks for, writing into `run_dir`, and
-    the notifications `notify` (its NotifySection) asks for, warning on `events`.
+    the notifications `notify` (its NotifySection) asks for, warning on `events`; the
+    MLflow sink needs the whole `profile` (its params).
 
     None without a run directory (under torchrun: on every rank but 0). Raises MptError
     when tensorboard is asked for but cannot be imported.
@@ -165,6 +170,10 @@ def open_sinks(
         sinks.append(TensorBoardSink(run_dir))
     if log.csv:
         sinks.append(CsvSink(run_dir / CSV_NAME))
+    if getattr(log, "mlflow", False) and profile is not None:
+        from engine.sink_mlflow import MlflowSink  # imports mlflow at its first event
+
+        sinks.append(MlflowSink(profile))
     if notify is not None and (notify.command or notify.webhook):
         sinks.append(NotifySink(notify, run_dir, events))
     return sinks

@@ -1,0 +1,90 @@
+"""The cost of a [log] sink per epoch: workload W's MLP with step logging every 10 steps,
+with no sink and with each sink asked for, interleaved and repeated. A benchmark that
+prints figures, not a test.
+
+    python bench/sinks.py                  # mlflow vs none, 6 epochs, 3 repetitions
+    python bench/sinks.py --sinks mlflow csv --reps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from speed import MEAN, NPZ, STD  # noqa: E402
+
+SINKS = {
+    "none": {},
+    "csv": {"csv": True},
+    "tensorboard": {"tensorboard": True},
+    "mlflow": {"mlflow": True},
+}
+
+
+def seconds_per_epoch(sink: str, epochs: int, seed: int, out: Path) -> list[float]:
+    """Wall time between epoch ends (epochs 2.. : the first one pays the setup)."""
+    from engine import events as ev
+    from engine.profile import profile_from_dict
+    from engine.run import Run
+
+    profile = profile_from_dict(
+        {
+            "run": {
+                "name": f"bench-{sink}",
+                "epochs": epochs,
+                "device": "cpu",
+                "seed": seed,
+                "out_dir": str(out),
+            },
+            "data": {
+                "dataset": "npz",
+                "path": str(NPZ),
+                "batch_size": 64,
+                "eval_batch_size": 1000,
+                "mean": [MEAN],
+                "std": [STD],
+            },
+            "model": {"arch": "mlp", "hidden": [128]},
+            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+            "train": {"log_every": 10},
+            "checkpoint": {"every_epochs": 0, "save_best": False},
+            "log": SINKS[sink],
+        }
+    )
+    run = Run.start(profile)
+    run.join()
+    if run.reason != "completed":
+        raise SystemExit(f"{sink}: the run did not complete: {run.error}")
+    ends = [e.time for e in ev.read_events(run.run_dir / "events.jsonl") if e.kind == "epoch_end"]
+    return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sinks", nargs="+", default=["mlflow"], choices=sorted(SINKS))
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    variants = ["none", *[s for s in args.sinks if s != "none"]]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds_per_epoch("none", 2, 0, Path(tmp))  # warm up: imports, the data cache
+        for rep in range(args.reps):
+            for variant in variants:
+                times[variant] += seconds_per_epoch(variant, args.epochs, rep, Path(tmp))
+    base = statistics.median(times["none"])
+    print(f"MLP, log_every 10, median s/epoch over epochs 2..{args.epochs} x {args.reps} reps")
+    for variant in variants:
+        med = statistics.median(times[variant])
+        print(f"  {variant:12s} {med:.4f} s  {100 * (med / base - 1):+.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""`[log] mlflow = true`: the run's events as one MLflow run (engine/sinks.py's sinks).
+
+One MLflow run per mpt run, in the experiment named after run.name, in the tracking
+store `log.mlflow_uri` (empty: a SQLite file `<out_dir>/mlflow.db`, no server needed).
+Params: the flattened profile. Metrics: each `step` event's loss, lr, throughput and
+host/GPU figures, and each `epoch_end`'s train_*/val_* metrics, all at x = the optimizer
+step. Tags: the run directory, host, state at the end, resume lineage, checkpoint paths.
+
+A resumed run continues the MLflow run of the run it resumes (its id is in that run
+directory's `mlflow.json`) and skips the replayed history, which that MLflow run holds
+already; where it cannot (another store, a run deleted, or steps logged past the
+checkpoint, which would be logged twice), it starts a new MLflow run, replays the history
+into it and names the one it came from in a tag. mlflow is imported only here, only when
+the sink sees its first event: a missing package is one warning, the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import events as ev
+from engine.errors import MptError
+
+ID_FILE = "mlflow.json"  # {"run_id": ..., "tracking_uri": ...} in each run directory
+_BATCH = 1000  # MLflow's most metrics per log_batch
+_PARAM_BATCH = 100  # and params
+_PARAM_LIMIT = 6000  # MLflow's longest param value
+_MIB = 1024 * 1024
+# Each `step` event's: a SQLite store takes ~0.3 ms of CPU a point, so the host and GPU
+# figures, which change slowly, are logged once an epoch (the epoch's last step event's).
+_STEP_FIELDS = ("loss", "lr", "samples_per_s")
+_HOST_FIELDS = ("gpu_util", "gpu_temp", "gpu_power", "cpu_percent")
+_HOST_MIB = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "rss", "mem_available")
+MISSING = "the mlflow package is not installed; pip install 'mpt[mlflow]' or set log.mlflow = false"
+# The MLflow run's status for each ending (RunFinished.reason; RunFailed is FAILED).
+_STATUS = {"interrupted": "KILLED"}
+
+
+def missing_package(profile: Any) -> str | None:
+    """`mpt validate`'s warning when log.mlflow is on and mlflow is not installed."""
+    import importlib.util
+
+    if profile.log.mlflow and importlib.util.find_spec("mlflow") is None:
+        return f"log.mlflow = true, but {MISSING}; runs go on without the MLflow sink"
+    return None
+
+
+def default_uri(out_dir: str) -> str:
+    """The tracking store when log.mlflow_uri is empty: a SQLite file beside the runs."""
+    return "sqlite:///" + str(Path(out_dir).expanduser().resolve() / "mlflow.db")
+
+
+def flat_params(profile: Any) -> dict[str, str]:
+    """The profile as MLflow params: "section.key" -> its value as text."""
+    return {
+        f"{section}.{key}": str(value)[:_PARAM_LIMIT]
+        for section, table in profile.to_dict().items()
+        for key, value in table.items()
+    }
+
+
+def _client(uri: str):
+    try:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline, no phoning home
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise MptError(f"log.mlflow = true: {MISSING}") from None
+    # The store's table creation logs at INFO on stderr: it would draw over the console.
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _finite(value: Any) -> float | None:
+    """As engine.sinks': a value MLflow can store, None for a missing or non-finite one."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+class MlflowSink:
+    """Feeds one MLflow run; metrics are batched and written at each epoch's end."""
+
+    def __init__(self, profile: Any):
+        self.profile = profile
+        self.uri = profile.log.mlflow_uri or default_uri(profile.run.out_dir)
+        self._opened = time.time()  # events older than this are the replayed history
+        self._history: list[ev.Event] = []
+        self._client = None
+        self.run_id: str | None = None
+        self._metrics: list = []
+        self._tags: dict[str, str] = {}
+        self._state = "running"  # mpt.state: the ending's reason, or failed
+        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
+        # Batches are written by a thread of the sink's own: the store's seconds stay out
+        # of the training loop. Its first failure is raised by the next write (a warning).
+        self._jobs: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._failure: Exception | None = None
+
+    def write(self, event: ev.Event) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self.run_id is None:
+            if isinstance(event, ev.RunStarted) and event.time >= self._opened:
+                self._start(event)
+            elif event.time < self._opened:
+                self._history.append(event)
+            return
+        self._log(event)
+        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
+            self.flush()
+
+    def _start(self, started: ev.RunStarted) -> None:
+        self._client = _client(self.uri)
+        previous = self._previous_run()
+        continued = previous is not None and self._can_continue(previous)
+        if continued:
+            self.run_id = previous
+            self._client.update_run(previous, status="RUNNING")
+        else:
+            self.run_id = self._new_run(started)
+            if previous is not None:
+                self._tags["mpt.resumed_from_mlflow_run"] = previous
+            for event in self._history:  # the MLflow run gets the whole curve
+                self._log(event)
+        self._history = []
+        self._log_params(continued)
+        self._log(started)
+        self._save_id(Path(started.run_dir))
+        self._writer = threading.Thread(
+            target=self._write_batches, args=(self.run_id,), name="mpt-mlflow", daemon=True
+        )
+        self._writer.start()
+        self.flush()
+
+    def _previous_run(self) -> str | None:
+        """The MLflow run id of the run this one resumes, when it used the same store."""
+        runs = [e for e in self._history if isinstance(e, ev.RunStarted) and e.run_dir]
+        if not runs:
+            return None
+        try:
+            saved = json.loads((Path(runs[-1].run_dir) / ID_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.uri:
+            return None
+        return saved.get("run_id") or None
+
+    def _can_continue(self, run_id: str) -> bool:
+        """The MLflow run exists and logged no step past the checkpoint (no step twice)."""
+        try:
+            self._client.get_run(run_id)
+            logged = self._client.get_metric_history(run_id, "loss")
+        except Exception:  # noqa: BLE001 - deleted, another store's: start a new one
+            return False
+        resumed_at = self._history[-1].step if self._history else 0
+        return all(m.step <= resumed_at for m in logged)
+
+    def _new_run(self, started: ev.RunStarted) -> str:
+        name = self.profile.run.name
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = self._client.create_experiment(name)
+            except Exception:  # noqa: BLE001 - made meanwhile by another run (a sweep)
+                experiment_id = self._client.get_experiment_by_name(name).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        run_name = f"{name}/{Path(started.run_dir).name}"
+        return self._client.create_run(experiment_id, run_name=run_name).info.run_id
+
+    def _log_params(self, continued: bool) -> None:
+        params = flat_params(self.profile)
+        if continued:  # a param is written once: a resume's changes go in as tags
+            logged = self._client.get_run(self.run_id).data.params
+            for key in [k for k in params if k in logged]:
+                if logged[key] != params[key]:
+                    self._tags[f"mpt.resumed.{key}"] = params[key]
+                del params[key]
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self._client.log_batch(self.run_id, params=items[i : i + _PARAM_BATCH])
+
+    def _save_id(self, run_dir: Path) -> None:
+        data = {"run_id": self.run_id, "tracking_uri": self.uri}
+        (run_dir / ID_FILE).write_text(json.dumps(data) + "\n", encoding="utf-8")
+
+    def _metric(self, name: str, value: Any, event: ev.Event) -> None:
+        from mlflow.entities import Metric
+
+        value = _finite(value)
+        if value is not None:
+            self._metrics.append(Metric(name, value, int(event.time * 1000), event.step))
+
+    def _log(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            for name in _STEP_FIELDS:
+                self._metric(name, getattr(event, name), event)
+            self._last_step = event
+        elif isinstance(event, ev.EpochEnd):
+            self._host_figures()
+            values = {"train_acc": event.train_acc, "val_acc": event.val_acc, **event.metrics}
+            values.update(train_loss=event.train_loss, val_loss=event.val_loss)
+            values.update(epoch=event.epoch, epoch_lr=event.lr, epoch_seconds=event.seconds)
+            for name, value in values.items():
+                self._metric(name, value, event)
+        else:
+            self._tag(event)
+
+    def _host_figures(self) -> None:
+        """The last step event's host and GPU figures, at its step."""
+        step, self._last_step = self._last_step, None
+        if step is None:
+            return
+        for name in _HOST_FIELDS:
+            self._metric(name, getattr(step, name), step)
+        for name in _HOST_MIB:
+            nbytes = getattr(step, name)
+            if nbytes is not None:
+                self._metric(f"{name}_mib", nbytes / _MIB, step)
+
+    def _tag(self, event: ev.Event) -> None:
+        if isinstance(event, ev.RunStarted):
+            self._tags.update({"mpt.run_dir": event.run_dir, "mpt.host": event.host})
+            self._tags["mpt.state"] = "running"
+            self._tags["mpt.device"] = event.device
+            if event.resumed_from:
+                self._tags["mpt.resumed_from"] = event.resumed_from
+                lineage = self._lineage()
+                self._tags["mpt.run_dirs"] = " ".join([*lineage, event.run_dir])
+        elif isinstance(event, ev.CheckpointSaved) and event.path:
+            kind = "best" if event.reason == "best" else "last"
+            self._tags[f"mpt.{kind}_checkpoint"] = event.path
+            if event.reason == "final":
+                self._tags["mpt.final_checkpoint"] = event.path
+        elif isinstance(event, ev.RunFinished):
+            self._state = event.reason or "completed"
+            self._tags["mpt.state"] = self._state
+        elif isinstance(event, ev.RunFailed):
+            self._state = "failed"
+            self._tags["mpt.state"] = self._state
+
+    def _lineage(self) -> list[str]:
+        """The run directories this MLflow run has held so far (mpt.run_dirs)."""
+        with contextlib.suppress(Exception):
+            run = self._client.get_run(self.run_id)
+            tags = run.data.tags
+            return (tags.get("mpt.run_dirs") or tags.get("mpt.run_dir", "")).split()
+        return []
+
+    def flush(self) -> None:
+        """Hand the batched metrics and tags to the writer (at each epoch's end and the run's)."""
+        if self.run_id is None or not (self._metrics or self._tags):
+            return
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, v) for k, v in self._tags.items()]
+        self._jobs.put((self._metrics, tags))
+        self._metrics, self._tags = [], {}
+
+    def _write_batches(self, run_id: str) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._failure is not None:
+                continue  # the sink is being removed: drop what is left
+            metrics, tags = job
+            try:
+                for i in range(0, max(len(metrics), 1), _BATCH):
+                    self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
+                    tags = []
+            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
+                self._failure = e
+
+    def close(self) -> None:
+        if self.run_id is None:
+            return
+        self._host_figures()
+        self.flush()
+        self._jobs.put(None)
+        self._writer.join(timeout=60)  # a store that hangs never holds the run's end longer
+        if self._failure is None and not self._writer.is_alive():
+            self._client.set_terminated(self.run_id, status=self._status())
+        self.run_id = None
+
+    def _status(self) -> str:
+        """FINISHED, or KILLED for an interrupt (or no ending seen), FAILED for a failure."""
+        if self._state in ("failed", "running"):
+            return "FAILED" if self._state == "failed" else "KILLED"
+        return _STATUS.get(self._state, "FINISHED")
