@@ -280,22 +280,30 @@ def _export_pt2(
         except Exception as e:  # noqa: BLE001 - control flow or operators torch.export refuses
             raise ExportFailed(
                 f"torch.export could not capture the model ({name}: {_first_line(e)}); "
-                "export it as --format onnx or torchscript instead"
+                "export it as --format torchscript or state_dict instead"
             ) from None
         torch.export.save(program, str(out), extra_files={"mpt.json": card_text})
+        if not _pt2_matches(model, out, example_input(spec, _PT2_CHECK_BATCH)):
+            out.unlink(missing_ok=True)
+            raise ExportFailed(
+                f"the pt2 file of {name} gave other outputs than the model at batch size "
+                f"{_PT2_CHECK_BATCH} when loaded back, so it was not kept; export it as "
+                "--format torchscript or state_dict instead"
+            )
+
+
+def _pt2_matches(model: torch.nn.Module, out: Path, check: torch.Tensor) -> bool:
+    """Whether the saved program, loaded back as a user would, gives the eager model's
+    outputs on `check` (a batch size other than the example's)."""
+    try:
         loaded = torch.export.load(str(out)).module()
-    check = example_input(spec, _PT2_CHECK_BATCH)
-    with torch.no_grad():
-        expected, got = model(check), loaded(check)
-    if got.shape != expected.shape or not torch.allclose(
+        with torch.no_grad():
+            expected, got = model(check), loaded(check)
+    except Exception:  # noqa: BLE001 - e.g. a guard that fixed the batch size after all
+        return False
+    return got.shape == expected.shape and torch.allclose(
         got, expected, rtol=_PT2_RTOL, atol=_PT2_ATOL
-    ):
-        out.unlink(missing_ok=True)
-        raise ExportFailed(
-            f"the pt2 file of {name} gave other outputs than the model at batch size "
-            f"{_PT2_CHECK_BATCH} when loaded back, so it was not kept; export it as "
-            "--format onnx or torchscript instead"
-        )
+    )
 
 
 def _first_line(e: Exception) -> str:

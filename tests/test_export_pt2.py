@@ -90,5 +90,21 @@ def test_a_model_torch_export_cannot_capture_is_one_sentence(tmp_path):
     message = str(info.value)
     assert message.startswith("torch.export could not capture the model (model.arch ")
     assert "'my_models:branchy'" in message
-    assert message.endswith("; export it as --format onnx or torchscript instead")
+    assert message.endswith("; export it as --format torchscript or state_dict instead")
     assert "\n" not in message and not out.exists()
+
+
+def test_a_pt2_that_loads_back_with_other_outputs_is_not_kept(tmp_path):
+    class Noisy(torch.nn.Module):  # random at inference: no two calls agree
+        def forward(self, x):
+            return x.flatten(1) + torch.rand_like(x.flatten(1))
+
+    out = tmp_path / "m.pt2"
+    with pytest.raises(ExportFailed) as info:
+        export(Noisy(), ModelSpec((1, 2, 2), 4, "test"), "pt2", out, {"arch": "noisy"})
+    assert str(info.value) == (
+        "the pt2 file of model.arch 'noisy' gave other outputs than the model at batch size 5 "
+        "when loaded back, so it was not kept; export it as --format torchscript or "
+        "state_dict instead"
+    )
+    assert not out.exists()
