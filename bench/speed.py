@@ -15,6 +15,7 @@ variant (each variant once more in a child process), and issue 6's targets, met 
 
     python bench/speed.py                  # W on the CPU, 5 epochs, 3 repetitions
     python bench/speed.py --device cuda --precision fp16
+    python bench/speed.py --compile        # train.compile = true against eager, MLP and CNN
 """
 
 from __future__ import annotations
@@ -303,7 +304,14 @@ def main():
         choices=["mnist", "factory", "regression"],
         help="mnist: workload W; factory, regression: issue 15's (bench/workloads.py)",
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="mpt with train.compile = true against mpt eager: seconds per epoch and the ratio",
+    )
     args = ap.parse_args()
+    if args.compile:
+        return compile_workload(args)
     if args.workload != "mnist":
         return task_workload(args)
     device = torch.device(args.device)
@@ -359,6 +367,42 @@ def main():
             f"mpt {rss['mpt']:.0f} MiB ({rss['mpt'] / rss['floor']:.2f}x)"
         )
         print_targets(arch, med, acc, rss, live)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def compile_workload(args) -> None:
+    """mpt with torch.compile against mpt eager on workload W, per arch: the median epoch
+    after the first (which pays for compiling), their ratio, and the first epoch's cost."""
+    device = torch.device(args.device)
+    compiled = {"train": {"log_every": 25, "compile": True}}
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{args.precision}, {args.epochs} epochs x {args.reps} repetitions, compile vs eager"
+    )
+    results = {}
+    for arch in args.arch:
+        per = {"eager": [], "compiled": []}
+        first = {"eager": [], "compiled": []}
+        acc = {"eager": [], "compiled": []}
+        for rep in range(args.reps):  # interleaved, so drift hits both alike
+            for v, sections in (("eager", None), ("compiled", compiled)):
+                t, a = in_fresh_thread(
+                    run_mpt, arch, args.epochs, device, args.precision, rep, False, sections
+                )
+                first[v].append(t[0])
+                per[v] += t[1:] if len(t) > 1 else t
+                acc[v].append(a)
+        med = {v: statistics.median(per[v]) for v in per}
+        ratio = med["compiled"] / med["eager"]
+        results[arch] = {"median_epoch_s": med, "compiled_over_eager": ratio}
+        print(f"\n{arch}: median seconds per epoch (epochs 2..{args.epochs}, all repetitions)")
+        for v in per:
+            print(
+                f"  {v:<10}{med[v]:>9.3f} s   first epoch {statistics.median(first[v]):>7.2f} s"
+                f"   val acc {100 * statistics.fmean(acc[v]):.2f}%"
+            )
+        print(f"  compiled / eager: {ratio:.2f} (below 1: compile is faster)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

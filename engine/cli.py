@@ -673,6 +673,7 @@ class ExportFormat(StrEnum):
     state_dict = "state_dict"
     torchscript = "torchscript"
     onnx = "onnx"
+    pt2 = "pt2"
 
 
 @app.command()
@@ -689,8 +690,8 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="state_dict (for model.load_state_dict), torchscript (torch.jit.load), or "
-            "onnx (needs pip install 'mpt\\[onnx]').",
+            help="state_dict (for model.load_state_dict), torchscript (torch.jit.load), "
+            "onnx (needs pip install 'mpt\\[onnx]'), or pt2 (torch.export.load).",
         ),
     ] = ExportFormat.state_dict,
     out: Annotated[
@@ -721,7 +722,7 @@ def export(
     ] = None,
     trust_code: TrustCodeOpt = False,
 ) -> None:
-    """Export a checkpoint's model for deployment: state_dict, TorchScript or ONNX."""
+    """Export a checkpoint's model for deployment: state_dict, TorchScript, ONNX or pt2."""
     from engine.export import export_checkpoint  # imports torch
 
     with _user_errors():

@@ -1,4 +1,5 @@
-"""`mpt export`: a checkpoint's model as a plain state_dict, TorchScript or ONNX.
+"""`mpt export`: a checkpoint's model as a plain state_dict, TorchScript, ONNX or a
+torch.export program (pt2).
 
 The model is rebuilt from the checkpoint's own profile (`[model]`), so it needs the
 input shape and the model's outputs (classes, labels or targets). They come from, in
@@ -11,7 +12,7 @@ image_folder) and the classifier's size in the weights. The dataset is never loa
 Every exported model takes float32 input of one sample's shape with a batch dimension
 first, normalised as in training, and returns the outputs it trained with: logits
 (classification, multilabel) or predictions (regression). A model card
-(`<file>.json`, and inside TorchScript and ONNX files) records the task kind, the
+(`<file>.json`, and inside TorchScript, ONNX and pt2 files) records the task kind, the
 shapes, the class names and the normalisation.
 """
 
@@ -31,13 +32,23 @@ from engine.errors import ExportFailed, ModelError, MptError
 from engine.models import build_model
 from engine.profile import ModelSection
 
-FORMATS = ("state_dict", "torchscript", "onnx")
-SUFFIX = {"state_dict": ".state_dict.pt", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
+FORMATS = ("state_dict", "torchscript", "onnx", "pt2")
+SUFFIX = {
+    "state_dict": ".state_dict.pt",
+    "torchscript": ".torchscript.pt",
+    "onnx": ".onnx",
+    "pt2": ".pt2",
+}
 ONNX_MISSING = (
     "--format onnx needs the onnx and onnxscript packages, which are not installed; "
     "pip install 'mpt[onnx]'"
 )
 
+
+# A pt2 file is checked against the eager model at another batch size than the example's
+# (the same tolerances as the ONNX test's).
+_PT2_CHECK_BATCH = 5
+_PT2_RTOL, _PT2_ATOL = 1e-4, 1e-5
 
 # Above this, ONNX's 2 GiB protobuf limit needs the weights in a .data file beside the model.
 _ONNX_SINGLE_FILE_BYTES = 1_800_000_000
@@ -200,8 +211,8 @@ def example_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
 def export(
     model: torch.nn.Module, spec: ModelSpec, fmt: str, out: Path, card: dict | None = None
 ) -> Path:
-    """Write `model` to `out` in format `fmt`; returns `out`. Raises MptError. TorchScript
-    and ONNX carry `card` inside too (an extra file "mpt.json"; ONNX metadata "mpt")."""
+    """Write `model` to `out` in format `fmt`; returns `out`. Raises MptError. TorchScript,
+    pt2 and ONNX carry `card` inside too (an extra file "mpt.json"; ONNX metadata "mpt")."""
     import json
 
     card_text = json.dumps(card or {})
@@ -222,6 +233,10 @@ def export(
             except Exception as e:  # noqa: BLE001 - user models
                 raise ExportFailed(f"TorchScript tracing failed: {type(e).__name__}: {e}") from None
             torch.jit.save(traced, str(out), _extra_files={"mpt.json": card_text})
+    elif fmt == "pt2":
+        arch = (card or {}).get("arch")
+        name = f"model.arch {arch!r}" if arch else type(model).__name__
+        _export_pt2(model, spec, x, out, card_text, name)
     else:
         nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         with warnings.catch_warnings():
@@ -243,6 +258,57 @@ def export(
                 raise ExportFailed(f"ONNX export failed: {type(e).__name__}: {first}") from None
         _onnx_metadata(out, card_text)
     return out
+
+
+def _export_pt2(
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    x: torch.Tensor,
+    out: Path,
+    card_text: str,
+    name: str,
+) -> None:
+    """torch.export with a dynamic batch axis, saved with the card inside ("mpt.json"),
+    then loaded back and checked against the eager model at another batch size. `name`:
+    the model, for the messages."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(
+                model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+            )
+        except Exception as e:  # noqa: BLE001 - control flow or operators torch.export refuses
+            raise ExportFailed(
+                f"torch.export could not capture the model ({name}: {_first_line(e)}); "
+                "export it as --format torchscript or state_dict instead"
+            ) from None
+        torch.export.save(program, str(out), extra_files={"mpt.json": card_text})
+        if not _pt2_matches(model, out, example_input(spec, _PT2_CHECK_BATCH)):
+            out.unlink(missing_ok=True)
+            raise ExportFailed(
+                f"the pt2 file of {name} gave other outputs than the model at batch size "
+                f"{_PT2_CHECK_BATCH} when loaded back, so it was not kept; export it as "
+                "--format torchscript or state_dict instead"
+            )
+
+
+def _pt2_matches(model: torch.nn.Module, out: Path, check: torch.Tensor) -> bool:
+    """Whether the saved program, loaded back as a user would, gives the eager model's
+    outputs on `check` (a batch size other than the example's)."""
+    try:
+        loaded = torch.export.load(str(out)).module()
+        with torch.no_grad():
+            expected, got = model(check), loaded(check)
+    except Exception:  # noqa: BLE001 - e.g. a guard that fixed the batch size after all
+        return False
+    return got.shape == expected.shape and torch.allclose(
+        got, expected, rtol=_PT2_RTOL, atol=_PT2_ATOL
+    )
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _onnx_metadata(out: Path, card_text: str) -> None:
