@@ -84,11 +84,16 @@ class Trial:
     def describe(self) -> str:
         """`optim.lr=0.001568 optim.name="adam"`: floats to 4 significant digits (the
         exact values are in trials.jsonl and the trial's profile.toml)."""
-        shown = (
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={json.dumps(v)}"
-            for k, v in self.values.items()
-        )
+        shown = (f"{k}={_short(v)}" for k, v in self.values.items())
         return " ".join(shown) or "(as is)"
+
+
+def _short(value: object) -> str:
+    """A value as TOML would read it back as the same type: `0.001568`, `-1.0`, `"adam"`."""
+    if not isinstance(value, float):
+        return json.dumps(value)
+    text = f"{value:.4g}"
+    return text if any(c in text for c in ".en") else text + ".0"  # (e: 1e-07; n: inf, nan)
 
 
 @dataclass

@@ -240,12 +240,12 @@ def complete(words: str) -> list[str]:
 
 def test_completion_offers_every_subcommand():
     commands = ["validate", "run", "init", "ls", "show", "sweep", "diff", "compare"]
-    assert complete("mpt ") == [*commands, "ctl", "rm", "export"]
+    assert complete("mpt ") == [*commands, "ctl", "rm", "lr-find", "export"]
     assert complete("mpt ex") == ["export"]
 
 
 def test_completion_offers_the_export_formats():
-    assert complete("mpt export x --format ") == ["state_dict", "torchscript", "onnx"]
+    assert complete("mpt export x --format ") == ["state_dict", "torchscript", "onnx", "pt2"]
 
 
 def test_show_completion_prints_a_bash_script():

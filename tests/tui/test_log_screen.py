@@ -125,7 +125,8 @@ def test_any_event_a_file_can_hold_is_described_never_raised():
             if line is not None:
                 assert line.text and line.clock and line.categories
     patience = describe(ev.EarlyStop(stopping=True, why="patience", monitor="val_loss", best=None))
-    assert patience.category == "warning" and patience.text.startswith("early_stop: step=0")
+    assert patience.text.startswith("early stopping: val_loss has not improved")
+    assert patience.text.endswith("(best -)")
     assert describe(ev.Paused(time=1e300)).clock == "--:--:--"
 
 
