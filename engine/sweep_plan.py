@@ -46,7 +46,7 @@ def start(file: Path, overrides: list[str], skip_invalid: bool, console: Console
 def announce(runner: SweepRunner, trials: list[Trial], console: Console) -> None:
     """The sweep's first lines: its directory, its trials, the ones skipped as invalid."""
     console.line(
-        f"sweep directory: {runner.folder.path}  ({len(trials)} trials, "
+        f"sweep directory: {runner.folder.path}  ({_trials(len(trials))}, "
         f"{runner.sweep.method}, {len(runner.slots)} at a time; mpt ls {runner.folder.path} "
         "lists their runs)"
     )
@@ -82,7 +82,7 @@ def emit(file: Path, overrides: list[str], skip_invalid: bool, console: Console)
         )  # fmt: skip
     runner, trials = prepare(file, overrides, skip_invalid, console)
     console.line(
-        f"sweep directory: {runner.folder.path}  ({len(trials)} trials; run the commands, "
+        f"sweep directory: {runner.folder.path}  ({_trials(len(trials))}; run the commands, "
         f"then: mpt sweep --collect {runner.folder.path})",
         err=True,
     )
@@ -275,3 +275,7 @@ def _value(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+def _trials(n: int) -> str:
+    return "1 trial" if n == 1 else f"{n} trials"
