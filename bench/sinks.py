@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed import MEAN, NPZ, STD  # noqa: E402
+from speed import workload_profile  # noqa: E402
 
 SINKS = {
     "none": {},
@@ -34,30 +34,9 @@ def seconds_per_epoch(sink: str, epochs: int, seed: int, out: Path) -> list[floa
     from engine.profile import profile_from_dict
     from engine.run import Run
 
-    profile = profile_from_dict(
-        {
-            "run": {
-                "name": f"bench-{sink}",
-                "epochs": epochs,
-                "device": "cpu",
-                "seed": seed,
-                "out_dir": str(out),
-            },
-            "data": {
-                "dataset": "npz",
-                "path": str(NPZ),
-                "batch_size": 64,
-                "eval_batch_size": 1000,
-                "mean": [MEAN],
-                "std": [STD],
-            },
-            "model": {"arch": "mlp", "hidden": [128]},
-            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-            "train": {"log_every": 10},
-            "checkpoint": {"every_epochs": 0, "save_best": False},
-            "log": SINKS[sink],
-        }
-    )
+    sections = workload_profile("mlp", epochs, "cpu", seed=seed, log_every=10)
+    sections["run"] |= {"name": f"bench-{sink}", "out_dir": str(out)}
+    profile = profile_from_dict({**sections, "log": SINKS[sink]})
     run = Run.start(profile)
     run.join()
     if run.reason != "completed":

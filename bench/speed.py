@@ -149,6 +149,26 @@ def run_tutorial(arch, epochs, device, precision, seed=0):
     return times, correct / len(xte)
 
 
+def workload_profile(arch, epochs, device, precision="fp32", seed=0, log_every=25) -> dict:
+    """Workload W's profile (MNIST npz, batch 64, SGD 0.01/0.9, no checkpoints) for `arch`."""
+    return {
+        "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
+        "data": {
+            "dataset": "npz",
+            "path": str(NPZ),
+            "batch_size": 64,
+            "eval_batch_size": 1000,
+            "mean": [MEAN],
+            "std": [STD],
+        },
+        "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
+        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "precision": {"mode": precision},
+        "train": {"log_every": log_every},
+        "checkpoint": {"every_epochs": 0, "save_best": False},
+    }
+
+
 def run_mpt(
     arch, epochs, device, precision, seed=0, live_consumer=True, sections=None, headline="val_acc"
 ):
@@ -157,25 +177,7 @@ def run_mpt(
     from engine.run import Run
 
     profile = profile_from_dict(
-        {
-            **{
-                "run": {"name": "bench", "epochs": epochs, "device": str(device), "seed": seed},
-                "data": {
-                    "dataset": "npz",
-                    "path": str(NPZ),
-                    "batch_size": 64,
-                    "eval_batch_size": 1000,
-                    "mean": [MEAN],
-                    "std": [STD],
-                },
-                "model": {"arch": arch, "hidden": [128], "channels": [32, 64]},
-                "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
-                "precision": {"mode": precision},
-                "train": {"log_every": 25},
-                "checkpoint": {"every_epochs": 0, "save_best": False},
-            },
-            **(sections or {}),
-        }
+        {**workload_profile(arch, epochs, device, precision, seed), **(sections or {})}
     )
     run = Run.start(profile, write=False)
     epochs_seen = []
