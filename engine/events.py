@@ -480,6 +480,14 @@ def history_lines(path: str | Path, count: int) -> list[str]:
     return [line.decode("utf-8", errors="replace") for line in lines[:count]]
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A value a metrics store can hold (a sink's): a float, None for a missing or
+    non-finite one."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 def _finite_or_null(data: dict[str, Any]) -> dict[str, Any]:
     """NaN and infinity are not JSON: events.jsonl says null (the queue keeps the float)."""
     return {

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import queue
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.events import finite_or_none
 
 ID_FILE = "mlflow.json"  # {"run_id": ..., "tracking_uri": ...} in each run directory
 _BATCH = 1000  # MLflow's most metrics per log_batch
@@ -78,13 +78,6 @@ def _client(uri: str):
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
-
-
-def _finite(value: Any) -> float | None:
-    """As engine.sinks': a value MLflow can store, None for a missing or non-finite one."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 class MlflowSink:
@@ -200,7 +193,7 @@ class MlflowSink:
     def _metric(self, name: str, value: Any, event: ev.Event) -> None:
         from mlflow.entities import Metric
 
-        value = _finite(value)
+        value = finite_or_none(value)
         if value is not None:
             self._metrics.append(Metric(name, value, int(event.time * 1000), event.step))
 

@@ -13,13 +13,13 @@ history and a live one give the same files.
 from __future__ import annotations
 
 import csv
-import math
 import queue
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine import events as ev
 from engine.errors import MptError
+from engine.events import finite_or_none
 from engine.notify import NotifySink
 from engine.task_spec import metric_keys
 
@@ -57,12 +57,6 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 class CsvSink:
     """`metrics.csv`: one row per epoch, flushed per row (readable while the run goes on)."""
 
@@ -88,7 +82,7 @@ class CsvSink:
         for name in self._columns:
             value = event.metrics.get(name, getattr(event, name, None))
             if isinstance(value, float):
-                value = _finite(value)
+                value = finite_or_none(value)
             row.append("" if value is None else value)  # str(float) reads back exactly
         self._csv.writerow(row)
         self._file.flush()
@@ -123,7 +117,7 @@ class TensorBoardSink:
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def _scalar(self, tag: str, value: Any, event: ev.Event) -> None:
-        value = _finite(value)
+        value = finite_or_none(value)
         if value is not None:
             self.writer.add_scalar(tag, value, global_step=event.step, walltime=event.time)
 
