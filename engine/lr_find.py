@@ -92,10 +92,10 @@ def run_sweep(profile: Profile, start: float, end: float, steps: int) -> Sweep:
 
 
 def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
-    import torch
 
     from engine.data import epoch_generator
-    from engine.precision import autocast, optimizer_step
+    from engine.precision import optimizer_step
+    from engine.trainer import backward
 
     p, model, optimizer = trainer.p, trainer.model, trainer.optimizer
     ratio = (end / start) ** (1 / (steps - 1))
@@ -117,13 +117,9 @@ def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
             total = None
             for _ in group:
                 xb, yb = next(fetch)
-                xb = trainer.transform(xb, augment)
-                if trainer.channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with autocast(trainer.device.type, p.precision.mode):
-                    loss = trainer.task.loss(trainer.forward(xb), yb, "sum") / samples
-                (trainer.scaler.scale(loss) if trainer.scaler else loss).backward()
-                total = loss.detach() if total is None else total + loss.detach()
+                loss, _ = backward(trainer, xb, yb, augment, samples)  # (the loop's own)
+                loss = loss.detach() / samples
+                total = loss if total is None else total + loss
             step_loss = float(total)  # one sync a step: the sweep decides on each
             optimizer_step(optimizer, trainer.scaler, model, p.train.clip_norm, trainer.state)
             n = len(sweep.lrs) + 1

@@ -185,20 +185,16 @@ class Trainer:
                     # step's loss as it is, one op fewer than sum / samples; the metric sums
                     # weigh it back.
                     mean = len(group) == 1 and not world.distributed
+                    divide_by = None if mean else denominator
                     weight = step_samples if mean else 1
                     step_loss = step_sums = None  # over the step's micro-batches
                     local_samples = 0
                     for i in range(len(group)):
                         xb, yb = next(fetch)
                         local_samples += len(yb)
-                        xb = self._to_input(self.transform(xb, s.augment))
                         # Under DDP, gradients are averaged once per step, after the last one.
                         with self._no_sync(i < len(group) - 1):
-                            with autocast(self.device.type, p.precision.mode):
-                                out = self.forward(xb)
-                                loss = self.task.loss(out, yb, "mean" if mean else "sum")
-                            scaled = loss if mean else loss / denominator
-                            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                            loss, out = backward(self, xb, yb, s.augment, divide_by)
                         # Each torch call costs microseconds of dispatch on a small model: no
                         # zero tensors to add into, one add per extra micro-batch.
                         loss, sums = loss.detach().float(), self.task.train_sums(out, yb)
@@ -364,3 +360,18 @@ def describe_failure(error: Exception, profile: Profile, trainer: Trainer | None
     except MptError:
         device = profile.run.device
     return out_of_memory_advice(device, profile, None)
+
+
+def backward(
+    trainer: Trainer, xb: torch.Tensor, yb: torch.Tensor, augment: Any, denominator: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-batch's forward and backward (the training loop's, mpt lr-find's): the
+    loss (the mean with no `denominator`, else the sum, whose gradient is divided by it)
+    and the model's output."""
+    xb = trainer._to_input(trainer.transform(xb, augment))
+    with autocast(trainer.device.type, trainer.p.precision.mode):
+        out = trainer.forward(xb)
+        loss = trainer.task.loss(out, yb, "mean" if denominator is None else "sum")
+    scaled = loss if denominator is None else loss / denominator
+    (trainer.scaler.scale(scaled) if trainer.scaler else scaled).backward()
+    return loss, out
