@@ -288,10 +288,15 @@ def ls(runs: RunsArg = Path("runs")) -> None:
     run's headline metric (val acc by default), checkpoint; then its sweeps, one line each
     (a sweep directory: its trials' runs)."""
     from engine.report import runs_table
-    from engine.sweep_ctl import sweeps_table
+    from engine.sweep_live import find_sweeps
 
     with _user_errors():
-        listed, sweeps = runs_table(runs), sweeps_table(runs)
+        listed, found = runs_table(runs), find_sweeps(runs)
+        sweeps = None
+        if found:  # (sweep_ctl reads sweep files: imported only when there are some)
+            from engine.sweep_ctl import sweeps_table
+
+            sweeps = sweeps_table(runs, found)
     if sweeps is None:
         say(listed)
     elif listed.startswith("no runs in "):  # a folder of sweeps alone

@@ -29,9 +29,12 @@ from engine.monitor import resolve_mode
 from engine.runs import summarize_run
 from engine.sweep import ENDED_WELL, SweepDir, TrialRecord
 from engine.sweep_live import (
+    SWEEP_FILE,
+    find_sweeps,
     is_live,
     is_paused,
     is_stopping,
+    is_sweep_dir,
     live_runner,
     read_runner,
     record_runner,
@@ -41,28 +44,11 @@ from engine.sweep_live import (
 )
 from engine.sweep_spec import Sweep
 
-SWEEP_FILE = "sweep.json"
 CONSOLE_LOG = "console.log"
 DEFAULT_TIMEOUT_S = 10.0
 POLL_S = 0.05
 SETTLE_S = 0.1  # the runner's start of a trial (its check of the flag to its record) is ms
 SETTLED = (*ENDED_WELL, "failed", "invalid")  # a trial in these has ended for good
-MAX_SWEEPS = 1000  # find_sweeps reads no more than this many (newest first)
-
-
-def is_sweep_dir(path: Path) -> bool:
-    return (Path(path) / SWEEP_FILE).is_file()
-
-
-def find_sweeps(root: Path) -> list[Path]:
-    """The sweep directories of an out_dir (`root/<sweep name>/<stamp>/sweep.json`), newest
-    first: two levels of folders are looked at, never the trials' runs below."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        return []
-    found = [p.parent for p in root.glob(f"*/*/{SWEEP_FILE}") if p.is_file()]
-    found.sort(key=lambda p: (p.name, p.parent.name), reverse=True)  # stamps sort by time
-    return found[:MAX_SWEEPS]
 
 
 @dataclass
@@ -402,11 +388,11 @@ def _count(n: int, noun: str) -> str:
 # ---- mpt ls ----
 
 
-def sweeps_table(root: Path) -> str | None:
+def sweeps_table(root: Path, found: list[Path] | None = None) -> str | None:
     """One line per sweep of an out_dir, newest first: name/stamp, state, trials done of
-    all, the best trial; None when it holds no sweep."""
+    all, the best trial; None when it holds no sweep. `found`: find_sweeps(root), if known."""
     rows = []
-    for path in find_sweeps(root):
+    for path in find_sweeps(root) if found is None else found:
         try:
             s = read_sweep_state(path)
         except MptError:

@@ -34,6 +34,24 @@ PAUSED_FILE = "paused"
 STOPPING_FILE = "stopping"
 _SAME_PROCESS_S = 1.0  # two start times this close are the same process's (clock ticks)
 
+SWEEP_FILE = "sweep.json"  # what makes a folder a sweep directory
+MAX_SWEEPS = 1000  # find_sweeps reads no more than this many (newest first)
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (Path(path) / SWEEP_FILE).is_file()
+
+
+def find_sweeps(root: Path) -> list[Path]:
+    """The sweep directories of an out_dir (`root/<sweep name>/<stamp>/sweep.json`), newest
+    first: two levels of folders are looked at, never the trials' runs below."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    found = [p.parent for p in root.glob(f"*/*/{SWEEP_FILE}") if p.is_file()]
+    found.sort(key=lambda p: (p.name, p.parent.name), reverse=True)  # stamps sort by time
+    return found[:MAX_SWEEPS]
+
 
 class SecondRunner(MptError):
     """A sweep whose runner is live is never run by a second process."""
