@@ -85,8 +85,8 @@ class LrFindScreen(ModalScreen[float | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(
-                f"LR finder · {self.profile_name}: lr from {START:g} to {END:g} in {STEPS} "
-                f"steps (optim.lr now {self.profile.optim.lr:g})",
+                f"LR finder · {self.profile_name}: lr {START:g} .. {END:g}, {STEPS} steps "
+                f"(optim.lr now {self.profile.optim.lr:g})",
                 id="lr-title",
                 markup=False,
             )
@@ -160,6 +160,7 @@ class LrFindScreen(ModalScreen[float | None]):
     def _found(self, sweep, found) -> None:
         self.state, self.suggestion = "found", found.lr
         self.query_one("#lr-progress").display = False
+        self.query_one("#dialog").add_class("-found")  # the curve takes the room left
         curve = self.query_one("#lr-curve", SweepCurve)
         curve.display = True
         curve.show(sweep, found)
@@ -170,12 +171,12 @@ class LrFindScreen(ModalScreen[float | None]):
             else f"ran {ran}, up to lr {sweep.lrs[-1]:.3g}"
         )
         self._status(
-            f"{ended}\nsuggestion: optim.lr = {found.lr:g} (the steepest descent of the "
-            f"loss); the range it trusts: {found.low:g} .. {found.high:g}"
+            f"{ended}\nsuggestion: optim.lr = {found.lr:g} (the steepest descent of the loss)"
+            f"\nthe range it trusts: {found.low:g} .. {found.high:g}"
         )
         self._keys(
-            f"[b]enter[/b]/[b]y[/b]: set optim.lr = {found.lr:g} in {_escape(self.target)}"
-            "    [b]escape[/b]/[b]n[/b]: cancel"
+            f"[b]enter[/b]: set optim.lr = {found.lr:g} in {_escape(self.target)}"
+            "    [b]escape[/b]: cancel"
         )
 
     def _fail(self, sentence: str) -> None:
