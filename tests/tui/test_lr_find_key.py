@@ -121,3 +121,22 @@ async def test_a_profile_that_cannot_train_is_one_sentence_not_a_traceback(workd
         )
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen))
+
+
+@run_async
+async def test_L_while_a_run_trains_in_this_console_is_refused_in_one_sentence(workdir: Path):
+    from tui.screens.dashboard import DashboardScreen
+
+    app = MptApp("profiles", "runs")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("r")  # long.toml: 200 epochs, live for the whole test
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        await wait_for(pilot, lambda: app.session.live)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen))
+        await pilot.press("down", "L")
+        screen = await _ended(pilot)
+        assert screen.state == "failed"
+        assert screen.outcome.startswith("a run is training in this console")
+        app.session.stop()
