@@ -18,9 +18,11 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.control import Control
 from engine.errors import MptError
 from engine.profile import BOM, Profile, ScheduleSection
 
@@ -31,6 +33,14 @@ SKIP_START = 10  # the first points' slope is the average still settling (pytorc
 
 class SweepUseless(MptError):
     """The sweep ran but its curve suggests nothing (the loss never fell); exit 1."""
+
+
+class SweepStopped(MptError):
+    """The sweep was asked to stop (its Control's stop) before it ended."""
+
+
+# after each step: (steps done, that step's lr, its smoothed loss)
+OnStep = Callable[[int, float, float], None]
 
 
 @dataclass
@@ -71,27 +81,41 @@ def sweep_profile(profile: Profile) -> Profile:
     return dataclasses.replace(profile, schedule=ScheduleSection())
 
 
-def run_sweep(profile: Profile, start: float, end: float, steps: int) -> Sweep:
+def run_sweep(
+    profile: Profile,
+    start: float,
+    end: float,
+    steps: int,
+    control: Control | None = None,
+    on_step: OnStep | None = None,
+) -> Sweep:
     """Train `steps` steps on a model built from `profile`, the lr growing from `start` to
-    `end` in equal ratios; stop early when the smoothed loss diverges. Writes nothing."""
+    `end` in equal ratios; stop early when the smoothed loss diverges. Writes nothing.
+
+    `control.stop()` (from any thread) ends it before its next step with SweepStopped;
+    `on_step` is called on the sweep's thread after each step."""
     import queue
 
     from engine import events as ev
-    from engine.control import Control
     from engine.distributed import world_from_env
     from engine.trainer import Trainer
 
     if world_from_env().distributed:  # the sweep's loop is one process's
         raise MptError("mpt lr-find runs in one process: run it without torchrun")
-    trainer = Trainer(sweep_profile(profile), ev.EventLog(queue.Queue()), Control(), run_dir=None)
+    control = control or Control()
+    trainer = Trainer(sweep_profile(profile), ev.EventLog(queue.Queue()), control, run_dir=None)
     try:
-        return _sweep(trainer, start, end, steps)
+        return _sweep(trainer, start, end, steps, control, on_step or _no_report)
     finally:
         trainer.release()
         trainer.close()
 
 
-def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
+def _no_report(done: int, lr: float, smoothed: float) -> None:
+    pass
+
+
+def _sweep(trainer, start: float, end: float, steps: int, control: Control, on_step: OnStep):
 
     from engine.data import epoch_generator
     from engine.precision import optimizer_step
@@ -110,6 +134,11 @@ def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
         )
         augment = epoch_generator(p.run.seed, epoch, trainer.device) if augments else None
         for group in groups[: steps - len(sweep.lrs)]:
+            if control.stop_requested:  # (between two steps: the model is never half-updated)
+                raise SweepStopped(
+                    f"mpt lr-find: stopped after {len(sweep.lrs)} of {steps} steps; "
+                    "nothing was written"
+                )
             lr = start * ratio ** len(sweep.lrs)
             for param_group in optimizer.param_groups:  # optim.lr_mult's groups keep their share
                 param_group["lr"] = lr * param_group.get("lr_multiplier", 1.0)
@@ -128,6 +157,7 @@ def _sweep(trainer, start: float, end: float, steps: int) -> Sweep:
             sweep.lrs.append(lr)
             sweep.losses.append(step_loss)
             sweep.smoothed.append(smoothed)
+            on_step(n, lr, smoothed)
             if not math.isfinite(smoothed) or smoothed > DIVERGED * best:
                 sweep.diverged_at = lr
                 return sweep
@@ -206,10 +236,18 @@ def chart(sweep: Sweep, found: Suggestion, width: int, height: int, color: bool)
     vertical line; `color` false: plain text (off a terminal)."""
     import plotext as plt  # only when a chart is drawn
 
-    shown = len(sweep.lrs) - (1 if sweep.diverged_at is not None else 0)
     plt.clear_figure()
     plt.theme("clear")
     plt.plotsize(width, height)
+    draw(plt, sweep, found)
+    text = plt.build().rstrip("\n")
+    return text if color else plt.uncolorize(text)
+
+
+def draw(plt, sweep: Sweep, found: Suggestion) -> None:
+    """Plot the sweep on `plt`: the plotext module, or a figure of its (the console's
+    textual-plotext widget), sized and themed by the caller."""
+    shown = len(sweep.lrs) - (1 if sweep.diverged_at is not None else 0)
     plt.xscale("log")
     plt.plot(sweep.lrs[:shown], sweep.smoothed[:shown], marker="braille", color="cyan")
     plt.vline(found.lr, "red")
@@ -221,8 +259,6 @@ def chart(sweep: Sweep, found: Suggestion, width: int, height: int, color: bool)
     plt.xticks([10.0**d for d in decades], [f"1e{d}" for d in decades])
     plt.title(f"smoothed loss vs lr (suggestion {found.lr:g})")
     plt.xlabel("lr")
-    text = plt.build().rstrip("\n")
-    return text if color else plt.uncolorize(text)
 
 
 # ---- --apply: optim.lr in the profile file, every other byte kept ----

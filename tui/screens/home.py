@@ -1,6 +1,7 @@
 """The first screen: the profiles in the profiles folder and the runs in the runs folder.
 
-Profiles: enter opens the form, `r` runs it, `n` starts a new profile. Runs: enter shows
+Profiles: enter opens the form, `r` runs it, `L` finds it an lr (tui/screens/lr_find.py),
+`n` starts a new profile. Runs: enter shows
 the run (its dashboard), `r` resumes it from a checkpoint. tab moves between the lists.
 """
 
@@ -144,6 +145,7 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
     CSS_PATH = "home.tcss"
     BINDINGS = [
         Binding("r", "run_profile", "Run"),
+        Binding("L", "lr_find", "LR find"),
         Binding("r", "resume_run", "Resume"),
         Binding("x", "remove_run", "Remove"),
         Binding("space", "mark_run", "Mark"),
@@ -323,7 +325,7 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
         return next((r for r in self.runs if str(r.run_dir) == key), None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "run_profile":
+        if action in ("run_profile", "lr_find"):
             return self._focused_table() == "profiles"
         if action == "resume_run":
             return self._focused_table() == "runs"
@@ -367,6 +369,13 @@ class HomeScreen(RunRemoval, SweepRows, Screen):
             self.notify(f"cannot run: {first}", severity="error", timeout=8)
             return
         self.post_message(StartRun(profile))
+
+    def action_lr_find(self) -> None:
+        from tui.screens.lr_find import find_for_file
+
+        entry = self.highlighted_profile()
+        if entry is not None:
+            find_for_file(self, entry.path)
 
     def action_resume_run(self) -> None:
         from tui.screens.resume import ResumeScreen

@@ -3,7 +3,9 @@
 Each change re-validates the whole profile with `profile_from_dict`, so the messages
 under the fields are the engine's own. ctrl+s writes the file (only when valid) by
 editing its text in place: only the changed values' text changes, every comment, blank
-line and header stays. F2 saves under a new name; ctrl+r starts a run.
+line and header stays. F2 saves under a new name; ctrl+r starts a run; ctrl+l (`L` would
+type into a field) runs the LR finder on the form's values, unsaved edits included, and
+sets the optim.lr field to its suggestion, leaving the saving to ctrl+s.
 
 ctrl+s never overwrites what the form did not read: a file it could not read (not TOML,
 not UTF-8, a folder, unreadable) is shown as the defaults and kept; a file changed on
@@ -37,7 +39,14 @@ from engine.profile import (
 )
 from engine.task_spec import KINDS, METRICS, monitors
 from tui.messages import StartRun
-from tui.profile_text import EditError, form_dict, render_profile, save_dict, write_atomic
+from tui.profile_text import (
+    EditError,
+    field_text,
+    form_dict,
+    render_profile,
+    save_dict,
+    write_atomic,
+)
 from tui.widgets.field import FieldRow
 
 MONITOR_KEYS = ("early_stop.monitor", "checkpoint.monitor")  # offered the task's monitors
@@ -59,7 +68,28 @@ def tab_labels(bad: set[str], width: int) -> dict[str, str]:
     return labels
 
 
-class ProfileFormScreen(Screen):
+class LrFindInForm:
+    """ctrl+l in the form (a mixin of it): the LR finder on the form's values, unsaved
+    edits included (what ctrl+r would run); its suggestion goes into the optim.lr field,
+    and ctrl+s saves it."""
+
+    def action_lr_find(self: ProfileFormScreen) -> None:
+        from tui.screens.lr_find import LrFindScreen
+
+        if self.profile is None:
+            self._refuse("find an lr")
+            return
+        name = self.path.stem if self.path else "new profile"
+        self.app.push_screen(LrFindScreen(self.profile, name, "the form"), self._set_lr)
+
+    def _set_lr(self: ProfileFormScreen, lr: float | None) -> None:
+        if lr is not None:  # the field's Changed validates it and marks the form edited
+            self.show_section("optim", focus="optim.lr")
+            self.row("optim.lr").control.value = field_text(FIELD_BY_PATH["optim.lr"], lr)
+            self.notify(f"optim.lr = {lr!r} in the form: ctrl+s saves it")
+
+
+class ProfileFormScreen(LrFindInForm, Screen):
     """Edit one profile (or a new one, from the defaults)."""
 
     CSS_PATH = "profile_form.tcss"
@@ -67,6 +97,7 @@ class ProfileFormScreen(Screen):
         Binding("ctrl+s", "save", "Save"),
         Binding("f2", "save_as", "Save as"),
         Binding("ctrl+r", "run", "Run"),
+        Binding("ctrl+l", "lr_find", "LR find"),
         Binding("escape", "back", "Back"),
         Binding("pagedown", "section(1)", "Next section", priority=True),
         Binding("pageup", "section(-1)", "Previous section", show=False, priority=True),
