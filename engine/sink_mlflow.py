@@ -17,11 +17,9 @@ the sink sees its first event: a missing package is one warning, the run goes on
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import queue
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,40 +67,18 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-class MlflowSink:
-    """Feeds one MLflow run; metrics are batched and written at each epoch's end."""
+class MlflowSink(tracking.TrackerSink):
+    """Feeds one MLflow run; metrics are batched and written at each epoch's end (a SQLite
+    store takes ~0.3 ms of CPU a point: host and GPU figures go in once an epoch)."""
 
     def __init__(self, profile: Any):
+        super().__init__()
         self.profile = profile
         self.uri = profile.log.mlflow_uri or default_uri(profile.run.out_dir)
-        self._opened = time.time()  # events older than this are the replayed history
-        self._history: list[ev.Event] = []
         self._client = None
         self.run_id: str | None = None
         self._metrics: list = []
-        self._tags: dict[str, str] = {}
-        self._facts = tracking.RunFacts()  # mpt.* tags; its state: mpt.state
-        # A SQLite store takes ~0.3 ms of CPU a point: the host and GPU figures, which
-        # change slowly, are logged once an epoch (tracking.HOST_FIELDS).
-        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
-        # Batches are written by a thread of the sink's own: the store's seconds stay out
-        # of the training loop. Its first failure is raised by the next write (a warning).
-        self._jobs: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._failure: Exception | None = None
-
-    def write(self, event: ev.Event) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self.run_id is None:
-            if isinstance(event, ev.RunStarted) and event.time >= self._opened:
-                self._start(event)
-            elif event.time < self._opened:
-                self._history.append(event)
-            return
-        self._log(event)
-        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
-            self.flush()
+        self._tags: dict[str, str] = {}  # mpt.* facts and lineage; mpt.state: the ending
 
     def _start(self, started: ev.RunStarted) -> None:
         self._client = _client(self.uri)
@@ -121,10 +97,8 @@ class MlflowSink:
         self._log_params(continued)
         self._log(started)
         self._save_id(Path(started.run_dir))
-        self._writer = threading.Thread(
-            target=self._write_batches, args=(self.run_id,), name="mpt-mlflow", daemon=True
-        )
-        self._writer.start()
+        write = functools.partial(self._write_batch, self.run_id)  # close() clears run_id
+        self._start_writer("mpt-mlflow", self._serve, write)
         self.flush()
 
     def _previous_run(self) -> str | None:
@@ -175,30 +149,17 @@ class MlflowSink:
         data = {"run_id": self.run_id, "tracking_uri": self.uri}
         tracking.write_id_file(run_dir, ID_FILE, data)
 
-    def _metrics_of(self, values: dict[str, float], event: ev.Event) -> None:
+    def _add(self, values: dict[str, float], event: ev.Event) -> None:
         from mlflow.entities import Metric
 
         when = int(event.time * 1000)
         self._metrics += [Metric(k, v, when, event.step) for k, v in values.items()]
 
-    def _log(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Step):
-            self._metrics_of(tracking.step_values(event), event)
-            self._last_step = event
-        elif isinstance(event, ev.EpochEnd):
-            self._host_figures()
-            self._metrics_of(tracking.epoch_values(event), event)
-        else:
-            self._tags.update(self._facts.update(event))
-            if isinstance(event, ev.RunStarted) and event.resumed_from:
-                lineage = self._lineage()
-                self._tags["mpt.run_dirs"] = " ".join([*lineage, event.run_dir])
-
-    def _host_figures(self) -> None:
-        """The last step event's host and GPU figures, at its step."""
-        step, self._last_step = self._last_step, None
-        if step is not None:
-            self._metrics_of(tracking.host_values(step), step)
+    def _add_facts(self, facts: dict[str, str], event: ev.Event) -> None:
+        self._tags.update(facts)
+        if isinstance(event, ev.RunStarted) and event.resumed_from:
+            lineage = self._lineage()
+            self._tags["mpt.run_dirs"] = " ".join([*lineage, event.run_dir])
 
     def _lineage(self) -> list[str]:
         """The run directories this MLflow run has held so far (mpt.run_dirs)."""
@@ -218,26 +179,16 @@ class MlflowSink:
         self._jobs.put((self._metrics, tags))
         self._metrics, self._tags = [], {}
 
-    def _write_batches(self, run_id: str) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self._failure is not None:
-                continue  # the sink is being removed: drop what is left
-            metrics, tags = job
-            try:
-                for i in range(0, max(len(metrics), 1), _BATCH):
-                    self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
-                    tags = []
-            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
-                self._failure = e
+    def _write_batch(self, run_id: str, job: tuple[list, list]) -> None:
+        metrics, tags = job
+        for i in range(0, max(len(metrics), 1), _BATCH):
+            self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
+            tags = []
 
     def close(self) -> None:
         if self.run_id is None:
             return
-        self._host_figures()
-        self.flush()
-        self._jobs.put(None)
-        self._writer.join(timeout=60)  # a store that hangs never holds the run's end longer
-        if self._failure is None and not self._writer.is_alive():
+        if self._stop_writer():
             self._client.set_terminated(self.run_id, status=self._status())
         self.run_id = None
 

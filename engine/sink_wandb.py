@@ -27,12 +27,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import queue
 import secrets
 import string
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -67,39 +65,19 @@ def _new_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-class WandbSink:
-    """Feeds one W&B run; history rows are batched and written at each epoch's end."""
+class WandbSink(tracking.TrackerSink):
+    """Feeds one W&B run; history rows are batched and written at each epoch's end. The
+    writer thread also imports wandb and starts its service (~2 s), and each log call
+    (~1 ms) runs there, out of the training loop."""
 
     def __init__(self, profile: Any):
+        super().__init__()
         self.profile = profile
         self.project = profile.log.wandb_project or profile.run.name
         self.mode = profile.log.wandb_mode
-        self._opened = time.time()  # events older than this are the replayed history
-        self._history: list[ev.Event] = []
         self.run_id: str | None = None
         self._rows: dict[int, dict[str, float]] = {}  # step -> its values, sent in order
-        self._summary: dict[str, str] = {}
-        self._facts = tracking.RunFacts()
-        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
-        # wandb's import, its service's start and each log call run in a thread of the
-        # sink's own: ~2 s and ~1 ms a call stay out of the training loop. Its first failure
-        # is raised by the next write (a warning).
-        self._jobs: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._failure: BaseException | None = None
-
-    def write(self, event: ev.Event) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self._writer is None:
-            if isinstance(event, ev.RunStarted) and event.time >= self._opened:
-                self._start(event)
-            elif event.time < self._opened:
-                self._history.append(event)
-            return
-        self._log(event)
-        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
-            self.flush()
+        self._summary: dict[str, str] = {}  # mpt.* facts and lineage
 
     def _start(self, started: ev.RunStarted) -> None:
         if importlib.util.find_spec("wandb") is None:
@@ -133,10 +111,7 @@ class WandbSink:
             "config": tracking.flat_profile(self.profile),
             "resume": "allow" if continued else None,
         }
-        self._writer = threading.Thread(
-            target=self._write_jobs, args=(init,), name="mpt-wandb", daemon=True
-        )
-        self._writer.start()
+        self._start_writer("mpt-wandb", self._write_jobs, init)
         self.flush()
 
     def _can_continue(self, saved: dict, run_dir: Path) -> bool:
@@ -154,28 +129,12 @@ class WandbSink:
             return False
         return all(e.step <= resumed_at for e in logged if isinstance(e, ev.Step | ev.EpochEnd))
 
-    def _log(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Step):
-            self._row(event).update(tracking.step_values(event))
-            self._last_step = event
-        elif isinstance(event, ev.EpochEnd):
-            self._host_figures()
-            self._row(event).update(tracking.epoch_values(event))
-        else:
-            self._summary.update(self._facts.update(event))
+    def _add(self, values: dict[str, float], event: ev.Event) -> None:
+        # The row's time (W&B's _timestamp) is the event's: a replayed history keeps its own.
+        self._rows.setdefault(event.step, {}).update(values, _timestamp=event.time)
 
-    def _host_figures(self) -> None:
-        """The last step event's host and GPU figures, at its step."""
-        step, self._last_step = self._last_step, None
-        if step is not None:
-            self._row(step).update(tracking.host_values(step))
-
-    def _row(self, event: ev.Event) -> dict[str, float]:
-        """The history row at the event's step; its time (W&B's _timestamp) the event's, so
-        a replayed history keeps its own."""
-        row = self._rows.setdefault(event.step, {})
-        row["_timestamp"] = event.time
-        return row
+    def _add_facts(self, facts: dict[str, str], event: ev.Event) -> None:
+        self._summary.update(facts)
 
     def flush(self) -> None:
         """Hand the rows and summary to the writer (at each epoch's end and the run's)."""
@@ -193,28 +152,15 @@ class WandbSink:
                 run = _init_run(init)
             except BaseException as e:  # noqa: BLE001 - SystemExit too: raised by the next write
                 self._failure = e
-        while (job := self._jobs.get()) is not None:
-            if self._failure is not None:
-                continue  # the sink is being removed: drop what is left
-            rows, summary = job
-            try:
-                for step, values in rows:
-                    run.log(values, step=step)
-                run.summary.update(summary)
-            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
-                self._failure = e
+        self._serve(lambda job: _log_rows(run, *job))
         with _service_lock:
             _runs_open -= 1
             _end_run(run, self._facts.state, last=_runs_open == 0)
 
     def close(self) -> None:
-        if self._writer is None:
-            return
-        self._host_figures()
-        self.flush()
-        self._jobs.put(None)
-        self._writer.join(timeout=60)  # a W&B that hangs never holds the run's end longer
-        self._writer = None
+        if self._writer is not None:
+            self._stop_writer()  # the writer finishes the W&B run
+            self._writer = None
 
 
 def _init_run(init: dict[str, Any]):
@@ -243,6 +189,12 @@ def _init_run(init: dict[str, Any]):
         return wandb.init(**init, settings=settings, reinit="create_new", allow_val_change=True)
     finally:
         sys.exit, sys.excepthook = hooks
+
+
+def _log_rows(run: Any, rows: list[tuple[int, dict]], summary: dict[str, str]) -> None:
+    for step, values in rows:
+        run.log(values, step=step)
+    run.summary.update(summary)
 
 
 def _end_run(run: Any, state: str, last: bool) -> None:

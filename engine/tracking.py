@@ -10,6 +10,9 @@ directory resumed from, whose id file (`mlflow.json`, `wandb.json`) names its tr
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,88 @@ def read_id_file(run_dir: Path | None, name: str) -> dict[str, Any] | None:
 
 def write_id_file(run_dir: Path, name: str, data: dict[str, Any]) -> None:
     (run_dir / name).write_text(json.dumps(data) + "\n", encoding="utf-8")
+
+
+class TrackerSink:
+    """What a tracker sink does, whatever the tracker: it holds the replayed history until
+    the live `run_started` (then `_start`), folds each event into metrics at its step
+    (`_add`) and `mpt.*` facts (`_add_facts`), with the host/GPU figures once an epoch, and
+    hands them to a writer thread of its own at each epoch's end and the run's (`flush`),
+    so the tracker's seconds stay out of the training loop. The writer's first failure is
+    raised by the next `write`: EventLog drops the sink with one warning."""
+
+    def __init__(self) -> None:
+        self._opened = time.time()  # events older than this are the replayed history
+        self._history: list[ev.Event] = []
+        self._started = False
+        self._facts = RunFacts()
+        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
+        self._jobs: queue.Queue = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def write(self, event: ev.Event) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if not self._started:
+            if isinstance(event, ev.RunStarted) and event.time >= self._opened:
+                self._started = True
+                self._start(event)
+            elif event.time < self._opened:
+                self._history.append(event)
+            return
+        self._log(event)
+        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
+            self.flush()
+
+    def _start(self, started: ev.RunStarted) -> None:
+        raise NotImplementedError
+
+    def _add(self, values: dict[str, float], event: ev.Event) -> None:
+        raise NotImplementedError
+
+    def _add_facts(self, facts: dict[str, str], event: ev.Event) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def _log(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            self._add(step_values(event), event)
+            self._last_step = event
+        elif isinstance(event, ev.EpochEnd):
+            self._host_figures()
+            self._add(epoch_values(event), event)
+        else:
+            self._add_facts(self._facts.update(event), event)
+
+    def _host_figures(self) -> None:
+        """The last step event's host and GPU figures, at its step."""
+        step, self._last_step = self._last_step, None
+        if step is not None:
+            self._add(host_values(step), step)
+
+    def _start_writer(self, name: str, target, *args: Any) -> None:
+        self._writer = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._writer.start()
+
+    def _serve(self, write) -> None:
+        """The writer's loop: each job handed to `write(job)`, until the None that `close`
+        sends; after a failure the rest is dropped (the sink is being removed)."""
+        while (job := self._jobs.get()) is not None:
+            if self._failure is not None:
+                continue
+            try:
+                write(job)
+            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
+                self._failure = e
+
+    def _stop_writer(self) -> bool:
+        """The last figures flushed and the writer ended: at most 60 s, so a tracker that
+        hangs never holds the run's end longer. True when it ended with no failure."""
+        self._host_figures()
+        self.flush()
+        self._jobs.put(None)
+        self._writer.join(timeout=60)
+        return self._failure is None and not self._writer.is_alive()
