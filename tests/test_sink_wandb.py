@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from durable_helpers import (
     MPT,
-    invoke,
+    hide_package,
     merge,
     profile_dict,
     read_jsonl,
     run_dir_of,
+    sink_without_its_package,
     train,
     wait_for,
     write_toml,
@@ -139,23 +139,12 @@ def test_a_resume_from_before_the_last_logged_step_starts_a_linked_wandb_run(pla
 
 @pytest.fixture
 def no_wandb(monkeypatch):
-    """wandb as if not installed: None in sys.modules makes its import fail."""
-    for name in [n for n in sys.modules if n == "wandb" or n.startswith("wandb.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "wandb", None)
+    hide_package(monkeypatch, "wandb")
 
 
 def test_without_the_package_validate_warns_and_the_run_goes_on_with_one_warning(
     tmp_path, no_wandb
 ):
     data = profile_dict(tmp_path / "runs", LOGGED, {"run": {"epochs": 1}})
-    path = write_toml(tmp_path / "p.toml", data)
-    result = invoke("validate", path)
-    assert result.exit_code == 0, result.output
-    assert "pip install 'mpt[wandb]'" in result.output and "warning" in result.output
-
-    done = train(data)
-    assert done.reason == "completed"
-    warnings = [e.message for e in done.of("warning") if "wandb" in e.message]
-    assert len(warnings) == 1 and "pip install 'mpt[wandb]'" in warnings[0]
+    done = sink_without_its_package(tmp_path, data, "wandb")
     assert not (done.run_dir / "wandb.json").exists() and not (done.run_dir / "wandb").exists()
