@@ -150,8 +150,10 @@ class WandbSink(tracking.TrackerSink):
             _runs_open += 1
             try:
                 run = _init_run(init)
-            except BaseException as e:  # noqa: BLE001 - SystemExit too: raised by the next write
+            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
                 self._failure = e
+            except BaseException as e:  # noqa: BLE001 - W&B's sys.exit must not end the run
+                self._failure = MptError(f"wandb.init ended with {type(e).__name__}: {e}")
         self._serve(lambda job: _log_rows(run, *job))
         with _service_lock:
             _runs_open -= 1
