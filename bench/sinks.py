@@ -2,7 +2,7 @@
 with no sink and with each sink asked for, interleaved and repeated. A benchmark that
 prints figures, not a test.
 
-    python bench/sinks.py                  # mlflow vs none, 6 epochs, 3 repetitions
+    python bench/sinks.py                  # mlflow and wandb vs none, 6 epochs, 3 repetitions
     python bench/sinks.py --sinks mlflow csv --reps 5
 """
 
@@ -25,6 +25,7 @@ SINKS = {
     "csv": {"csv": True},
     "tensorboard": {"tensorboard": True},
     "mlflow": {"mlflow": True},
+    "wandb": {"wandb": True},  # offline: files in the run directory
 }
 
 
@@ -47,7 +48,7 @@ def seconds_per_epoch(sink: str, epochs: int, seed: int, out: Path) -> list[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sinks", nargs="+", default=["mlflow"], choices=sorted(SINKS))
+    ap.add_argument("--sinks", nargs="+", default=["mlflow", "wandb"], choices=sorted(SINKS))
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()

@@ -81,10 +81,11 @@ def validate(profile: ProfileArg, set_: SetOpt = None) -> None:
     problems = _code_problems(loaded.to_dict())
     if problems:
         _fail("\n".join(f"{profile}: {problem}" for problem in problems))
-    from engine.sink_mlflow import missing_package
+    from engine import sink_mlflow, sink_wandb
 
-    if missing := missing_package(loaded):
-        say(f"{profile}: warning: {missing}")
+    for sink in (sink_mlflow, sink_wandb):
+        if missing := sink.missing_package(loaded):
+            say(f"{profile}: warning: {missing}")
     say(f"{profile}: ok")
 
 

@@ -32,6 +32,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("none", "step", "exponential", "cosine", "plateau", "onecycle")
 PRECISIONS = ("fp32", "fp16", "bf16")
 CACHE_MODES = ("auto", "device", "memory", "stream")
+WANDB_MODES = ("offline", "online", "disabled")  # [log] wandb_mode
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _ZOO_RE = re.compile(r"^(torchvision|timm):[A-Za-z0-9_][\w.\-]*$")
@@ -396,6 +397,20 @@ class LogSection:
         "",
         "MLflow tracking URI (empty: the SQLite store sqlite:///<out_dir>/mlflow.db, no server).",
         "str",
+    )
+    wandb: bool = key(
+        False,
+        "Log the run to Weights & Biases: config, step and epoch metrics, summary; a resumed "
+        "run continues its W&B run; needs pip install 'mpt[wandb]'.",
+        "bool",
+    )
+    wandb_project: str = key("", "W&B project (empty: run.name).", "str")
+    wandb_mode: str = key(
+        "offline",
+        "offline: files in <run dir>/wandb/ for `wandb sync` later, no network; online: "
+        "sent as it runs (needs `wandb login`); disabled: nothing.",
+        "choice",
+        choices=WANDB_MODES,
     )
 
 

@@ -17,29 +17,20 @@ the sink sees its first event: a missing package is one warning, the run goes on
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
 import os
-import queue
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from engine import events as ev
+from engine import tracking
 from engine.errors import MptError
-from engine.events import finite_or_none
 
 ID_FILE = "mlflow.json"  # {"run_id": ..., "tracking_uri": ...} in each run directory
 _BATCH = 1000  # MLflow's most metrics per log_batch
 _PARAM_BATCH = 100  # and params
 _PARAM_LIMIT = 6000  # MLflow's longest param value
-_MIB = 1024 * 1024
-# Each `step` event's: a SQLite store takes ~0.3 ms of CPU a point, so the host and GPU
-# figures, which change slowly, are logged once an epoch (the epoch's last step event's).
-_STEP_FIELDS = ("loss", "lr", "samples_per_s")
-_HOST_FIELDS = ("gpu_util", "gpu_temp", "gpu_power", "cpu_percent")
-_HOST_MIB = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "rss", "mem_available")
 MISSING = "the mlflow package is not installed; pip install 'mpt[mlflow]' or set log.mlflow = false"
 # The MLflow run's status for each ending (RunFinished.reason; RunFailed is FAILED).
 _STATUS = {"interrupted": "KILLED"}
@@ -61,11 +52,7 @@ def default_uri(out_dir: str) -> str:
 
 def flat_params(profile: Any) -> dict[str, str]:
     """The profile as MLflow params: "section.key" -> its value as text."""
-    return {
-        f"{section}.{key}": str(value)[:_PARAM_LIMIT]
-        for section, table in profile.to_dict().items()
-        for key, value in table.items()
-    }
+    return {k: str(v)[:_PARAM_LIMIT] for k, v in tracking.flat_profile(profile).items()}
 
 
 def _client(uri: str):
@@ -80,38 +67,18 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-class MlflowSink:
-    """Feeds one MLflow run; metrics are batched and written at each epoch's end."""
+class MlflowSink(tracking.TrackerSink):
+    """Feeds one MLflow run; metrics are batched and written at each epoch's end (a SQLite
+    store takes ~0.3 ms of CPU a point: host and GPU figures go in once an epoch)."""
 
     def __init__(self, profile: Any):
+        super().__init__()
         self.profile = profile
         self.uri = profile.log.mlflow_uri or default_uri(profile.run.out_dir)
-        self._opened = time.time()  # events older than this are the replayed history
-        self._history: list[ev.Event] = []
         self._client = None
         self.run_id: str | None = None
         self._metrics: list = []
-        self._tags: dict[str, str] = {}
-        self._state = "running"  # mpt.state: the ending's reason, or failed
-        self._last_step: ev.Step | None = None  # its host/GPU figures go in at epoch end
-        # Batches are written by a thread of the sink's own: the store's seconds stay out
-        # of the training loop. Its first failure is raised by the next write (a warning).
-        self._jobs: queue.Queue = queue.Queue()
-        self._writer: threading.Thread | None = None
-        self._failure: Exception | None = None
-
-    def write(self, event: ev.Event) -> None:
-        if self._failure is not None:
-            raise self._failure
-        if self.run_id is None:
-            if isinstance(event, ev.RunStarted) and event.time >= self._opened:
-                self._start(event)
-            elif event.time < self._opened:
-                self._history.append(event)
-            return
-        self._log(event)
-        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
-            self.flush()
+        self._tags: dict[str, str] = {}  # mpt.* facts and lineage; mpt.state: the ending
 
     def _start(self, started: ev.RunStarted) -> None:
         self._client = _client(self.uri)
@@ -130,22 +97,14 @@ class MlflowSink:
         self._log_params(continued)
         self._log(started)
         self._save_id(Path(started.run_dir))
-        self._writer = threading.Thread(
-            target=self._write_batches, args=(self.run_id,), name="mpt-mlflow", daemon=True
-        )
-        self._writer.start()
+        write = functools.partial(self._write_batch, self.run_id)  # close() clears run_id
+        self._start_writer("mpt-mlflow", self._serve, write)
         self.flush()
 
     def _previous_run(self) -> str | None:
         """The MLflow run id of the run this one resumes, when it used the same store."""
-        runs = [e for e in self._history if isinstance(e, ev.RunStarted) and e.run_dir]
-        if not runs:
-            return None
-        try:
-            saved = json.loads((Path(runs[-1].run_dir) / ID_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(saved, dict) or saved.get("tracking_uri") != self.uri:
+        saved = tracking.read_id_file(tracking.resumed_run_dir(self._history), ID_FILE)
+        if saved is None or saved.get("tracking_uri") != self.uri:
             return None
         return saved.get("run_id") or None
 
@@ -188,62 +147,19 @@ class MlflowSink:
 
     def _save_id(self, run_dir: Path) -> None:
         data = {"run_id": self.run_id, "tracking_uri": self.uri}
-        (run_dir / ID_FILE).write_text(json.dumps(data) + "\n", encoding="utf-8")
+        tracking.write_id_file(run_dir, ID_FILE, data)
 
-    def _metric(self, name: str, value: Any, event: ev.Event) -> None:
+    def _add(self, values: dict[str, float], event: ev.Event) -> None:
         from mlflow.entities import Metric
 
-        value = finite_or_none(value)
-        if value is not None:
-            self._metrics.append(Metric(name, value, int(event.time * 1000), event.step))
+        when = int(event.time * 1000)
+        self._metrics += [Metric(k, v, when, event.step) for k, v in values.items()]
 
-    def _log(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Step):
-            for name in _STEP_FIELDS:
-                self._metric(name, getattr(event, name), event)
-            self._last_step = event
-        elif isinstance(event, ev.EpochEnd):
-            self._host_figures()
-            values = {"train_acc": event.train_acc, "val_acc": event.val_acc, **event.metrics}
-            values.update(train_loss=event.train_loss, val_loss=event.val_loss)
-            values.update(epoch=event.epoch, epoch_lr=event.lr, epoch_seconds=event.seconds)
-            for name, value in values.items():
-                self._metric(name, value, event)
-        else:
-            self._tag(event)
-
-    def _host_figures(self) -> None:
-        """The last step event's host and GPU figures, at its step."""
-        step, self._last_step = self._last_step, None
-        if step is None:
-            return
-        for name in _HOST_FIELDS:
-            self._metric(name, getattr(step, name), step)
-        for name in _HOST_MIB:
-            nbytes = getattr(step, name)
-            if nbytes is not None:
-                self._metric(f"{name}_mib", nbytes / _MIB, step)
-
-    def _tag(self, event: ev.Event) -> None:
-        if isinstance(event, ev.RunStarted):
-            self._tags.update({"mpt.run_dir": event.run_dir, "mpt.host": event.host})
-            self._tags["mpt.state"] = "running"
-            self._tags["mpt.device"] = event.device
-            if event.resumed_from:
-                self._tags["mpt.resumed_from"] = event.resumed_from
-                lineage = self._lineage()
-                self._tags["mpt.run_dirs"] = " ".join([*lineage, event.run_dir])
-        elif isinstance(event, ev.CheckpointSaved) and event.path:
-            kind = "best" if event.reason == "best" else "last"
-            self._tags[f"mpt.{kind}_checkpoint"] = event.path
-            if event.reason == "final":
-                self._tags["mpt.final_checkpoint"] = event.path
-        elif isinstance(event, ev.RunFinished):
-            self._state = event.reason or "completed"
-            self._tags["mpt.state"] = self._state
-        elif isinstance(event, ev.RunFailed):
-            self._state = "failed"
-            self._tags["mpt.state"] = self._state
+    def _add_facts(self, facts: dict[str, str], event: ev.Event) -> None:
+        self._tags.update(facts)
+        if isinstance(event, ev.RunStarted) and event.resumed_from:
+            lineage = self._lineage()
+            self._tags["mpt.run_dirs"] = " ".join([*lineage, event.run_dir])
 
     def _lineage(self) -> list[str]:
         """The run directories this MLflow run has held so far (mpt.run_dirs)."""
@@ -263,31 +179,22 @@ class MlflowSink:
         self._jobs.put((self._metrics, tags))
         self._metrics, self._tags = [], {}
 
-    def _write_batches(self, run_id: str) -> None:
-        while (job := self._jobs.get()) is not None:
-            if self._failure is not None:
-                continue  # the sink is being removed: drop what is left
-            metrics, tags = job
-            try:
-                for i in range(0, max(len(metrics), 1), _BATCH):
-                    self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
-                    tags = []
-            except Exception as e:  # noqa: BLE001 - raised by the next write: one warning
-                self._failure = e
+    def _write_batch(self, run_id: str, job: tuple[list, list]) -> None:
+        metrics, tags = job
+        for i in range(0, max(len(metrics), 1), _BATCH):
+            self._client.log_batch(run_id, metrics=metrics[i : i + _BATCH], tags=tags)
+            tags = []
 
     def close(self) -> None:
         if self.run_id is None:
             return
-        self._host_figures()
-        self.flush()
-        self._jobs.put(None)
-        self._writer.join(timeout=60)  # a store that hangs never holds the run's end longer
-        if self._failure is None and not self._writer.is_alive():
+        if self._stop_writer():
             self._client.set_terminated(self.run_id, status=self._status())
         self.run_id = None
 
     def _status(self) -> str:
         """FINISHED, or KILLED for an interrupt (or no ending seen), FAILED for a failure."""
-        if self._state in ("failed", "running"):
-            return "FAILED" if self._state == "failed" else "KILLED"
-        return _STATUS.get(self._state, "FINISHED")
+        state = self._facts.state
+        if state in ("failed", "running"):
+            return "FAILED" if state == "failed" else "KILLED"
+        return _STATUS.get(state, "FINISHED")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine import events as ev
+from engine import sink_wandb
 from engine.errors import MptError
 from engine.events import finite_or_none
 from engine.notify import NotifySink
@@ -152,7 +153,7 @@ def open_sinks(
 ) -> list[Sink]:
     """The sinks `log` (the profile's LogSection) asks for, writing into `run_dir`, and
     the notifications `notify` (its NotifySection) asks for, warning on `events`; the
-    MLflow sink needs the whole `profile` (its params).
+    MLflow and W&B sinks need the whole `profile` (their params, its config).
 
     None without a run directory (under torchrun: on every rank but 0). Raises MptError
     when tensorboard is asked for but cannot be imported.
@@ -168,6 +169,8 @@ def open_sinks(
         from engine.sink_mlflow import MlflowSink  # imports mlflow at its first event
 
         sinks.append(MlflowSink(profile))
+    if profile is not None and sink_wandb.wanted(log):  # imports wandb in a thread of its own
+        sinks.append(sink_wandb.WandbSink(profile))
     if notify is not None and (notify.command or notify.webhook):
         sinks.append(NotifySink(notify, run_dir, events))
     return sinks

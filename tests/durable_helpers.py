@@ -256,3 +256,25 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 
     path.write_text(tomli_w.dumps(data))
     return path
+
+
+def hide_package(monkeypatch, package: str) -> None:
+    """`package` as if not installed: None in sys.modules makes its import fail."""
+    for name in [n for n in sys.modules if n == package or n.startswith(f"{package}.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
+def sink_without_its_package(tmp_path: Path, data: dict[str, Any], extra: str) -> Done:
+    """A profile whose [log] sink needs the (hidden) extra `extra`: `mpt validate` warns and
+    exits 0, and the run completes with one warning naming `pip install 'mpt[extra]'`."""
+    hint = f"pip install 'mpt[{extra}]'"
+    result = invoke("validate", write_toml(tmp_path / "p.toml", data))
+    assert result.exit_code == 0, result.output
+    assert hint in result.output and "warning" in result.output
+
+    done = train(data)
+    assert done.reason == "completed"
+    warnings = [e.message for e in done.of("warning") if extra in e.message]
+    assert len(warnings) == 1 and hint in warnings[0]
+    return done

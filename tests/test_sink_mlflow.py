@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from durable_helpers import (
     finish,
-    invoke,
+    hide_package,
     next_event,
     profile_dict,
+    sink_without_its_package,
     start,
     train,
-    write_toml,
 )
 
 pytest.importorskip("mlflow")
@@ -106,25 +105,14 @@ def test_a_stopped_run_resumed_continues_its_mlflow_run_without_a_step_twice(out
 
 @pytest.fixture
 def no_mlflow(monkeypatch):
-    """mlflow as if not installed: None in sys.modules makes its import fail."""
-    for name in [n for n in sys.modules if n == "mlflow" or n.startswith("mlflow.")]:
-        monkeypatch.setitem(sys.modules, name, None)
-    monkeypatch.setitem(sys.modules, "mlflow", None)
+    hide_package(monkeypatch, "mlflow")
 
 
 def test_without_the_package_validate_warns_and_the_run_goes_on_with_one_warning(
     tmp_path, no_mlflow
 ):
     data = profile_dict(tmp_path / "runs", LOGGED)
-    path = write_toml(tmp_path / "p.toml", data)
-    result = invoke("validate", path)
-    assert result.exit_code == 0, result.output
-    assert "pip install 'mpt[mlflow]'" in result.output and "warning" in result.output
-
-    done = train(data)
-    assert done.reason == "completed"
-    warnings = [e.message for e in done.of("warning") if "mlflow" in e.message]
-    assert len(warnings) == 1 and "pip install 'mpt[mlflow]'" in warnings[0]
+    done = sink_without_its_package(tmp_path, data, "mlflow")
     assert not (done.run_dir / "mlflow.json").exists()
 
 
