@@ -378,10 +378,12 @@ def export_checkpoint(
         std = ", ".join(f"{s:.4g}" for s in started["std"])
         pixels = "pixels/255" if len(spec.in_shape) == 3 else "x"
         how = f"({pixels} - mean) / std, mean [{mean}], std [{std}]"
-    which = " (the moving average of the weights; --raw for the raw ones)"
-    which = which if card["weights"] == "ema" else ""
+    which = ""
+    if state.get("ema") is not None:
+        ema = card["weights"] == "ema"
+        which = "; the weights' moving average, --raw for the raw ones" if ema else "; raw weights"
     return (
-        f"wrote {target} ({fmt}, from {path}){which} and {card_path.name}\n"
+        f"wrote {target} ({fmt}, from {path}{which}) and {card_path.name}\n"
         f"input: float32 [batch, {sizes}], normalised {how}; output: {_output_text(spec)}"
     )
 

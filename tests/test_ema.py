@@ -141,7 +141,13 @@ def test_export_takes_the_average_by_default_and_the_raw_weights_with_raw(runs, 
     for raw in (False, True):
         out = tmp_path / f"{raw}.torchscript.pt"
         text = export_checkpoint(with_ema.run_dir, "torchscript", out, trust_code=True, raw=raw)
-        assert ("moving average" in text) is not raw
+        assert text.startswith(f"wrote {out} (torchscript, from ")
+        assert text.splitlines()[0].endswith(
+            "; raw weights) and True.torchscript.pt.json"
+            if raw
+            else "; the weights' moving average, --raw for the raw ones) and "
+            "False.torchscript.pt.json"
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is deprecated upstream
             loaded = torch.jit.load(str(out))
