@@ -34,8 +34,8 @@ Evaluate = Callable[[torch.nn.Module | None], Validation]
 
 
 class WeightAverage:
-    """The averaged weights of `model` (None when `decay` is 0: then every method is a
-    no-op and `module` is the model itself)."""
+    """The averaged weights of `model`; with `decay` 0 there are none: every method is a
+    no-op, `validate` is `evaluate`'s, and `module` is the model itself."""
 
     def __init__(self, model: torch.nn.Module, decay: float, every: int):
         self.model, self.every, self.count = model, every, 0
@@ -55,10 +55,6 @@ class WeightAverage:
             mine, theirs = self._pairs.setdefault(a.dtype, ([], []))
             mine.append(a.detach())
             theirs.append(r.detach())
-
-    @property
-    def on(self) -> bool:
-        return self.averaged is not None
 
     @property
     def module(self) -> torch.nn.Module:
