@@ -18,7 +18,9 @@ from torch import nn
 from engine import checkpoint as ckpt
 from engine.errors import ProfileError
 from engine.export import export_checkpoint, load_model
+from engine.formatting import metric
 from engine.profile import profile_from_dict
+from engine.task_spec import lower_is_better
 
 
 def bn_mlp(in_shape, num_classes):
@@ -183,3 +185,9 @@ def test_a_checkpoint_whose_average_does_not_fit_the_model_is_refused(runs, tmp_
     torch.save(state, bad)
     with pytest.raises(ckpt.CheckpointError, match=r"ema\.weights\['1\.weight'\] must have"):
         ckpt.load(bad)
+
+
+def test_a_raw_metric_reads_as_its_metric_in_tables_and_plots():
+    # The dashboard, mpt compare and mpt show format and rank by the metric's name.
+    assert metric("val_raw_acc", 0.9725) == metric("val_acc", 0.9725) == "97.25%"
+    assert lower_is_better("val_raw_mae") and not lower_is_better("val_raw_acc")
