@@ -16,6 +16,7 @@ variant (each variant once more in a child process), and issue 6's targets, met 
     python bench/speed.py                  # W on the CPU, 5 epochs, 3 repetitions
     python bench/speed.py --device cuda --precision fp16
     python bench/speed.py --compile        # train.compile = true against eager, MLP and CNN
+    python bench/speed.py --ema            # train.ema_decay = 0.999 against off: EMA's cost
 """
 
 from __future__ import annotations
@@ -311,9 +312,17 @@ def main():
         action="store_true",
         help="mpt with train.compile = true against mpt eager: seconds per epoch and the ratio",
     )
+    ap.add_argument(
+        "--ema",
+        action="store_true",
+        help="mpt with train.ema_decay = 0.999 against off: seconds per epoch, the ratio, "
+        "and the average's update per optimizer step",
+    )
     args = ap.parse_args()
     if args.compile:
         return compile_workload(args)
+    if args.ema:
+        return ema_workload(args)
     if args.workload != "mnist":
         return task_workload(args)
     device = torch.device(args.device)
@@ -405,6 +414,97 @@ def compile_workload(args) -> None:
                 f"   val acc {100 * statistics.fmean(acc[v]):.2f}%"
             )
         print(f"  compiled / eager: {ratio:.2f} (below 1: compile is faster)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def ema_update_seconds(arch: str, device: torch.device, steps: int = 2000) -> float:
+    """Seconds of one update of the weights' moving average (engine/ema.py) on the
+    workload's model, timed alone over `steps` updates."""
+    from engine.ema import WeightAverage
+
+    model = make_model(arch).to(device)
+    average = WeightAverage(model, 0.999, 1)
+    for step in range(1, 51):  # warm up (the first update is a copy)
+        average.after_step(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for step in range(51, 51 + steps):
+        average.after_step(step)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def run_mpt_steps(arch, epochs, device, precision, seed, sections):
+    """(seconds an optimizer step, seconds an epoch, headline) of mpt on workload W: the
+    step's from the step events' throughput (log windows hold training only), after the
+    first epoch; the epoch's between epoch ends (validation included)."""
+    from engine.profile import profile_from_dict
+    from engine.run import Run
+
+    profile = profile_from_dict(
+        {**workload_profile(arch, epochs, device, precision, seed), **sections}
+    )
+    run = Run.start(profile, write=False)
+    run.join()
+    events = []
+    while not run.events.empty():
+        events.append(run.events.get())
+    if run.reason != "completed":
+        raise SystemExit(f"mpt run did not complete: {run.error}")
+    ends = [e for e in events if e.kind == "epoch_end"]
+    steps = [64 / e.samples_per_s for e in events if e.kind == "step" and e.epoch > 1]
+    epochs_s = [b.time - a.time for a, b in zip(ends, ends[1:], strict=False)]
+    return statistics.median(steps), statistics.median(epochs_s), ends[-1].metrics["val_acc"]
+
+
+def ema_workload(args) -> None:
+    """mpt with train.ema_decay = 0.999 against without, on workload W per arch: seconds an
+    optimizer step (training only) and an epoch (with EMA an epoch validates twice: the
+    average and the raw weights), their ratios, and the update's own cost timed alone."""
+    device = torch.device(args.device)
+    ema = {"train": {"log_every": 25, "ema_decay": 0.999}}
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+        f"{args.precision}, {args.epochs} epochs x {args.reps} repetitions, EMA vs off"
+    )
+    results = {}
+    for arch in args.arch:
+        got = {"off": [], "ema": []}  # (step s, epoch s, val acc) per repetition
+        for rep in range(args.reps):  # interleaved, so drift hits both alike
+            for v, sections in (("off", {"train": {"log_every": 25}}), ("ema", ema)):
+                got[v].append(
+                    in_fresh_thread(
+                        run_mpt_steps, arch, args.epochs, device, args.precision, rep, sections
+                    )
+                )
+        step = {v: statistics.median(g[0] for g in got[v]) for v in got}
+        epoch = {v: statistics.median(g[1] for g in got[v]) for v in got}
+        update = in_fresh_thread(ema_update_seconds, arch, device)
+        results[arch] = {
+            "median_step_s": step,
+            "median_epoch_s": epoch,
+            "step_ema_over_off": step["ema"] / step["off"],
+            "epoch_ema_over_off": epoch["ema"] / epoch["off"],
+            "update_s": update,
+        }
+        print(f"\n{arch}: medians over epochs 2..{args.epochs} of every repetition")
+        for v in got:
+            acc = statistics.fmean(g[2] for g in got[v])
+            print(
+                f"  {v:<6}step {1e3 * step[v]:>8.3f} ms   epoch {epoch[v]:>8.3f} s   "
+                f"val acc {100 * acc:.2f}%"
+            )
+        print(
+            f"  ema / off: a step {step['ema'] / step['off']:.3f}, an epoch "
+            f"{epoch['ema'] / epoch['off']:.3f} (its second validation included)"
+        )
+        print(
+            f"  the update alone: {1e6 * update:.1f} us, {100 * update / step['off']:.1f}% of "
+            "a step without EMA"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

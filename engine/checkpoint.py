@@ -34,7 +34,9 @@ from engine.task_spec import metric_names
 from engine.user_code import CODE_KEYS, imported_code
 
 FORMAT = "mpt-checkpoint"
-VERSION = 2  # 2: the "task" key (kind, outputs, class names); 1 is still read
+# 2: the "task" key (kind, outputs, class names); 3: the "ema" key (train.ema_decay's
+# averaged weights). Older versions are still read.
+VERSION = 3
 
 # Keys whose change makes a checkpoint meaningless for the new profile: the weights or
 # the optimizer state would not fit, or the position inside the data would point elsewhere.
@@ -340,9 +342,9 @@ _YEAR_9999 = 253_402_300_799  # time.localtime fails beyond it
 _TOP_KEYS = (
     "format", "version", "time", "profile", "model", "optimizer", "schedule", "scaler",
     "early_stop", "best_checkpoint", "best_weights", "metrics", "progress", "rng", "ranks",
-    "task",
+    "task", "ema",
 )  # fmt: skip
-_OPTIONAL_TOP_KEYS = ("time", "ranks", "task")
+_OPTIONAL_TOP_KEYS = ("time", "ranks", "task", "ema")
 # The epoch's and the log window's metric sums: they differ between processes.
 SUMS = ("epoch_loss", "epoch_correct", "epoch_samples", "window_loss", "window_samples")
 # Profile keys whose check depends on this machine (a data file moved, tensorboard not
@@ -457,6 +459,10 @@ def _check_state(state: dict[str, Any]) -> None:
     weights = _check_weights(state["model"], "model")
     if state["best_weights"] is not None:
         _check_weights(state["best_weights"], "best_weights", like=weights)
+    if state.get("ema") is not None:
+        ema = _table(state["ema"], "ema")
+        _check_weights(_field(ema, "weights", "ema"), "ema.weights", like=weights)
+        _whole(_field(ema, "n_averaged", "ema"), "ema.n_averaged", high=_COUNT_LIMIT)
     groups = _check_optimizer(state["optimizer"], weights)
     _check_schedule(state["schedule"], groups)
     _check_scaler(state["scaler"])

@@ -727,13 +727,21 @@ def export(
         ),
     ] = None,
     trust_code: TrustCodeOpt = False,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Export the raw weights of a run with train.ema_decay, not their moving "
+            "average (the default where the checkpoint has one).",
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint's model for deployment: state_dict, TorchScript, ONNX or pt2."""
     from engine.export import export_checkpoint  # imports torch
 
     with _user_errors():
         written = export_checkpoint(
-            checkpoint, format_.value, out, input_shape, num_classes, trust_code
+            checkpoint, format_.value, out, input_shape, num_classes, trust_code, raw
         )
     say(str(written))
 

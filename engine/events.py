@@ -276,7 +276,7 @@ def _event(data: dict[str, Any]) -> tuple[Event | None, list[str]]:
     return cls(**values), problems
 
 
-_METRIC_KEY = re.compile(r"^(train|val)_[a-z0-9]+$")
+_METRIC_KEY = re.compile(r"^(train|val)_[a-z0-9_]+$")  # val_raw_acc too (train.ema_decay)
 _NOT_METRICS = frozenset({"train_loss", "val_loss", "train_samples", "val_samples"})
 
 

@@ -14,6 +14,11 @@ first, normalised as in training, and returns the outputs it trained with: logit
 (classification, multilabel) or predictions (regression). A model card
 (`<file>.json`, and inside TorchScript, ONNX and pt2 files) records the task kind, the
 shapes, the class names and the normalisation.
+
+A checkpoint of a run with train.ema_decay holds two sets of weights: the moving average
+("ema", what the run validated, early-stopped and kept best.pt on) is exported by default,
+the raw weights with `--raw` (to `...-raw<suffix>` by default); the card says which
+("weights": "ema" or "raw").
 """
 
 from __future__ import annotations
@@ -159,12 +164,15 @@ def load_model(
     input_shape: list[int] | None = None,
     num_classes: int | None = None,
     trust_code: bool = False,
+    raw: bool = False,
 ) -> tuple[torch.nn.Module, ModelSpec, Path, dict[str, Any]]:
     """Rebuild the checkpoint's model, weights loaded, in eval mode on the CPU.
 
     `spec_path`: a checkpoint file or a run directory (its checkpoints/last.pt).
     `trust_code`: the user's consent to import the model code the checkpoint's profile
     names ("package.module:factory"); without it such a checkpoint is refused.
+    The weights are the moving average where the checkpoint has one (train.ema_decay),
+    unless `raw`; else the raw weights (`weights_of` says which).
     """
     path = ckpt.resolve(spec_path)
     state = ckpt.load(path)
@@ -187,20 +195,29 @@ def load_model(
             f"model.arch {cfg.arch!r} built for input {list(spec.in_shape)} and "
             f"{spec.num_classes} classes (from {spec.source})"
         )
-        ckpt.restore_weights(model, state["model"], path, built)
+        weights = state["ema"]["weights"] if weights_of(state, raw) == "ema" else state["model"]
+        ckpt.restore_weights(model, weights, path, built)
     except ckpt.CheckpointError as e:
         raise MptError(f"{e}; pass the run's --input-shape C,H,W and --num-classes N") from None
     model.eval()
     return model, spec, path, state
 
 
-def default_out(path: Path, state: dict[str, Any], fmt: str) -> Path:
-    """`<run dir>/exports/step-NNNNNN<suffix>`, or beside a checkpoint outside a run."""
+def weights_of(state: dict[str, Any], raw: bool = False) -> str:
+    """Which weights an export of `state` takes: "ema" (the moving average, when the
+    checkpoint has one and `raw` is not asked) or "raw"."""
+    return "ema" if state.get("ema") is not None and not raw else "raw"
+
+
+def default_out(path: Path, state: dict[str, Any], fmt: str, raw: bool = False) -> Path:
+    """`<run dir>/exports/step-NNNNNN<suffix>`, or beside a checkpoint outside a run;
+    `-raw` before the suffix for the raw weights of a checkpoint that has an average."""
     step = state.get("progress", {}).get("step")
+    mark = "-raw" if raw and state.get("ema") is not None else ""
     if path.parent.name == "checkpoints":
         stem = f"step-{step:06d}" if isinstance(step, int) else path.stem
-        return path.parent.parent / "exports" / (stem + SUFFIX[fmt])
-    return path.with_name(path.stem + SUFFIX[fmt])
+        return path.parent.parent / "exports" / (stem + mark + SUFFIX[fmt])
+    return path.with_name(path.stem + mark + SUFFIX[fmt])
 
 
 def example_input(spec: ModelSpec, batch: int = 2) -> torch.Tensor:
@@ -341,15 +358,17 @@ def export_checkpoint(
     input_shape: str | None = None,
     num_classes: int | None = None,
     trust_code: bool = False,
+    raw: bool = False,
 ) -> str:
-    """`mpt export`: write the checkpoint's model; returns what to print."""
+    """`mpt export`: write the checkpoint's model (its moving average of the weights, where
+    it has one and not `raw`); returns what to print."""
     shape = _parse_shape(input_shape) if input_shape else None
-    model, spec, path, state = load_model(checkpoint, shape, num_classes, trust_code)
-    target = Path(out).expanduser() if out else default_out(path, state, fmt)
+    model, spec, path, state = load_model(checkpoint, shape, num_classes, trust_code, raw)
+    target = Path(out).expanduser() if out else default_out(path, state, fmt, raw)
     if target.is_dir():
         raise MptError(f"--out {target}: is a folder; give a file name")
     started = next(filter(None, map(_run_started, _events_files(path))), None) or {}
-    card = model_card(spec, started, state)
+    card = {**model_card(spec, started, state), "weights": weights_of(state, raw)}
     export(model, spec, fmt, target, card)
     card_path = write_card(card, target)
     sizes = ", ".join(map(str, spec.in_shape))
@@ -359,8 +378,12 @@ def export_checkpoint(
         std = ", ".join(f"{s:.4g}" for s in started["std"])
         pixels = "pixels/255" if len(spec.in_shape) == 3 else "x"
         how = f"({pixels} - mean) / std, mean [{mean}], std [{std}]"
+    which = ""
+    if state.get("ema") is not None:
+        ema = card["weights"] == "ema"
+        which = "; the weights' moving average, --raw for the raw ones" if ema else "; raw weights"
     return (
-        f"wrote {target} ({fmt}, from {path}) and {card_path.name}\n"
+        f"wrote {target} ({fmt}, from {path}{which}) and {card_path.name}\n"
         f"input: float32 [batch, {sizes}], normalised {how}; output: {_output_text(spec)}"
     )
 

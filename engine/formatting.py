@@ -27,6 +27,7 @@ FRACTIONS = frozenset({"acc", "top5", "f1", "precision", "recall", "auroc", "ham
 def metric(name: str, x: float | None) -> str:
     """A metric's value as it is printed: `97.25%` for acc (or val_acc), `0.4123` for mae."""
     base = name.partition("_")[2] if name.startswith(("train_", "val_")) else name
+    base = base.removeprefix("raw_")  # val_raw_acc: the raw weights' (train.ema_decay)
     return percent(x) if base in FRACTIONS and x is not None and math.isfinite(x) else number(x)
 
 

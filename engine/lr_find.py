@@ -77,8 +77,10 @@ def check_range(start: float, end: float, steps: int) -> None:
 
 def sweep_profile(profile: Profile) -> Profile:
     """The profile as the sweep trains it: no schedule and no warmup (the sweep sets the
-    lr of every step), everything else (optimizer, momentum, betas, data) its own."""
-    return dataclasses.replace(profile, schedule=ScheduleSection())
+    lr of every step), no moving average of the weights (it never validates), everything
+    else (optimizer, momentum, betas, data) its own."""
+    train = dataclasses.replace(profile.train, ema_decay=0.0)
+    return dataclasses.replace(profile, schedule=ScheduleSection(), train=train)
 
 
 def run_sweep(

@@ -316,6 +316,17 @@ class TrainSection:
         "choice",
         choices=("fail", "skip"),
     )
+    ema_decay: float = key(
+        0.0,
+        "Keep an exponential moving average of the weights with this decay (0: off; e.g. "
+        "0.999): validation, best.pt and export then use the averaged weights.",
+        "float",
+        ge=0.0,
+        lt=1.0,
+    )
+    ema_every: int = key(
+        1, "Update the weights' moving average every this many optimizer steps.", "int", ge=1
+    )
 
 
 MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")  # any task's; see _monitors

@@ -71,6 +71,7 @@ def monitors(kind: str, metrics: list[str]) -> list[str]:
 def lower_is_better(monitor: str) -> bool:
     """Whether a smaller value of `monitor` (e.g. "val_mae") is the better one."""
     name = monitor.partition("_")[2] if monitor.startswith(("val_", "train_")) else monitor
+    name = name.removeprefix("raw_")  # val_raw_mae: the raw weights' (train.ema_decay)
     return name == "loss" or name.endswith("loss") or name in LOWER_IS_BETTER
 
 

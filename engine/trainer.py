@@ -28,6 +28,7 @@ from engine.control import Control, StepBoundary
 from engine.data import BatchTransform, epoch_generator, load_data, require_validation
 from engine.device import require_precision, resolve_device, set_process_switches, wrap_model
 from engine.distributed import Collectives, world_from_env
+from engine.ema import Validation, WeightAverage
 from engine.errors import MptError
 from engine.finetune import freeze, load_pretrained
 from engine.gpu import GpuStats
@@ -133,11 +134,13 @@ class Trainer:
             best_ckpt=BestTracker(p.checkpoint.monitor),
         )
         path, saved = self.resume or (None, None)
+        self.ema = WeightAverage(self.model, p.train.ema_decay, p.train.ema_every)
         if saved is not None:
             ckpt.restore_training(
                 path, saved, p, self.model, self.optimizer, self.schedule, self.scaler
             )
             self.state.load_state_dict(saved, path)
+            self.warnings += self.ema.load_state_dict(saved.get("ema"), path, self.state.step)
         folder, ck = self.run_dir / "checkpoints" if self.run_dir else None, p.checkpoint
         at = (self.state.step, self.state.epochs_done) if path else None  # the resumed file
         self.checkpoints = CheckpointWriter(folder, ck.keep_last, ck.on_error, self.log, path, at)
@@ -214,6 +217,7 @@ class Trainer:
                     s.step += 1
                     s.group += 1
                     self.schedule.after_step(s.step)
+                    self.ema.after_step(s.step)  # the weights' moving average (engine/ema.py)
                     profiler.step()
                     if s.step % log_every == 0:
                         self.progress.log_step(s.group / len(steps))  # the host syncs here
@@ -225,9 +229,9 @@ class Trainer:
                 if stop is not None:
                     break  # stopped inside the epoch: the checkpoint continues it on resume
                 s.augment = None  # the epoch's stream ends with it (not in later checkpoints)
-                val_loss, val_metrics = self.evaluate()
+                val_loss, val_metrics = self.ema.validate(self.evaluate, self.task.headline)
                 self.progress.end_epoch(time.monotonic() - epoch_start, val_loss, val_metrics)
-                stopping = self.progress.watch_early_stop(self.model)
+                stopping = self.progress.watch_early_stop(self.ema.module)
                 self._checkpoints_at_epoch_end()
                 stop = StopReason.EARLY_STOPPED if stopping else self._between_steps()
         stop = stop or StopReason.COMPLETED
@@ -262,17 +266,18 @@ class Trainer:
             self.checkpoints.link_best(s)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float | None, dict[str, float | None]]:
-        """Validation loss and the task's val_<metric>s of the model as it is (None and
-        no metrics: no val split)."""
+    def evaluate(self, model: torch.nn.Module | None = None) -> Validation:
+        """Validation loss and the task's val_<metric>s of the model as it is, or of
+        `model` (the EMA weights) (None and no metrics: no val split)."""
         val = self.placement.val
         if val is None:
             return None, {}
-        self.model.eval()
+        model = self.model if model is None else model
+        model.eval()
         loss_sum = torch.zeros((), device=self.device)
         # Several processes: each validates its share with the plain module (DDP's forward
         # would sync buffers, a collective the others might not be in), then the sums meet.
-        forward = self.model if self.world.distributed else self.forward
+        forward = model if self.world.distributed or model is not self.model else self.forward
         for xb, yb in self.placement.val_batches(self.p.data.eval_batch_size, self.world):
             xb = self._to_input(self.transform(xb))
             with autocast(self.device.type, self.p.precision.mode):
@@ -295,6 +300,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.state_dict(),
             "task": self.task.record(self.placement.data),
             **self.state.state_dict(self.log.lines, ranks),
         }

@@ -178,3 +178,32 @@ def test_resume_with_another_world_size_must_keep_the_global_batch(tmp_path):
     new["data"]["batch_size"] = 64
     warnings = check_resume(Path("last.pt"), state, new, world_size=1)
     assert any("from 2 to 1 process(es)" in w for w in warnings)
+
+
+def test_ema_under_torchrun_averages_like_one_process(tmp_path):
+    # Every process keeps the same average of the same weights (engine/ema.py) and
+    # validates its share with it; one epoch, against one process with the global batch.
+    ema = ["--set", "train.ema_decay=0.9", "--set", "run.epochs=1"]
+    done = subprocess.run(
+        torchrun(str(profile(tmp_path, "ema")), *ema), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = run_dirs(tmp_path, "ema")
+    one = load_profile(
+        profile(tmp_path, "ema-one"),
+        [f"data.batch_size={2 * PER_PROCESS_BATCH}", "train.ema_decay=0.9", "run.epochs=1"],
+    )
+    single = Run.start(one)
+    assert single.join(timeout=300) == "completed"
+    ddp, alone = (
+        torch.load(d / "checkpoints" / "last.pt", weights_only=True)["ema"]
+        for d in (run_dir, single.run_dir)
+    )
+    assert ddp["n_averaged"] == alone["n_averaged"] > 0
+    for key in alone["weights"]:
+        torch.testing.assert_close(ddp["weights"][key], alone["weights"][key], rtol=0, atol=1e-5)
+    (end,) = [e for e in events(run_dir) if e["kind"] == "epoch_end"]
+    (end_alone,) = [e for e in events(single.run_dir) if e["kind"] == "epoch_end"]
+    assert end["val_acc"] == pytest.approx(end_alone["val_acc"], abs=1e-3)
+    assert end["val_raw_acc"] == pytest.approx(end_alone["val_raw_acc"], abs=1e-3)
+    assert end["val_acc"] != end["val_raw_acc"]
