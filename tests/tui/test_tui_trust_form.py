@@ -143,7 +143,7 @@ async def test_saving_an_init_profile_changes_only_the_changed_lines(workdir: Pa
         assert f"saved {link}" in status(app)
     assert link.is_symlink() and oct(path.stat().st_mode & 0o777) == "0o640"
     after = path.read_text().splitlines()
-    assert len(after) == len(before) == 244  # the starter: [task], [notify], mlflow, wandb
+    assert len(after) == len(before) == 249  # the starter: [task], [notify], mlflow, wandb, ema
     changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     assert changed == [
         ("epochs = 10", "epochs = 3"),
