@@ -9,17 +9,17 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import socket
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine import events as ev
+from engine import summary as run_summary
+from engine.history import RunHistory
 from engine.stop import run_state
-from engine.task_spec import lower_is_better
 
 # A run that logs nothing for this long, and ended with no run_finished/run_failed,
 # is taken for dead. Generous: a big model may spend minutes between two step events.
@@ -74,76 +74,34 @@ class RunSummary:
         return f"{self.state}, {self.unreadable} bad line{'s' if self.unreadable > 1 else ''}"
 
 
-@dataclass
-class RunHistory:
-    """A run's events folded into what its summary needs, as they are read."""
-
-    started: ev.RunStarted | None = None  # the last run_started (a resumed run has two)
-    last: ev.Event | None = None
-    best_val_acc: float | None = None
-    last_val_acc: float | None = None
-    best_headline: float | None = None
-    last_headline: float | None = None
-    epoch_ends: dict[int, ev.EpochEnd] = field(default_factory=dict)  # the last of each epoch
-    checkpoints: list[str] = field(default_factory=list)  # checkpoint_saved paths, in order
-    paused: bool = False  # a paused event not yet followed by resumed (a checkpoint may come)
-
-    def add(self, events: list[ev.Event]) -> None:
-        for event in events:
-            self.last = event
-            if isinstance(event, ev.Paused | ev.Resumed | ev.RunStarted):
-                self.paused = isinstance(event, ev.Paused)
-            if isinstance(event, ev.RunStarted):
-                self.started = event
-            elif isinstance(event, ev.EpochEnd):
-                self.epoch_ends[event.epoch] = event  # a resumed history holds each epoch once
-                acc = event.val_acc
-                self.last_val_acc = acc
-                if acc is not None and (self.best_val_acc is None or acc > self.best_val_acc):
-                    self.best_val_acc = acc
-                own = acc if self.headline == "val_acc" else None  # (runs before metrics)
-                value = event.metrics.get(self.headline, own)
-                self.last_headline = value
-                if value is not None and math.isfinite(value) and self._better(value):
-                    self.best_headline = value
-            elif isinstance(event, ev.CheckpointSaved) and event.path:
-                self.checkpoints.append(event.path)
-
-    @property
-    def headline(self) -> str:
-        """val_<the first metric of run_started>; val_acc for runs from before metrics."""
-        metrics = self.started.metrics if self.started is not None else []
-        return f"val_{metrics[0]}" if metrics else "val_acc"
-
-    def _better(self, value: float) -> bool:
-        best = self.best_headline
-        if best is None:
-            return True
-        return value < best if lower_is_better(self.headline) else value > best
-
-    def summary(
-        self, run_dir: Path, reader: ev.EventsReader, mtime: float, now: float | None = None
-    ) -> RunSummary:
-        now = time.time() if now is None else now
-        s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
-        s.best_val_acc, s.last_val_acc = self.best_val_acc, self.last_val_acc
-        s.headline, s.best_headline, s.last_headline = (
-            self.headline,
-            self.best_headline,
-            self.last_headline,
-        )
-        if self.started is not None:
-            s.started, s.epochs = self.started.time, self.started.epochs
-            s.total_steps, s.name = self.started.total_steps, self.started.name or s.name
-            s.pid, s.host = self.started.pid, self.started.host
-        if self.last is not None:
-            s.step, s.epoch = self.last.step, self.last.epoch
-        s.state = _state(self.last, self.started, self.paused, mtime, now)
-        if isinstance(self.last, ev.RunFailed):
-            s.error = self.last.error or "failed"
-        s.last_checkpoint = _last_checkpoint(run_dir, self.checkpoints)
-        s.unreadable, s.problems = reader.unreadable, reader.describe()
-        return s
+def summarize(
+    history: RunHistory,
+    run_dir: Path,
+    reader: ev.EventsReader,
+    mtime: float,
+    now: float | None = None,
+) -> RunSummary:
+    """The summary a list shows of a run whose events `history` folds (`reader` read them)."""
+    now = time.time() if now is None else now
+    s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
+    s.best_val_acc, s.last_val_acc = history.best_val_acc, history.last_val_acc
+    s.headline, s.best_headline, s.last_headline = (
+        history.headline,
+        history.best_headline,
+        history.last_headline,
+    )
+    if history.started is not None:
+        s.started, s.epochs = history.started.time, history.started.epochs
+        s.total_steps, s.name = history.started.total_steps, history.started.name or s.name
+        s.pid, s.host = history.started.pid, history.started.host
+    if history.last is not None:
+        s.step, s.epoch = history.last.step, history.last.epoch
+    s.state = _state(history.last, history.started, history.paused, mtime, now)
+    if isinstance(history.last, ev.RunFailed):
+        s.error = history.last.error or "failed"
+    s.last_checkpoint = _last_checkpoint(run_dir, history.checkpoints)
+    s.unreadable, s.problems = reader.unreadable, reader.describe()
+    return s
 
 
 @dataclass
@@ -188,7 +146,7 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
         s = RunSummary(run_dir, run_dir.parent.name, run_dir.name, state="unreadable")
         s.problems = f"cannot be read ({e.strerror or e})"
         return s
-    return followed.history.summary(run_dir, followed.reader, mtime, now)
+    return summarize(followed.history, run_dir, followed.reader, mtime, now)
 
 
 def _follow(path: Path) -> tuple[_Followed, float]:
@@ -205,6 +163,10 @@ def _follow(path: Path) -> tuple[_Followed, float]:
         followed = None
     if followed is None:
         followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
+        loaded = run_summary.load_summary(path.parent, st.st_size)
+        if loaded is not None:  # the lines summary.json covers are not read again
+            followed.history, start = loaded
+            followed.reader, followed.head = start.reader, start.head
         _FOLLOWED[path] = followed
     if st.st_size > followed.reader.bytes_read:
         followed.history.add(followed.reader.read_new())
