@@ -412,6 +412,11 @@ class EventsReader:
         return self.skipped + self.damaged
 
     @property
+    def pending(self) -> bool:
+        """Whether the file ends inside a line (still being written, or cut short)."""
+        return bool(self._pending) or self._too_long
+
+    @property
     def bytes_read(self) -> int:
         return self._pos
 

@@ -77,9 +77,11 @@ class RunHistory:
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> RunHistory | None:
+    def from_json(cls, data: Any, epochs: bool = True) -> RunHistory | None:
         """The fold `to_json` wrote, or None when anything in it is not what it wrote (a
-        damaged or made-up summary.json is not read at all: its reader reads events.jsonl)."""
+        damaged or made-up summary.json is not read at all: its reader reads events.jsonl).
+        Without `epochs`, `epoch_ends` is left empty and unread: a runs list needs none of
+        it, and it is most of the file (a row an epoch)."""
         if not isinstance(data, dict):
             return None
         started, last = _event_or_none(data.get("started")), _event_or_none(data.get("last"))
@@ -98,7 +100,7 @@ class RunHistory:
         ):
             return None
         history = cls(started=started, last=last, paused=data["paused"])
-        for raw in ends:
+        for raw in ends if epochs else ():
             end = ev.exact_event(raw)
             if not isinstance(end, ev.EpochEnd):
                 return None

@@ -15,8 +15,10 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import events as ev
+from engine import run_index
 from engine import summary as run_summary
 from engine.history import RunHistory
 from engine.stop import run_state
@@ -134,10 +136,18 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
     still being written is left for the next call. An events.jsonl that cannot be read at
     all (no permission, not a file) makes the state `unreadable`.
     """
-    run_dir = Path(run_dir)
+    return _summarize_run(Path(run_dir), now)
+
+
+def _summarize_run(
+    run_dir: Path, now: float | None, index: dict[str, Any] | None = None
+) -> RunSummary | None:
+    """summarize_run; `index`: the runs folder's entries (engine/run_index.py), which this
+    run's entry is taken from and put back into when it has stopped changing."""
     path = (run_dir / "events.jsonl").absolute()
+    rel = f"{run_dir.parent.name}/{run_dir.name}"
     try:
-        followed, mtime = _follow(path)
+        followed, st = _follow(path, index.get(rel) if index is not None else None)
     except FileNotFoundError:
         _FOLLOWED.pop(path, None)
         return None
@@ -146,11 +156,20 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
         s = RunSummary(run_dir, run_dir.parent.name, run_dir.name, state="unreadable")
         s.problems = f"cannot be read ({e.strerror or e})"
         return s
-    return summarize(followed.history, run_dir, followed.reader, mtime, now)
+    summary = summarize(followed.history, run_dir, followed.reader, st.st_mtime, now)
+    if index is not None:
+        if summary.live or followed.reader.pending:
+            index.pop(rel, None)  # it changes every few seconds: not worth an entry
+        elif followed.reader.bytes_read == st.st_size and (
+            not isinstance(index.get(rel), dict) or index[rel].get("key") != run_index.key(st)
+        ):
+            index[rel] = run_index.entry(followed.history, followed.reader, st)
+    return summary
 
 
-def _follow(path: Path) -> tuple[_Followed, float]:
-    """The file's events so far, reading only what was added since the last call."""
+def _follow(path: Path, entry: Any = None) -> tuple[_Followed, os.stat_result]:
+    """The file's events so far, reading only what was added since the last call: from
+    the runs folder's index `entry`, else from summary.json, else from the start."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
         raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -163,8 +182,12 @@ def _follow(path: Path) -> tuple[_Followed, float]:
         followed = None
     if followed is None:
         followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
-        loaded = run_summary.load_summary(path.parent, st.st_size)
-        if loaded is not None:  # the lines summary.json covers are not read again
+        indexed = run_index.lookup(entry, path, st) if entry is not None else None
+        loaded = None if indexed else run_summary.load_summary(path.parent, st.st_size, False)
+        if indexed is not None:  # the very file the index read: nothing of it is read
+            followed.history, followed.reader = indexed
+        elif loaded is not None:  # the lines summary.json covers are not read again (and
+            # its epoch rows not at all: a summary needs none of them)
             followed.history, start = loaded
             followed.reader, followed.head = start.reader, start.head
         _FOLLOWED[path] = followed
@@ -172,7 +195,7 @@ def _follow(path: Path) -> tuple[_Followed, float]:
         followed.history.add(followed.reader.read_new())
         if len(followed.head) < _HEAD_BYTES:
             followed.head = _head(path, _HEAD_BYTES)
-    return followed, st.st_mtime
+    return followed, st
 
 
 def _head(path: Path, n: int) -> bytes:
@@ -235,9 +258,18 @@ def list_runs(runs_dir: str | Path, now: float | None = None) -> list[RunSummary
         return []
     now = time.time() if now is None else now
     runs = []
-    for events in root.glob("*/*/events.jsonl"):
-        summary = summarize_run(events.parent, now)
+    found = list(root.glob("*/*/events.jsonl"))
+    # the index helps runs not followed yet (the TUI's later listings follow them all)
+    index = run_index.load(root) if any(p.absolute() not in _FOLLOWED for p in found) else None
+    before = dict(index or {})
+    for events in found:
+        summary = _summarize_run(events.parent, now, index)
         if summary is not None:
             runs.append(summary)
+    if index is not None:
+        listed = {f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in runs}
+        index = {rel: e for rel, e in index.items() if rel in listed}
+        if index.keys() != before.keys() or any(index[k] is not before[k] for k in index):
+            run_index.save(root, index)  # the next listing reads none of these runs again
     runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)  # stamps sort by time
     return runs

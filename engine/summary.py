@@ -228,21 +228,22 @@ class Start:
     head: bytes  # the file's first bytes (up to HEAD_BYTES), as checked
 
 
-def load_summary(run_dir: Path, size: int) -> tuple[RunHistory, Start] | None:
+def load_summary(run_dir: Path, size: int, epochs: bool = True) -> tuple[RunHistory, Start] | None:
     """The fold summary.json holds and where to read on, when it is whole and matches
-    events.jsonl (`size` bytes now); None otherwise (read events.jsonl whole)."""
+    events.jsonl (`size` bytes now); None otherwise (read events.jsonl whole). Without
+    `epochs` the fold's epoch_ends are left out (RunHistory.from_json)."""
     doc = _read_json(run_dir / SUMMARY)
     if doc is None:
         return None
     start = _start(run_dir, doc, size)
-    history = RunHistory.from_json(doc.get("history")) if start is not None else None
+    history = RunHistory.from_json(doc.get("history"), epochs) if start is not None else None
     return None if history is None else (history, start)
 
 
 def load_curve(run_dir: Path, size: int) -> tuple[list[ev.Event], Start] | None:
     """The events curve.jsonl keeps for a dashboard and where to read on, when it is whole
     and matches events.jsonl (`size` bytes now); None otherwise."""
-    data = _read_bytes(run_dir / CURVE)
+    data = read_small(run_dir / CURVE)
     if data is None:
         return None
     header, _, rest = data.partition(b"\n")
@@ -262,8 +263,9 @@ def load_curve(run_dir: Path, size: int) -> tuple[list[ev.Event], Start] | None:
     return events, start
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    """A plain file's bytes (no link followed, nothing that could block), or None."""
+def read_small(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """A plain file's bytes (no link followed, nothing that could block), or None (also
+    for one longer than `limit`)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NO_FOLLOW)
     except OSError:
@@ -272,16 +274,16 @@ def _read_bytes(path: Path) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         with open(os.dup(fd), "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+            data = f.read(limit + 1)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return data if len(data) <= MAX_FILE_BYTES else None
+    return data if len(data) <= limit else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    data = _read_bytes(path)
+    data = read_small(path)
     try:
         doc = json.loads(data) if data is not None else None
     except (ValueError, RecursionError):
@@ -297,7 +299,7 @@ def _start(run_dir: Path, doc: dict[str, Any], size: int) -> Start | None:
     """The reader a summary's header gives, when its offset, counts and checks hold."""
     offset, lines = doc.get("offset"), doc.get("lines")
     skipped, damaged = doc.get("skipped"), doc.get("damaged")
-    problems = _problems(doc.get("problems"))
+    problems = valid_problems(doc.get("problems"))
     if (
         doc.get("format") != FORMAT
         or not all(_count(x) for x in (offset, lines, skipped, damaged))
@@ -314,7 +316,7 @@ def _start(run_dir: Path, doc: dict[str, Any], size: int) -> Start | None:
     return Start(reader, head)
 
 
-def _problems(raw: Any) -> list[ev.LineProblem] | None:
+def valid_problems(raw: Any) -> list[ev.LineProblem] | None:
     if not isinstance(raw, list) or len(raw) > ev.MAX_PROBLEMS:
         return None
     out = []

@@ -272,3 +272,56 @@ def test_the_dashboard_of_a_long_run_starts_from_a_bounded_curve(finished, tmp_p
     }
     assert fast.train_loss.points()[0][-1] == slow.train_loss.points()[0][-1]
     assert_same_views(run_dir)
+
+
+def test_a_listing_indexes_runs_that_stopped_changing_and_checks_each_entry(finished, tmp_path):
+    from engine.report import runs_table
+    from engine.run_index import INDEX
+    from engine.runs import list_runs
+
+    runs = tmp_path / "runs0"
+    for stamp in ("20260101-000000", "20260101-000001"):
+        shutil.copytree(finished, runs / "tiny" / stamp)
+    for name in (SUMMARY, CURVE):  # one run from before summaries
+        (runs / "tiny" / "20260101-000001" / name).unlink()
+    table = runs_table(runs)
+    doc = json.loads((runs / INDEX).read_text())
+    assert set(doc["runs"]) == {"tiny/20260101-000000", "tiny/20260101-000001"}
+    moves = iter(range(1, 100))
+
+    def listed_afresh() -> dict:
+        """list_runs as a new `mpt ls` process sees it: the folder moved (its files keep
+        their inodes), so nothing of it is followed in this process yet."""
+        nonlocal runs
+        runs = runs.rename(tmp_path / f"runs{next(moves)}")
+        return {(s.run_dir.parent.name, s.run_dir.name): s for s in list_runs(runs)}
+
+    expected = listed_afresh()
+    assert runs_table(runs) == table.replace("runs0", runs.name)
+    first = ("tiny", "20260101-000000")
+    entry = doc["runs"]["tiny/20260101-000000"]
+    forged = [
+        {**entry, "history": {**entry["history"], "best_val_acc": 0.25}},  # key holds: shown
+        {**entry, "key": [0, 0, 0, 0], "history": {**entry["history"], "best_val_acc": 0.5}},
+        {**entry, "lines": -1},
+        {**entry, "history": {**entry["history"], "last": {"kind": "nope"}}},
+        "garbage",
+    ]
+    for i, bad in enumerate(forged):
+        runs_index = {**doc["runs"], "tiny/20260101-000000": bad}
+        (runs / INDEX).write_text(json.dumps({**doc, "runs": runs_index}))
+        got = listed_afresh()[first]
+        want = expected[first]
+        assert got.best_val_acc == (0.25 if i == 0 else want.best_val_acc), f"index entry {i}"
+        if i:
+            assert (got.state, got.step, got.unreadable) == (want.state, want.step, 0)
+    for garbage in (b"", b"[]", b"{" * 100_000, b'{"format": 1, "runs": []}'):
+        (runs / INDEX).write_bytes(garbage)
+        got = listed_afresh()
+        assert [(s.best_val_acc, s.state, s.step) for s in got.values()] == [
+            (s.best_val_acc, s.state, s.step) for s in expected.values()
+        ]
+    # a changed events.jsonl (appended to) is no longer its entry's
+    with open(runs / "tiny" / "20260101-000000" / "events.jsonl", "a") as f:
+        f.write("not json\n")
+    assert listed_afresh()[first].unreadable == 1
