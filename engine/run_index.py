@@ -64,8 +64,7 @@ def lookup(entry: Any, path: Path, st: os.stat_result) -> tuple[RunHistory, ev.E
 
 def entry(history: RunHistory, reader: ev.EventsReader, st: os.stat_result) -> dict[str, Any]:
     """What the index keeps of a run read to the end of its file (`st`)."""
-    fold = history.to_json()
-    fold["epoch_ends"] = []
+    fold = history.to_json(epochs=False)
     # a list names the newest checkpoint still on disk: the older ones were pruned first
     fold["checkpoints"] = fold["checkpoints"][-CHECKPOINTS:]
     for name, keep in (("started", _STARTED), ("last", _LAST)):

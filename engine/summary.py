@@ -42,6 +42,7 @@ CURVE_POINTS = 2000  # step events a curve keeps
 MAX_CURVE_LINES = 20_000  # past this many other events, no curve is kept (readers read all)
 MAX_FILE_BYTES = 16 * 2**20  # a longer summary or curve is not read
 EVERY_S = 10.0  # the most often a step event (the only frequent one) rewrites the files
+MIN_GAP_S = 1.0  # the most often an epoch's end or a checkpoint rewrites summary.json
 _AT_ONCE = (
     ev.RunStarted,
     ev.EpochEnd,
@@ -75,8 +76,12 @@ class SummaryRecorder:
         self._steps = 0  # step events seen
         self._stride = 1  # every _stride-th step event is kept
         self._last_step: bytes | None = None  # the newest step line, when not kept
+        self._ends: dict[int, Any] = {}  # the epoch_end lines of history.epoch_ends, as JSON
         self._summary_at = self._curve_at = -math.inf
-        self._failing = False
+        # the least time between two writes for an event of _AT_ONCE: a second, or more
+        # when writing takes long (thousands of epoch rows), so that it stays under 5%
+        self._gap = MIN_GAP_S
+        self._failing: set[str] = set()  # the files whose last write failed (said once)
 
     @property
     def offset(self) -> int:
@@ -104,11 +109,15 @@ class SummaryRecorder:
         self._took(line)
         self._fold(event, line)
         now = time.monotonic()
+        since = now - self._summary_at
         if isinstance(event, _CURVE_AT_ONCE) or now - self._curve_at >= self.every_s:
-            return self._write_both(now)
-        if isinstance(event, _AT_ONCE) or now - self._summary_at >= self.every_s:
-            return self._write(SUMMARY, self._summary_bytes(), now)
-        return None
+            problem = self._write_both(now)
+        elif (isinstance(event, _AT_ONCE) and since >= self._gap) or since >= self.every_s:
+            problem = self._write(SUMMARY, self._summary_bytes(), now)
+        else:
+            return None
+        self._gap = max(MIN_GAP_S, 20 * (time.monotonic() - now))
+        return problem
 
     def close(self) -> str | None:
         return self._write_both(time.monotonic())
@@ -122,6 +131,8 @@ class SummaryRecorder:
     def _fold(self, event: ev.Event, line: bytes) -> None:
         if not isinstance(event, ev.Step):
             self.history.add([event])
+            if isinstance(event, ev.EpochEnd):
+                self._ends[event.epoch] = json.loads(line)  # not made again at each write
             if self._last_step is not None:  # the figures up to this event, in their place
                 self._keep(True, self._last_step)
                 self._last_step = None
@@ -170,7 +181,8 @@ class SummaryRecorder:
         }
 
     def _summary_bytes(self) -> bytes:
-        doc = {**self._position(), "history": self.history.to_json()}
+        doc = {**self._position(), "history": self.history.to_json(epochs=False)}
+        doc["history"]["epoch_ends"] = list(self._ends.values())
         return json.dumps(doc, allow_nan=False).encode("utf-8")
 
     def _curve_bytes(self) -> bytes:
@@ -198,14 +210,14 @@ class SummaryRecorder:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            if self._failing:
+            if name in self._failing:
                 return None
-            self._failing = True
+            self._failing.add(name)
             return (
                 f"could not write {self.run_dir / name} ({e.strerror or e}); the run goes on "
                 "and views read events.jsonl from where the last one left off"
             )
-        self._failing = False
+        self._failing.discard(name)
         if name == SUMMARY:
             self._summary_at = now
         else:

@@ -226,7 +226,7 @@ def test_a_paused_run_and_an_interrupted_run_resumed_read_the_same_from_their_su
 def test_a_run_killed_with_sigkill_reads_the_same_from_its_summary(tmp_path):
     from durable_helpers import write_toml
 
-    data = profile_dict(tmp_path / "runs", {"run": {"epochs": 30, "name": "killed"}})
+    data = profile_dict(tmp_path / "runs", {"run": {"epochs": 5000, "name": "killed"}})
     proc = spawn_mpt("run", write_toml(tmp_path / "p.toml", data), cwd=tmp_path)
     try:
         folder = tmp_path / "runs" / "killed"
@@ -325,3 +325,29 @@ def test_a_listing_indexes_runs_that_stopped_changing_and_checks_each_entry(fini
     with open(runs / "tiny" / "20260101-000000" / "events.jsonl", "a") as f:
         f.write("not json\n")
     assert listed_afresh()[first].unreadable == 1
+
+
+def test_a_summary_that_cannot_be_written_warns_once_and_the_run_goes_on(finished, tmp_path):
+    lines = (finished / "events.jsonl").read_text().splitlines()
+    run_dir = tmp_path / "runs" / "tiny" / finished.name
+    run_dir.mkdir(parents=True)
+    (run_dir / f".{SUMMARY}.tmp").mkdir()  # in the way of every write, as a full disk is
+    events: queue.Queue = queue.Queue()
+    log = ev.EventLog(events, run_dir / "events.jsonl", (), SummaryRecorder(run_dir))
+    for line in lines:
+        log.emit(ev.event_from_line(line))
+    warnings = [e.message for e in drain_queue(events) if e.kind == "warning"]
+    assert len(warnings) == 1 and SUMMARY in warnings[0], warnings
+    assert not (run_dir / SUMMARY).exists()
+    (run_dir / f".{SUMMARY}.tmp").rmdir()  # writing works again: the next write catches up
+    log.close()
+    assert (run_dir / "events.jsonl").read_text().splitlines() == lines
+    assert covered(run_dir) == (run_dir / "events.jsonl").stat().st_size
+    assert_same_views(run_dir)
+
+
+def drain_queue(events: queue.Queue) -> list:
+    out = []
+    while not events.empty():
+        out.append(events.get_nowait())
+    return out
