@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import ROOT, _exe, time_command, time_first_paint  # noqa: E402
 
 from engine import events as ev  # noqa: E402
+from engine.run_index import INDEX  # noqa: E402
 from engine.summary import CURVE, SUMMARY, SummaryRecorder  # noqa: E402
 
 TARGETS = {  # seconds; MB for RSS
@@ -106,10 +107,12 @@ def make_many(seed: Path, runs: Path, count: int) -> None:
 
 
 def without_summaries(*folders: Path) -> None:
-    """Runs as mpt wrote them before summary.json: every view reads events.jsonl whole."""
+    """Runs as mpt wrote them before summary.json (and the runs folder's index): every
+    view reads events.jsonl whole."""
     for folder in folders:
         for path in [*folder.glob(f"*/*/{SUMMARY}"), *folder.glob(f"*/*/{CURVE}")]:
             path.unlink()
+        (folder / INDEX).unlink(missing_ok=True)
 
 
 def attach_paint_and_rss(run_dir: Path) -> tuple[float, float]:
@@ -151,7 +154,10 @@ def main() -> None:
         size = (long_dir / "events.jsonl").stat().st_size / 1e6
         print(f"made a {size:.0f} MB run and {args.many:,} runs in "
               f"{time.perf_counter() - began:.1f} s ({scratch})")  # fmt: skip
+        empty = scratch / "no-runs"
+        (empty / "x" / "y").mkdir(parents=True)
         probes = {
+            "empty: mpt ls": lambda: time_command([mpt, "ls", str(empty)]),
             "long: mpt ls": lambda: time_command([mpt, "ls", str(long_runs)]),
             "long: mpt show": lambda: time_command([mpt, "show", str(long_dir)]),
             "many: mpt ls": lambda: time_command([mpt, "ls", str(many_runs)]),
@@ -172,6 +178,8 @@ def main() -> None:
             unit = "MB" if "RSS" in name else "s"
             flag = "ok" if med <= target else "MISS"
             print(f"  {name:<28}{med:>9.2f} {unit:<3} target <= {target:g} {unit}  {flag}")
+        med = statistics.median(figures["empty: mpt ls"])
+        print(f"  {'empty: mpt ls':<28}{med:>9.2f} s   (start-up alone, for information)")
         without_summaries(long_runs, many_runs)
         print("for information: the same runs without summary.json (runs from before it), once")
         legacy = {name: probe() for name, probe in probes.items()}

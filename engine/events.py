@@ -367,7 +367,7 @@ class EventsReader:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = path if isinstance(path, Path) else Path(path)  # (thousands in a listing)
         self.lines = 0  # whole lines read
         self.skipped = 0
         self.damaged = 0

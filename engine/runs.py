@@ -181,15 +181,16 @@ def _follow(path: Path, entry: Any = None) -> tuple[_Followed, os.stat_result]:
     ):
         followed = None
     if followed is None:
-        followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
         indexed = run_index.lookup(entry, path, st) if entry is not None else None
         loaded = None if indexed else run_summary.load_summary(path.parent, st.st_size, False)
         if indexed is not None:  # the very file the index read: nothing of it is read
-            followed.history, followed.reader = indexed
+            followed = _Followed((st.st_dev, st.st_ino), b"", indexed[1], indexed[0])
         elif loaded is not None:  # the lines summary.json covers are not read again (and
             # its epoch rows not at all: a summary needs none of them)
-            followed.history, start = loaded
-            followed.reader, followed.head = start.reader, start.head
+            history, start = loaded
+            followed = _Followed((st.st_dev, st.st_ino), start.head, start.reader, history)
+        else:
+            followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
         _FOLLOWED[path] = followed
     if st.st_size > followed.reader.bytes_read:
         followed.history.add(followed.reader.read_new())
