@@ -102,12 +102,12 @@ class SummaryRecorder:
         """A line EventLog wrote for `event`."""
         if isinstance(event, ev.Step):
             self._reader.passed(line)  # its own line: no need to read it back
-            self.history.last = event
+            read = [event]
         else:
             read = self._reader.feed(line)  # folded as any reader reads it (NaN as null)
-            event = read[0] if read else event
         self._took(line)
-        self._fold(event, line)
+        if read:  # (a line no reader could read would be counted, and not folded)
+            self._fold(read[0], line)
         now = time.monotonic()
         since = now - self._summary_at
         if isinstance(event, _CURVE_AT_ONCE) or now - self._curve_at >= self.every_s:
