@@ -3,15 +3,17 @@
 It makes, in a scratch folder (removed at the end unless --keep):
 - a *long* run: one real quickstart run's events.jsonl stretched to --long-mb (default 200)
   MB of step events (about a million), with an epoch_end every 45,000 steps and its real
-  run_finished at the end;
+  run_finished at the end; its summary.json and curve.jsonl made as a run makes them (the
+  engine's SummaryRecorder told each line);
 - *many* runs: --many (default 2,000) run directories, each a copy of the real quickstart
-  run's events.jsonl (112 lines, 44 KB) and profile.toml.
+  run's events.jsonl (112 lines, 44 KB), profile.toml, summary.json and curve.jsonl.
 Then it times, each in a fresh process (median of --reps):
 - `mpt ls` and `mpt show` of the long run; `mpt-tui --attach LONG`'s first paint (the
   dashboard's header drawn in an 80x24 pseudo-terminal) and its peak RSS (VmHWM);
 - `mpt ls` of the many runs; mpt-tui's home screen over them: its first paint (the profiles
   list drawn) and the moment the runs list shows its first run.
-Each figure is printed beside its target from the issue, `ok` or `MISS`.
+Each figure is printed beside its target from the issue, `ok` or `MISS`; then, once and for
+information, the same figures with the summaries removed (runs from before summary.json).
 
     python bench/scale.py                 # 200 MB, 2,000 runs, 3 repetitions
     python bench/scale.py --long-mb 50 --many 500 --reps 1
@@ -32,6 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from startup import ROOT, _exe, time_command, time_first_paint  # noqa: E402
+
+from engine import events as ev  # noqa: E402
+from engine.run_index import INDEX  # noqa: E402
+from engine.summary import CURVE, SUMMARY, SummaryRecorder  # noqa: E402
 
 TARGETS = {  # seconds; MB for RSS
     "long: mpt ls": 0.8,
@@ -56,6 +62,8 @@ def real_run(scratch: Path) -> Path:
 
 
 def make_long(seed: Path, runs: Path, megabytes: int) -> Path:
+    """The long run, and its summary.json and curve.jsonl as a run keeps them: each line
+    written is told to the engine's own SummaryRecorder, as the run's EventLog tells it."""
     lines = [json.loads(x) for x in (seed / "events.jsonl").read_text().splitlines()]
     started, finished = lines[0], lines[-1]
     step_line = next(e for e in lines if e["kind"] == "step")
@@ -65,27 +73,46 @@ def make_long(seed: Path, runs: Path, megabytes: int) -> Path:
     shutil.copy(seed / "profile.toml", run_dir / "profile.toml")
     per_epoch, limit = 45_000, megabytes * 1_000_000
     step = written = 0
-    with open(run_dir / "events.jsonl", "w") as f:
+    recorder = SummaryRecorder(run_dir)
+
+    def write(f, data: dict, event: ev.Event | None = None) -> int:
+        line = (json.dumps(data) + "\n").encode()
+        f.write(line)
+        recorder.add(event or ev.event_from_line(line), line)
+        return len(line)
+
+    with open(run_dir / "events.jsonl", "wb") as f:
         started = {**started, "run_dir": str(run_dir), "epochs": 10**9, "total_steps": 10**9}
-        written += f.write(json.dumps(started) + "\n")
+        written += write(f, started)
         while written < limit:
             step += 1
             epoch = step // per_epoch + 1
             line = {**step_line, "step": step, "epoch": epoch, "time": started["time"] + step}
-            written += f.write(json.dumps(line) + "\n")
+            written += write(f, line, ev.Step(step=step, epoch=epoch, time=line["time"]))
             if step % per_epoch == 0:
                 e = {**epoch_end, "step": step, "epoch": epoch - 1, "epochs": 10**9}
-                written += f.write(json.dumps(e) + "\n")
-        f.write(json.dumps({**finished, "step": step, "epoch": epoch}) + "\n")
+                written += write(f, e)
+        write(f, {**finished, "step": step, "epoch": epoch})
+    recorder.close()
     return run_dir
 
 
 def make_many(seed: Path, runs: Path, count: int) -> None:
+    """Copies of the real run, each with the summary.json and curve.jsonl it wrote."""
     for i in range(count):
         run_dir = runs / f"run{i % 20:02d}" / f"2026{1 + i // 600:02d}01-{i % 600:06d}"
         run_dir.mkdir(parents=True)
-        shutil.copy(seed / "events.jsonl", run_dir / "events.jsonl")
-        shutil.copy(seed / "profile.toml", run_dir / "profile.toml")
+        for name in ("events.jsonl", "profile.toml", SUMMARY, CURVE):
+            shutil.copy(seed / name, run_dir / name)
+
+
+def without_summaries(*folders: Path) -> None:
+    """Runs as mpt wrote them before summary.json (and the runs folder's index): every
+    view reads events.jsonl whole."""
+    for folder in folders:
+        for path in [*folder.glob(f"*/*/{SUMMARY}"), *folder.glob(f"*/*/{CURVE}")]:
+            path.unlink()
+        (folder / INDEX).unlink(missing_ok=True)
 
 
 def attach_paint_and_rss(run_dir: Path) -> tuple[float, float]:
@@ -127,7 +154,10 @@ def main() -> None:
         size = (long_dir / "events.jsonl").stat().st_size / 1e6
         print(f"made a {size:.0f} MB run and {args.many:,} runs in "
               f"{time.perf_counter() - began:.1f} s ({scratch})")  # fmt: skip
+        empty = scratch / "no-runs"
+        (empty / "x" / "y").mkdir(parents=True)
         probes = {
+            "empty: mpt ls": lambda: time_command([mpt, "ls", str(empty)]),
             "long: mpt ls": lambda: time_command([mpt, "ls", str(long_runs)]),
             "long: mpt show": lambda: time_command([mpt, "show", str(long_dir)]),
             "many: mpt ls": lambda: time_command([mpt, "ls", str(many_runs)]),
@@ -148,6 +178,17 @@ def main() -> None:
             unit = "MB" if "RSS" in name else "s"
             flag = "ok" if med <= target else "MISS"
             print(f"  {name:<28}{med:>9.2f} {unit:<3} target <= {target:g} {unit}  {flag}")
+        med = statistics.median(figures["empty: mpt ls"])
+        print(f"  {'empty: mpt ls':<28}{med:>9.2f} s   (start-up alone, for information)")
+        without_summaries(long_runs, many_runs)
+        print("for information: the same runs without summary.json (runs from before it), once")
+        legacy = {name: probe() for name, probe in probes.items()}
+        legacy["long: attach first paint"], legacy["long: attach peak RSS MB"] = (
+            attach_paint_and_rss(long_dir)
+        )
+        for name in TARGETS:
+            unit = "MB" if "RSS" in name else "s"
+            print(f"  {name:<28}{legacy[name]:>9.2f} {unit}")
     finally:
         if args.keep:
             print(f"kept {scratch}")

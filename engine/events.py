@@ -311,6 +311,13 @@ def event_from_dict(data: dict[str, Any]) -> Event:
     return event
 
 
+def exact_event(data: Any) -> Event | None:
+    """The event a JSON object holds when every field of it reads as written (summary.json's
+    events, which mpt wrote whole); None for anything else."""
+    event, problems = _event(data) if isinstance(data, dict) else (None, ["not an object"])
+    return None if problems else event
+
+
 def _parse_line(raw: bytes | str) -> tuple[Event | None, list[str]]:
     """One line of events.jsonl: the event (None: skipped) and what was wrong with it."""
     problems = []
@@ -360,7 +367,7 @@ class EventsReader:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = path if isinstance(path, Path) else Path(path)  # (thousands in a listing)
         self.lines = 0  # whole lines read
         self.skipped = 0
         self.damaged = 0
@@ -370,10 +377,44 @@ class EventsReader:
         self._pending = b""  # the bytes after the last newline
         self._too_long = False  # the pending line outgrew MAX_LINE_BYTES: skipped to its end
 
+    @classmethod
+    def at(
+        cls,
+        path: str | Path,
+        pos: int,
+        lines: int,
+        skipped: int = 0,
+        damaged: int = 0,
+        problems: list[LineProblem] = (),
+    ) -> EventsReader:
+        """A reader that goes on from byte `pos` (a line's start) of the file, as if it had
+        read the `lines` lines before it with these problems (engine/summary.py)."""
+        reader = cls(path)
+        reader._pos, reader.lines = pos, lines
+        reader.skipped, reader.damaged, reader.problems = skipped, damaged, list(problems)
+        return reader
+
+    def feed(self, data: bytes) -> list[Event]:
+        """The events of bytes the file's writer wrote (its own copy, not the file's)."""
+        events: list[Event] = []
+        self._pos += len(data)
+        self._feed(data, events)
+        return events
+
+    def passed(self, line: bytes) -> None:
+        """Count a whole line its writer knows to be a good event, without reading it."""
+        self._pos += len(line)
+        self.lines += 1
+
     @property
     def unreadable(self) -> int:
         """Lines with a problem: skipped ones and damaged ones."""
         return self.skipped + self.damaged
+
+    @property
+    def pending(self) -> bool:
+        """Whether the file ends inside a line (still being written, or cut short)."""
+        return bool(self._pending) or self._too_long
 
     @property
     def bytes_read(self) -> int:
@@ -495,22 +536,37 @@ def _finite_or_null(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def line_object(event: Event) -> dict[str, Any]:
+    """An event as events.jsonl writes it: NaN and infinity as null."""
+    return _finite_or_null(event.to_dict())
+
+
 class EventLog:
     """Sends each event to events.jsonl and to a queue; never blocks the caller."""
 
-    def __init__(self, events: queue.Queue, path: Path | None = None, history: list[str] = ()):
-        """`history`: lines of an earlier run's events.jsonl that this run continues."""
+    def __init__(
+        self,
+        events: queue.Queue,
+        path: Path | None = None,
+        history: list[str] = (),
+        recorder=None,
+    ):
+        """`history`: lines of an earlier run's events.jsonl that this run continues.
+        `recorder`: told every line written (engine/summary.py keeps summary.json)."""
         self.queue = events
         self.path = path
         # Unbuffered: each line is one write the OS sees at once, so a failed write (a full
         # disk) can be cut back to the last whole line (_write).
         self._file = open(path, "ab", buffering=0) if path else None  # noqa: SIM115
         self._size = os.fstat(self._file.fileno()).st_size if self._file else 0
+        # the recorder folds the file from its first byte: one already begun is not its
+        self.recorder = recorder if self._file is not None and self._size == 0 else None
         self._failing = False  # the last write failed: warned once, not per event
         self.lines = 0  # lines written so far, history included
-        text = "".join(line.rstrip("\n") + "\n" for line in history)
-        if self._file is not None and history and self._write(text, 0, 0):
+        data = "".join(line.rstrip("\n") + "\n" for line in history).encode("utf-8")
+        if self._file is not None and history and self._write(data, 0, 0):
             self.lines = len(history)
+            self._record(Event(), self.recorder and self.recorder.copied, data)
         self.sinks: list = []  # engine.sinks: CSV, TensorBoard (the profile's [log])
 
     def attach(self, sinks: list, history: list[str] = ()) -> None:
@@ -539,16 +595,34 @@ class EventLog:
     def emit(self, event: Event) -> None:
         if self._file is not None:
             line = json.dumps(_finite_or_null(event.to_dict()), allow_nan=False) + "\n"
-            if self._write(line, event.step, event.epoch):
+            data = line.encode("utf-8")
+            if self._write(data, event.step, event.epoch):
                 self.lines += 1
+                self._record(event, self.recorder and self.recorder.add, event, data)
         if self.sinks:
             self._to_sinks(event)
         self.queue.put_nowait(event)  # unbounded queue: a slow reader never stalls training
 
-    def _write(self, text: str, step: int, epoch: int) -> bool:
+    def _record(self, event: Event, call, *args) -> None:
+        """Tell the recorder what was written (`call`: one of its methods, None without
+        one). Its problems are said on the queue and never stop the run; one it did not
+        foresee ends the recording (the summary it left stays true of the lines it covers)."""
+        if call is None:
+            return
+        try:
+            problem = call(*args)
+        except Exception as e:  # noqa: BLE001 - a summary is a shortcut, never worth a run
+            self.recorder = None
+            problem = (
+                f"{self.path.parent / 'summary.json'} is no longer kept up to date "
+                f"({type(e).__name__}: {e}); views read events.jsonl whole instead"
+            )
+        if problem:
+            self.queue.put_nowait(Warning(step=event.step, epoch=event.epoch, message=problem))
+
+    def _write(self, data: bytes, step: int, epoch: int) -> bool:
         """Append whole lines to events.jsonl; on a failed write, cut the file back to its
         last whole line and say so once on the queue: the run goes on, the file stays valid."""
-        data = text.encode("utf-8")
         try:
             done = 0
             while done < len(data):  # the OS may take part of a write (a disk filling up)
@@ -569,6 +643,8 @@ class EventLog:
         return True
 
     def close(self) -> None:
+        self._record(Event(), self.recorder and self.recorder.close)
+        self.recorder = None
         if self._file is not None:
             with contextlib.suppress(OSError):  # a close that fails to flush loses nothing here
                 self._file.close()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
 from engine import events as ev
 from engine.errors import MptError
 from engine.formatting import metric, number, percent
-from engine.runs import RunHistory, RunSummary, list_runs
+from engine.history import RunHistory
+from engine.runs import RunSummary, list_runs, summarize
+from engine.summary import load_summary
 
 # What events.jsonl says is printed to a terminal: its control characters (an escape
 # sequence, a newline in a table cell) are shown escaped, never sent as they are.
@@ -116,18 +119,21 @@ def find_run(run: str, runs_dir: str | Path = "runs") -> Path:
 
 def read_run(run_dir: Path) -> tuple[RunHistory, ev.EventsReader, RunSummary]:
     """A run directory's events.jsonl read whole (every line that can be), folded into its
-    history and summary; the reader says what could not be read. MptError when the file
-    cannot be opened."""
+    history and summary; the reader says what could not be read. The lines a valid
+    summary.json covers come from it (engine/summary.py). MptError when the file cannot
+    be opened."""
     path = run_dir / "events.jsonl"
-    reader = ev.EventsReader(path)
+    history, reader = RunHistory(), ev.EventsReader(path)
     try:
+        st = os.stat(path)
+        loaded = load_summary(run_dir, st.st_size) if stat.S_ISREG(st.st_mode) else None
+        if loaded is not None:  # the lines summary.json covers are not read again
+            history, reader = loaded[0], loaded[1].reader
         events = reader.read_all()
-        mtime = os.stat(path).st_mtime
     except OSError as e:
         raise MptError(f"{path}: cannot be read ({e.strerror or e})") from None
-    history = RunHistory()
     history.add(events)
-    return history, reader, history.summary(run_dir, reader, mtime)
+    return history, reader, summarize(history, run_dir, reader, st.st_mtime)
 
 
 def run_report(run: str, runs_dir: str | Path = "runs") -> str:

@@ -20,6 +20,7 @@ from engine.control import Control
 from engine.distributed import world_from_env
 from engine.errors import MptError
 from engine.profile import Profile
+from engine.summary import CURVE, SUMMARY, SummaryRecorder
 
 
 def make_run_dir(profile: Profile) -> Path:
@@ -235,7 +236,7 @@ class _RunLog(ev.EventLog):
 
 # What a run writes into its run directory before training starts: removed again when
 # setup finds a mistake (exit 2), so that a refused run leaves no run directory behind.
-_SETUP_FILES = ("events.jsonl", "profile.toml", "metrics.csv")
+_SETUP_FILES = ("events.jsonl", "profile.toml", "metrics.csv", SUMMARY, CURVE)
 _SETUP_PREFIXES = ("events.out.tfevents.",)  # TensorBoard's file, [log] tensorboard = true
 _SETUP_FOLDERS = ("control", "checkpoints")  # `mpt run`'s command folder; no checkpoint yet
 
@@ -303,7 +304,8 @@ class Run:
         self._warnings = list(warnings)
         self._profile_steps = profile_steps
         path = run_dir / "events.jsonl" if run_dir else None
-        self._log = _RunLog(self.events, path, history)
+        recorder = SummaryRecorder(run_dir) if path is not None else None
+        self._log = _RunLog(self.events, path, history, recorder)
         self._history = history  # replayed into the [log] sinks when the thread opens them
         # The events a resumed run starts from (its events.jsonl's first lines): a view of
         # the run folds these first, then the queue, which holds only this run's own events.

@@ -9,17 +9,19 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import socket
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import events as ev
+from engine import run_index
+from engine import summary as run_summary
+from engine.history import RunHistory
 from engine.stop import run_state
-from engine.task_spec import lower_is_better
 
 # A run that logs nothing for this long, and ended with no run_finished/run_failed,
 # is taken for dead. Generous: a big model may spend minutes between two step events.
@@ -74,76 +76,34 @@ class RunSummary:
         return f"{self.state}, {self.unreadable} bad line{'s' if self.unreadable > 1 else ''}"
 
 
-@dataclass
-class RunHistory:
-    """A run's events folded into what its summary needs, as they are read."""
-
-    started: ev.RunStarted | None = None  # the last run_started (a resumed run has two)
-    last: ev.Event | None = None
-    best_val_acc: float | None = None
-    last_val_acc: float | None = None
-    best_headline: float | None = None
-    last_headline: float | None = None
-    epoch_ends: dict[int, ev.EpochEnd] = field(default_factory=dict)  # the last of each epoch
-    checkpoints: list[str] = field(default_factory=list)  # checkpoint_saved paths, in order
-    paused: bool = False  # a paused event not yet followed by resumed (a checkpoint may come)
-
-    def add(self, events: list[ev.Event]) -> None:
-        for event in events:
-            self.last = event
-            if isinstance(event, ev.Paused | ev.Resumed | ev.RunStarted):
-                self.paused = isinstance(event, ev.Paused)
-            if isinstance(event, ev.RunStarted):
-                self.started = event
-            elif isinstance(event, ev.EpochEnd):
-                self.epoch_ends[event.epoch] = event  # a resumed history holds each epoch once
-                acc = event.val_acc
-                self.last_val_acc = acc
-                if acc is not None and (self.best_val_acc is None or acc > self.best_val_acc):
-                    self.best_val_acc = acc
-                own = acc if self.headline == "val_acc" else None  # (runs before metrics)
-                value = event.metrics.get(self.headline, own)
-                self.last_headline = value
-                if value is not None and math.isfinite(value) and self._better(value):
-                    self.best_headline = value
-            elif isinstance(event, ev.CheckpointSaved) and event.path:
-                self.checkpoints.append(event.path)
-
-    @property
-    def headline(self) -> str:
-        """val_<the first metric of run_started>; val_acc for runs from before metrics."""
-        metrics = self.started.metrics if self.started is not None else []
-        return f"val_{metrics[0]}" if metrics else "val_acc"
-
-    def _better(self, value: float) -> bool:
-        best = self.best_headline
-        if best is None:
-            return True
-        return value < best if lower_is_better(self.headline) else value > best
-
-    def summary(
-        self, run_dir: Path, reader: ev.EventsReader, mtime: float, now: float | None = None
-    ) -> RunSummary:
-        now = time.time() if now is None else now
-        s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
-        s.best_val_acc, s.last_val_acc = self.best_val_acc, self.last_val_acc
-        s.headline, s.best_headline, s.last_headline = (
-            self.headline,
-            self.best_headline,
-            self.last_headline,
-        )
-        if self.started is not None:
-            s.started, s.epochs = self.started.time, self.started.epochs
-            s.total_steps, s.name = self.started.total_steps, self.started.name or s.name
-            s.pid, s.host = self.started.pid, self.started.host
-        if self.last is not None:
-            s.step, s.epoch = self.last.step, self.last.epoch
-        s.state = _state(self.last, self.started, self.paused, mtime, now)
-        if isinstance(self.last, ev.RunFailed):
-            s.error = self.last.error or "failed"
-        s.last_checkpoint = _last_checkpoint(run_dir, self.checkpoints)
-        s.unreadable, s.problems = reader.unreadable, reader.describe()
-        return s
+def summarize(
+    history: RunHistory,
+    run_dir: Path,
+    reader: ev.EventsReader,
+    mtime: float,
+    now: float | None = None,
+) -> RunSummary:
+    """The summary a list shows of a run whose events `history` folds (`reader` read them)."""
+    now = time.time() if now is None else now
+    s = RunSummary(run_dir=run_dir, name=run_dir.parent.name, stamp=run_dir.name, state="")
+    s.best_val_acc, s.last_val_acc = history.best_val_acc, history.last_val_acc
+    s.headline, s.best_headline, s.last_headline = (
+        history.headline,
+        history.best_headline,
+        history.last_headline,
+    )
+    if history.started is not None:
+        s.started, s.epochs = history.started.time, history.started.epochs
+        s.total_steps, s.name = history.started.total_steps, history.started.name or s.name
+        s.pid, s.host = history.started.pid, history.started.host
+    if history.last is not None:
+        s.step, s.epoch = history.last.step, history.last.epoch
+    s.state = _state(history.last, history.started, history.paused, mtime, now)
+    if isinstance(history.last, ev.RunFailed):
+        s.error = history.last.error or "failed"
+    s.last_checkpoint = _last_checkpoint(run_dir, history.checkpoints)
+    s.unreadable, s.problems = reader.unreadable, reader.describe()
+    return s
 
 
 @dataclass
@@ -176,10 +136,18 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
     still being written is left for the next call. An events.jsonl that cannot be read at
     all (no permission, not a file) makes the state `unreadable`.
     """
-    run_dir = Path(run_dir)
+    return _summarize_run(Path(run_dir), now)
+
+
+def _summarize_run(
+    run_dir: Path, now: float | None, index: dict[str, Any] | None = None
+) -> RunSummary | None:
+    """summarize_run; `index`: the runs folder's entries (engine/run_index.py), which this
+    run's entry is taken from and put back into when it has stopped changing."""
     path = (run_dir / "events.jsonl").absolute()
+    rel = f"{run_dir.parent.name}/{run_dir.name}"
     try:
-        followed, mtime = _follow(path)
+        followed, st = _follow(path, index.get(rel) if index is not None else None)
     except FileNotFoundError:
         _FOLLOWED.pop(path, None)
         return None
@@ -188,11 +156,20 @@ def summarize_run(run_dir: str | Path, now: float | None = None) -> RunSummary |
         s = RunSummary(run_dir, run_dir.parent.name, run_dir.name, state="unreadable")
         s.problems = f"cannot be read ({e.strerror or e})"
         return s
-    return followed.history.summary(run_dir, followed.reader, mtime, now)
+    summary = summarize(followed.history, run_dir, followed.reader, st.st_mtime, now)
+    if index is not None:
+        if summary.live or followed.reader.pending:
+            index.pop(rel, None)  # it changes every few seconds: not worth an entry
+        elif followed.reader.bytes_read == st.st_size and (
+            not isinstance(index.get(rel), dict) or index[rel].get("key") != run_index.key(st)
+        ):
+            index[rel] = run_index.entry(followed.history, followed.reader, st)
+    return summary
 
 
-def _follow(path: Path) -> tuple[_Followed, float]:
-    """The file's events so far, reading only what was added since the last call."""
+def _follow(path: Path, entry: Any = None) -> tuple[_Followed, os.stat_result]:
+    """The file's events so far, reading only what was added since the last call: from
+    the runs folder's index `entry`, else from summary.json, else from the start."""
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
         raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -204,13 +181,22 @@ def _follow(path: Path) -> tuple[_Followed, float]:
     ):
         followed = None
     if followed is None:
-        followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
+        indexed = run_index.lookup(entry, path, st) if entry is not None else None
+        loaded = None if indexed else run_summary.load_summary(path.parent, st.st_size, False)
+        if indexed is not None:  # the very file the index read: nothing of it is read
+            followed = _Followed((st.st_dev, st.st_ino), b"", indexed[1], indexed[0])
+        elif loaded is not None:  # the lines summary.json covers are not read again (and
+            # its epoch rows not at all: a summary needs none of them)
+            history, start = loaded
+            followed = _Followed((st.st_dev, st.st_ino), start.head, start.reader, history)
+        else:
+            followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
         _FOLLOWED[path] = followed
     if st.st_size > followed.reader.bytes_read:
         followed.history.add(followed.reader.read_new())
         if len(followed.head) < _HEAD_BYTES:
             followed.head = _head(path, _HEAD_BYTES)
-    return followed, st.st_mtime
+    return followed, st
 
 
 def _head(path: Path, n: int) -> bytes:
@@ -273,9 +259,18 @@ def list_runs(runs_dir: str | Path, now: float | None = None) -> list[RunSummary
         return []
     now = time.time() if now is None else now
     runs = []
-    for events in root.glob("*/*/events.jsonl"):
-        summary = summarize_run(events.parent, now)
+    found = list(root.glob("*/*/events.jsonl"))
+    # the index helps runs not followed yet (the TUI's later listings follow them all)
+    index = run_index.load(root) if any(p.absolute() not in _FOLLOWED for p in found) else None
+    before = dict(index or {})
+    for events in found:
+        summary = _summarize_run(events.parent, now, index)
         if summary is not None:
             runs.append(summary)
+    if index is not None:
+        listed = {f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in runs}
+        index = {rel: e for rel, e in index.items() if rel in listed}
+        if index.keys() != before.keys() or any(index[k] is not before[k] for k in index):
+            run_index.save(root, index)  # the next listing reads none of these runs again
     runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)  # stamps sort by time
     return runs

@@ -19,7 +19,9 @@ then calls `fold()` on its own thread, which applies them to `view`. No Textual 
 from __future__ import annotations
 
 import abc
+import os
 import queue
+import stat
 import threading
 import weakref
 from collections import deque
@@ -33,6 +35,7 @@ from engine.profile import Profile
 from engine.remote import ControlChannel
 from engine.run import Run
 from engine.runs import summarize_run
+from engine.summary import load_curve
 from engine.task_spec import metric_names
 from tui.viewmodel import RunView, build_view
 
@@ -274,7 +277,15 @@ class AttachedRun(RunSource):
 
     @classmethod
     def open(cls, run_dir: Path) -> AttachedRun:
+        """The run as its events so far show it. A long run's dashboard starts from its
+        curve.jsonl (engine/summary.py: every event but steps, and a thinned sample of
+        those) and reads events.jsonl from where that ends; else events.jsonl whole."""
         source = cls(run_dir)
+        curve = load_curve(source._run_dir, source._file.size())
+        if curve is not None:
+            events, start = curve
+            source._file = EventsFile(source._file.path, start.reader)
+            build_view(events, source.view)
         view = build_view(source._file.read_new(), source.view)
         view.unreadable(source._file.new_problems())
         view.run_dir = view.run_dir or str(source._run_dir)
@@ -344,10 +355,19 @@ class EventsFile:
     counted, never stops the dashboard (`new_problems` says which).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reader: ev.EventsReader | None = None):
+        """`reader`: one that goes on from where a run's curve.jsonl ends."""
         self.path = path
-        self._reader = ev.EventsReader(path)
+        self._reader = reader or ev.EventsReader(path)
         self._told = 0  # problems already reported by new_problems
+
+    def size(self) -> int:
+        """The file's size now; 0 when it cannot be read as a plain file."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     def read_new(self) -> list[ev.Event]:
         """The events written since the last call; a line still being written waits."""
