@@ -9,6 +9,7 @@ died without a word (`crashed`). Used by the TUI's run list and by `mpt ls`.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import stat
@@ -29,6 +30,14 @@ STALE_AFTER_S = 300.0
 
 _PID_MAX = 2**22  # Linux's largest pid_max; anything else in a run_started is no process
 _HEAD_BYTES = 256  # a followed file's first bytes: a file rewritten in place differs there
+# RunSummary's fields as the runs folder's index keeps them (to_row, from_row)
+_INTS = ("epoch", "epochs", "step", "total_steps", "unreadable", "pid")
+_FLOATS = ("started", "best_val_acc", "last_val_acc", "best_headline", "last_headline")
+_STRS = ("name", "state", "headline", "host")
+_OPTIONAL = ("error", "problems")
+_ROW = (*_INTS, *_FLOATS, *_STRS, *_OPTIONAL)
+_SPANS = [(0, len(_INTS)), (len(_INTS), len(_INTS) + len(_FLOATS))]  # where each kind is
+_SPANS.append((_SPANS[1][1], _SPANS[1][1] + len(_STRS)))  # in _ROW: ints, floats, strs
 
 
 @dataclass
@@ -75,6 +84,34 @@ class RunSummary:
             return self.state
         return f"{self.state}, {self.unreadable} bad line{'s' if self.unreadable > 1 else ''}"
 
+    def to_row(self) -> dict[str, Any]:
+        """The runs folder index's entry for this run (engine/run_index.py)."""
+        row = {name: getattr(self, name) for name in _ROW}
+        row["last_checkpoint"] = str(self.last_checkpoint) if self.last_checkpoint else None
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], run_dir: Path) -> RunSummary | None:
+        """The summary an index entry keeps; None for one that is not a row of a run that
+        has ended (the index is read, not trusted: a forged entry shows as forged events
+        would, and never as a live run to steer)."""
+        values = [row.get(k) for k in _ROW]
+        ints, floats, strs = (values[i:j] for i, j in _SPANS)
+        if not (
+            all(type(v) is int and 0 <= v < 2**63 for v in ints)
+            and all(v is None or (type(v) in (int, float) and math.isfinite(v)) for v in floats)
+            and all(type(v) is str for v in strs)
+            and all(v is None or type(v) is str for v in values[len(_ROW) - len(_OPTIONAL) :])
+        ) or row["state"] in ("running", "paused"):
+            return None
+        s = cls(run_dir=run_dir, stamp=run_dir.name, **dict(zip(_ROW, values, strict=True)))
+        saved = row.get("last_checkpoint")
+        if type(saved) is str and os.path.isfile(saved):
+            s.last_checkpoint = Path(saved)
+        else:  # none, or pruned or removed since: look again
+            s.last_checkpoint = _last_checkpoint(run_dir, [])
+        return s
+
 
 def summarize(
     history: RunHistory,
@@ -116,7 +153,10 @@ class _Followed:
     history: RunHistory
 
 
-_FOLLOWED: dict[Path, _Followed] = {}  # the TUI re-summarises every 2 s: only new lines are read
+_FOLLOWED: dict[str, _Followed] = {}  # the TUI re-summarises every 2 s: only new lines are read
+# Runs taken from a runs folder's index, by events.jsonl path: (the file's key, the row).
+_INDEXED: dict[str, tuple[list[int], RunSummary]] = {}
+# (both dicts are keyed by the absolute path as a string: a listing makes few Path objects)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -143,11 +183,17 @@ def _summarize_run(
     run_dir: Path, now: float | None, index: dict[str, Any] | None = None
 ) -> RunSummary | None:
     """summarize_run; `index`: the runs folder's entries (engine/run_index.py), which this
-    run's entry is taken from and put back into when it has stopped changing."""
-    path = (run_dir / "events.jsonl").absolute()
+    run's row is taken from and put back into when it has stopped changing."""
+    path = _events_path(run_dir)
     rel = f"{run_dir.parent.name}/{run_dir.name}"
     try:
-        followed, st = _follow(path, index.get(rel) if index is not None else None)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        indexed = _indexed(path, run_dir, st, index.get(rel) if index else None)
+        if indexed is not None:
+            return indexed
+        followed = _follow(path, st)
     except FileNotFoundError:
         _FOLLOWED.pop(path, None)
         return None
@@ -160,19 +206,30 @@ def _summarize_run(
     if index is not None:
         if summary.live or followed.reader.pending:
             index.pop(rel, None)  # it changes every few seconds: not worth an entry
-        elif followed.reader.bytes_read == st.st_size and (
-            not isinstance(index.get(rel), dict) or index[rel].get("key") != run_index.key(st)
-        ):
-            index[rel] = run_index.entry(followed.history, followed.reader, st)
+        elif followed.reader.bytes_read == st.st_size:
+            index[rel] = run_index.entry(summary.to_row(), st)
     return summary
 
 
-def _follow(path: Path, entry: Any = None) -> tuple[_Followed, os.stat_result]:
-    """The file's events so far, reading only what was added since the last call: from
-    the runs folder's index `entry`, else from summary.json, else from the start."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a folder has no lines
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
+def _indexed(path: str, run_dir: Path, st: os.stat_result, entry: Any) -> RunSummary | None:
+    """The run's row from the runs folder's index (or as this process last took it from
+    there), when the entry is of this very file; nothing of the file is read then."""
+    known = _INDEXED.get(path)
+    if known is not None and known[0] == run_index.key(st):
+        return known[1]
+    _INDEXED.pop(path, None)
+    if entry is None or path in _FOLLOWED:
+        return None
+    row = run_index.lookup(entry, st)
+    summary = RunSummary.from_row(row, run_dir) if row is not None else None
+    if summary is not None:
+        _INDEXED[path] = (run_index.key(st), summary)
+    return summary
+
+
+def _follow(path: str, st: os.stat_result) -> _Followed:
+    """The file's events so far (`st`: its stat), reading only what was added since the
+    last call: from summary.json when this process has not read it yet, else from the start."""
     followed = _FOLLOWED.get(path)
     if followed is not None and (
         followed.identity != (st.st_dev, st.st_ino)
@@ -181,25 +238,23 @@ def _follow(path: Path, entry: Any = None) -> tuple[_Followed, os.stat_result]:
     ):
         followed = None
     if followed is None:
-        indexed = run_index.lookup(entry, path, st) if entry is not None else None
-        loaded = None if indexed else run_summary.load_summary(path.parent, st.st_size, False)
-        if indexed is not None:  # the very file the index read: nothing of it is read
-            followed = _Followed((st.st_dev, st.st_ino), b"", indexed[1], indexed[0])
-        elif loaded is not None:  # the lines summary.json covers are not read again (and
+        loaded = run_summary.load_summary(Path(path).parent, st.st_size, False)
+        if loaded is not None:  # the lines summary.json covers are not read again (and
             # its epoch rows not at all: a summary needs none of them)
             history, start = loaded
             followed = _Followed((st.st_dev, st.st_ino), start.head, start.reader, history)
         else:
-            followed = _Followed((st.st_dev, st.st_ino), b"", ev.EventsReader(path), RunHistory())
+            reader = ev.EventsReader(Path(path))
+            followed = _Followed((st.st_dev, st.st_ino), b"", reader, RunHistory())
         _FOLLOWED[path] = followed
     if st.st_size > followed.reader.bytes_read:
         followed.history.add(followed.reader.read_new())
         if len(followed.head) < _HEAD_BYTES:
             followed.head = _head(path, _HEAD_BYTES)
-    return followed, st
+    return followed
 
 
-def _head(path: Path, n: int) -> bytes:
+def _head(path: str, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
 
@@ -252,6 +307,32 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+def _events_path(run_dir: Path) -> str:
+    return os.path.abspath(os.path.join(run_dir, "events.jsonl"))
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """`root/*/*/`, the folders that may be runs (the reader stats each one's events.jsonl):
+    two scandirs, without glob's stat and path objects of every entry."""
+    return [Path(stamp) for name in _folders(str(root)) for stamp in _folders(name)]
+
+
+def _folders(path: str) -> list[str]:
+    """The folders in `path` (as glob's `*` sees them: no hidden ones), links followed."""
+    try:
+        with os.scandir(path) as entries:
+            return [e.path for e in entries if not e.name.startswith(".") and _is_dir(e)]
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def list_runs(runs_dir: str | Path, now: float | None = None) -> list[RunSummary]:
     """Every run under `runs_dir` (`<runs_dir>/<name>/<stamp>/events.jsonl`), newest first."""
     root = Path(runs_dir).expanduser()
@@ -259,18 +340,19 @@ def list_runs(runs_dir: str | Path, now: float | None = None) -> list[RunSummary
         return []
     now = time.time() if now is None else now
     runs = []
-    found = list(root.glob("*/*/events.jsonl"))
-    # the index helps runs not followed yet (the TUI's later listings follow them all)
-    index = run_index.load(root) if any(p.absolute() not in _FOLLOWED for p in found) else None
+    found = _run_dirs(root)
+    # the index helps runs not read yet (the TUI's later listings know them all)
+    known = _FOLLOWED.keys() | _INDEXED.keys()
+    index = run_index.load(root) if any(_events_path(d) not in known for d in found) else None
     before = dict(index or {})
-    for events in found:
-        summary = _summarize_run(events.parent, now, index)
+    for run_dir in found:
+        summary = _summarize_run(run_dir, now, index)
         if summary is not None:
             runs.append(summary)
     if index is not None:
         listed = {f"{r.run_dir.parent.name}/{r.run_dir.name}" for r in runs}
         index = {rel: e for rel, e in index.items() if rel in listed}
-        if index.keys() != before.keys() or any(index[k] is not before[k] for k in index):
+        if index.keys() != before.keys() or any(index[k] != before[k] for k in index):
             run_index.save(root, index)  # the next listing reads none of these runs again
     runs.sort(key=lambda r: (r.stamp, r.started or 0.0), reverse=True)  # stamps sort by time
     return runs

@@ -310,10 +310,13 @@ def test_a_listing_indexes_runs_that_stopped_changing_and_checks_each_entry(fini
     first = ("tiny", "20260101-000000")
     entry = doc["runs"]["tiny/20260101-000000"]
     forged = [
-        {**entry, "history": {**entry["history"], "best_val_acc": 0.25}},  # key holds: shown
-        {**entry, "key": [0, 0, 0, 0], "history": {**entry["history"], "best_val_acc": 0.5}},
-        {**entry, "lines": -1},
-        {**entry, "history": {**entry["history"], "last": {"kind": "nope"}}},
+        {**entry, "row": {**entry["row"], "best_val_acc": 0.25}},  # key holds: shown
+        {**entry, "key": [0, 0, 0, 0], "row": {**entry["row"], "best_val_acc": 0.5}},
+        {**entry, "row": {**entry["row"], "unreadable": -1}},
+        {**entry, "row": {**entry["row"], "state": "running"}},  # never a live run to steer
+        {**entry, "row": {**entry["row"], "best_headline": float("inf")}},
+        {**entry, "row": {**entry["row"], "error": 3}},
+        {**entry, "row": "garbage"},
         "garbage",
     ]
     for i, bad in enumerate(forged):
@@ -324,7 +327,7 @@ def test_a_listing_indexes_runs_that_stopped_changing_and_checks_each_entry(fini
         assert got.best_val_acc == (0.25 if i == 0 else want.best_val_acc), f"index entry {i}"
         if i:
             assert (got.state, got.step, got.unreadable) == (want.state, want.step, 0)
-    for garbage in (b"", b"[]", b"{" * 100_000, b'{"format": 1, "runs": []}'):
+    for garbage in (b"", b"[]", b"{" * 100_000, b'{"format": 2, "runs": []}'):
         (runs / INDEX).write_bytes(garbage)
         got = listed_afresh()
         assert [(s.best_val_acc, s.state, s.step) for s in got.values()] == [
