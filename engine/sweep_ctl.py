@@ -41,6 +41,7 @@ from engine.sweep_live import (
     refuse_second_runner,
     set_paused,
     set_stopping,
+    sweep_label,
 )
 from engine.sweep_spec import Sweep
 
@@ -396,7 +397,7 @@ def sweeps_table(root: Path, found: list[Path] | None = None) -> str | None:
         try:
             s = read_sweep_state(path)
         except MptError:
-            rows.append([f"{path.parent.name}/{path.name}", "unreadable", "-", "-"])
+            rows.append([sweep_label(path), "unreadable", "-", "-"])
             continue
         state = f"{s.state} (pid {s.pid} on {s.host})" if s.live else s.state
         best = s.best()
@@ -405,7 +406,7 @@ def sweeps_table(root: Path, found: list[Path] | None = None) -> str | None:
             if best is None
             else (f"{s.monitor} {metric(s.monitor, best.best)} (trial {best.trial + 1})")
         )
-        rows.append([f"{path.parent.name}/{path.name}", state, f"{s.done}/{s.trials}", shown])
+        rows.append([sweep_label(path), state, f"{s.done}/{s.trials}", shown])
     if not rows:
         return None
     header = ["SWEEP", "STATE", "TRIALS", "BEST"]

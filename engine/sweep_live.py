@@ -42,6 +42,11 @@ def is_sweep_dir(path: Path) -> bool:
     return (Path(path) / SWEEP_FILE).is_file()
 
 
+def sweep_label(path: Path) -> str:
+    """`quickstart-lr/20261202-070000`: a sweep as the lists name it."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def find_sweeps(root: Path) -> list[Path]:
     """The sweep directories of an out_dir (`root/<sweep name>/<stamp>/sweep.json`), newest
     first: two levels of folders are looked at, never the trials' runs below."""

@@ -32,9 +32,8 @@ from engine.errors import MptError
 from engine.exiting import exit_now, exit_status
 from engine.profile import Profile
 from engine.stop import EXIT_INTERRUPTED, EXIT_OK, StopReason
-from engine.sweep_ctl import is_sweep_dir
+from engine.sweep_live import is_sweep_dir
 from tui.messages import EventsArrived, OpenDashboard, OpenRun, OpenSweep, StartRun
-from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
 from tui.session import AttachedRun, RunSession, RunSource
 
@@ -123,17 +122,17 @@ class MptApp(App):
 
     def on_open_dashboard(self, message: OpenDashboard) -> None:
         if self.session is not None:
-            self.push_screen(DashboardScreen(self.session))
+            self.push_screen(_dashboard(self.session))
 
     def open_run(self, run_dir: Path) -> None:
         """A run's dashboard: the live one of this app, else one read from its events."""
         session = self.session
         if session is not None and session.run_dir and _same(session.run_dir, run_dir):
-            self.push_screen(DashboardScreen(session))
+            self.push_screen(_dashboard(session))
             return
         source = AttachedRun.open(run_dir)
         self._watch(source)
-        self.push_screen(DashboardScreen(source), lambda _: source.close())
+        self.push_screen(_dashboard(source), lambda _: source.close())
 
     # ---- the one live run ----
     def start_run(self, profile: Profile, *, resume: str | Path | None = None) -> bool:
@@ -172,7 +171,7 @@ class MptApp(App):
     def _show_session(self, session: RunSession) -> None:
         self.session = session
         self._watch(session)
-        self.push_screen(DashboardScreen(session))
+        self.push_screen(_dashboard(session))
 
     # ---- the one update path: a watcher posts, the app folds, the screens redraw ----
     def _watch(self, source: RunSource) -> None:
@@ -261,6 +260,14 @@ class MptApp(App):
 
     def detach(self) -> None:
         self.action_detach()
+
+
+def _dashboard(source: RunSource):
+    """The dashboard screen of `source` (imported when first shown: plotext and the curves
+    do not hold up the home screen's first paint)."""
+    from tui.screens.dashboard import DashboardScreen
+
+    return DashboardScreen(source)
 
 
 def _same(a: Path, b: Path) -> bool:

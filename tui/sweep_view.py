@@ -263,8 +263,3 @@ def status_text(snap: SweepSnapshot) -> str:
         well = sum(r.state in ENDED_WELL for r in snap.rows)
         return f"ended: {well} of {len(snap.rows)} trials ended well · {counts}{best_text}"
     return f"running · {counts}{best_text}"
-
-
-def sweep_label(path: Path) -> str:
-    """`quickstart-lr/20261202-070000`: a sweep as the lists name it."""
-    return f"{path.parent.name}/{path.name}"

@@ -22,8 +22,9 @@ from textual.widgets import DataTable, Footer, Static
 
 from engine import sweep_ctl
 from engine.errors import MptError
+from engine.sweep_live import sweep_label
 from tui.messages import OpenRun
-from tui.sweep_view import SweepSnapshot, SweepWatch, status_text, sweep_label, trial_cells
+from tui.sweep_view import SweepSnapshot, SweepWatch, status_text, trial_cells
 from tui.widgets.fitted_table import Column, FittedTable
 
 POLL_S = 2.0  # seconds between two looks at the sweep directory, while on top (as the runs list)

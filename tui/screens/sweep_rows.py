@@ -8,13 +8,17 @@ opens its trials (the sweep screen). A mixin of the home screen, as run_removal 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine import sweep_ctl
 from engine.errors import MptError
 from engine.formatting import metric
+from engine.sweep_live import find_sweeps, sweep_label
 from tui.messages import OpenSweep
-from tui.sweep_view import sweep_label
 from tui.widgets.fitted_table import FittedTable
+
+if TYPE_CHECKING:  # (sweep_ctl and sweep_view, with the sweep engine, only once a sweep is found:
+    # the home screen's first paint does not wait for them)
+    from engine import sweep_ctl
 
 
 def sweep_cells(state: sweep_ctl.SweepState) -> list[str]:
@@ -33,7 +37,9 @@ def read_sweeps(folders: list[Path]) -> list[sweep_ctl.SweepState]:
     """Every sweep in the runs folders, as its files say now (an unreadable one left out)."""
     found = []
     for folder in folders:
-        for path in sweep_ctl.find_sweeps(folder):
+        for path in find_sweeps(folder):
+            from engine import sweep_ctl
+
             try:
                 found.append(sweep_ctl.read_sweep_state(path))
             except (MptError, OSError):
