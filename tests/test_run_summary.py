@@ -363,3 +363,21 @@ def drain_queue(events: queue.Queue) -> list:
     while not events.empty():
         out.append(events.get_nowait())
     return out
+
+
+def test_an_index_row_whose_checkpoint_is_gone_names_the_run_s_own_newest(finished, tmp_path):
+    from engine.run_index import INDEX
+    from engine.runs import list_runs
+
+    runs = tmp_path / "runs"
+    shutil.copytree(finished, runs / "tiny" / finished.name)
+    (listed,) = list_runs(runs)
+    doc = json.loads((runs / INDEX).read_text())
+    (rel,) = doc["runs"]
+    doc["runs"][rel]["row"]["last_checkpoint"] = str(tmp_path / "pruned" / "step-000001.pt")
+    (runs / INDEX).write_text(json.dumps(doc))
+    moved = runs.rename(tmp_path / "moved")  # a new process's listing: nothing followed yet
+    (again,) = list_runs(moved)
+    assert again.last_checkpoint is not None and again.last_checkpoint.is_file()
+    assert again.last_checkpoint.parent == moved / "tiny" / finished.name / "checkpoints"
+    assert (again.state, again.step) == (listed.state, listed.step)
