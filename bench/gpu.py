@@ -585,7 +585,7 @@ def main() -> int:
     ap.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     ap.add_argument("--budget", type=float,
                     help="seconds after which the sections not yet started are skipped "
-                    "(default: 270 at full sizes, none at tiny ones)")  # fmt: skip
+                    "(default: 240 at full sizes, none at tiny ones)")  # fmt: skip
     ap.add_argument("--npz", help="the MNIST npz (default: ../shared/data/mnist-t10k.npz)")
     args = ap.parse_args()
     if args.device == "auto":
@@ -594,7 +594,7 @@ def main() -> int:
     quick = args.quick or os.environ.get("MPT_GPU_QUICK") == "1"
     sizes = FULL if device.type == "cuda" and not quick else TINY
     with tempfile.TemporaryDirectory(prefix="mpt-gpu-") as tmp:
-        budget = args.budget or (270.0 if sizes is FULL else math.inf)
+        budget = args.budget or (240.0 if sizes is FULL else math.inf)
         b = Bench(device, sizes, budget, Path(tmp))
         if args.npz:
             b.npz = Path(args.npz)

@@ -12,4 +12,13 @@ if [ -z "$py" ]; then
     if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# What engine/ imports: fail here in one line, not in every section.
+missing=$("$py" -c '
+import importlib.util as u
+names = "torch torchvision numpy sklearn typer tomli_w torchmetrics psutil".split()
+print(" ".join(n for n in names if u.find_spec(n) is None))')
+if [ -n "$missing" ]; then
+    echo "bench/gpu.sh: $py has no $missing; pip install -e . (or bring their wheels)" >&2
+    exit 2
+fi
 exec "$py" bench/gpu.py "$@"
