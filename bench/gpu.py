@@ -305,7 +305,7 @@ def section_resnet18(b: Bench) -> None:
                 f"mpt {n / mpt:,.0f} samples/s (val acc {acc_m:.3f})"
             )
             b.ratio_row("resnet18", check, floor / mpt)
-        except Exception as e:  # noqa: BLE001 - one precision failing leaves the others
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - speed.run_mpt exits on a failed run
             report_error(b, "resnet18", check, e)
         finally:
             if b.cuda:
@@ -612,7 +612,7 @@ def main() -> int:
                 continue
             try:
                 SECTIONS[name](b)
-            except Exception as e:  # noqa: BLE001 - one section failing leaves the others
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - one failing leaves the others
                 report_error(b, name, name, e)
             sys.stdout.flush()
         print_table(b)
