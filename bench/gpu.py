@@ -444,21 +444,24 @@ def one_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def failure(r: subprocess.CompletedProcess) -> str:
+    """A failed command in one line: its exit status and the last line it wrote."""
+    return f"exit {r.returncode}: {one_line(r.stderr) or one_line(r.stdout)}"
+
+
 def resume_case(b: Bench, name: str, deterministic: bool, env: dict) -> None:
     out = b.workdir / f"resume-{name}"
     profile = resume_profile(b, out, deterministic)
     r = mpt_cli([str(profile)], out, env)
     if r.returncode != 0:
-        b.row("resume", f"{name}: straight run", f"exit {r.returncode}: {one_line(r.stderr)}",
-              "exit 0", "MISS")  # fmt: skip
+        b.row("resume", f"{name}: straight run", failure(r), "exit 0", "MISS")
         return
     (straight,) = [p for p in (out / "resume").iterdir() if p.is_dir()]
     steps = sorted((straight / "checkpoints").glob("step-*.pt"))
     ckpt = steps[-2] if len(steps) > 1 else steps[0]  # inside the last epoch
     r = mpt_cli(["--resume", str(ckpt)], out, env)
     if r.returncode != 0:
-        b.row("resume", f"{name}: --resume {ckpt.name}", f"exit {r.returncode}: "
-              f"{one_line(r.stderr)}", "exit 0", "MISS")  # fmt: skip
+        b.row("resume", f"{name}: --resume {ckpt.name}", failure(r), "exit 0", "MISS")
         return
     (resumed,) = [p for p in (out / "resume").iterdir() if p.is_dir() and p != straight]
     exact, rel = compare_weights(final_weights(straight), final_weights(resumed))
@@ -484,7 +487,7 @@ def section_resume(b: Bench) -> None:
     # What a user who sets only run.deterministic gets: torch refuses cuBLAS calls then.
     out = b.workdir / "resume-no-cublas"
     r = mpt_cli([str(resume_profile(b, out, True))], out, {"CUBLAS_WORKSPACE_CONFIG": None})
-    figure = "trains" if r.returncode == 0 else f"exit {r.returncode}: {one_line(r.stderr)}"
+    figure = "trains" if r.returncode == 0 else failure(r)
     b.row("resume", "run.deterministic without CUBLAS_WORKSPACE_CONFIG", figure)
 
 
@@ -510,8 +513,7 @@ def section_torchrun(b: Bench) -> None:
     r = mpt_cli([str(profile)], out, torchrun=True)
     seconds = time.perf_counter() - start
     if r.returncode != 0:
-        b.row("torchrun", "torchrun --nproc_per_node 1 mpt run", f"exit {r.returncode}: "
-              f"{one_line(r.stderr)}", "exit 0", "MISS")  # fmt: skip
+        b.row("torchrun", "torchrun --nproc_per_node 1 mpt run", failure(r), "exit 0", "MISS")
         return
     (run_dir,) = [p for p in (out / "torchrun").iterdir() if p.is_dir()]
     events = [json.loads(ln) for ln in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -533,7 +535,7 @@ def section_torchrun(b: Bench) -> None:
     r = subprocess.run([sys.executable, "-c", NCCL_PROBE, str(free_port())], capture_output=True,
                        text=True, timeout=180)  # fmt: skip
     ok = r.returncode == 0 and "sum ok" in r.stdout
-    figure = "correct" if ok else f"exit {r.returncode}: {one_line(r.stdout + r.stderr)}"
+    figure = "correct" if ok else failure(r)
     b.row("torchrun", "nccl all_reduce (1 process)", figure, "correct", "ok" if ok else "MISS")
 
 
