@@ -4,6 +4,7 @@ model made ready for it (memory format, DDP, torch.compile)."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -58,6 +59,11 @@ def set_process_switches(device: torch.device, deterministic: bool, seed: int) -
     # Only when it changes: the call imports torch._inductor, ~1 s of every start.
     if torch.are_deterministic_algorithms_enabled() != deterministic:
         torch.use_deterministic_algorithms(deterministic)
+    if deterministic and device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace, and torch refuses its calls
+        # under use_deterministic_algorithms without one: the PyTorch docs' setting, read
+        # when cuBLAS starts, unless the user chose another.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Fixed input shapes: let cuDNN pick the fastest kernels, unless determinism is asked.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     seed_everything(seed)

@@ -5,6 +5,7 @@ seen through its events, its model (Run.model) and the checkpoints it wrote."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -403,6 +404,28 @@ def test_deterministic_mode_does_not_outlive_its_run(train):
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_on_cuda_fixes_the_cublas_workspace_unless_the_user_did(monkeypatch):
+    # torch refuses cuBLAS calls under use_deterministic_algorithms without it (PyTorch docs,
+    # "Reproducibility"). The switch itself needs no GPU: only a device that names CUDA.
+    from engine.device import set_process_switches
+
+    cuda = torch.device("cuda")
+    try:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        set_process_switches(torch.device("cpu"), True, 0)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        set_process_switches(cuda, False, 0)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        set_process_switches(cuda, True, 0)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        set_process_switches(cuda, True, 0)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = False
 
 
 # ---- models ----
