@@ -101,7 +101,7 @@ def run_dataloader(root: Path, epochs: int, size: int, batch: int, workers: int,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        float(loss)  # the epoch's one sync
+        loss.item()  # the epoch's one sync
         times.append(time.perf_counter() - start)
     return times
 
