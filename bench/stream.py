@@ -47,6 +47,7 @@ from speed import in_fresh_thread  # noqa: E402
 
 CLASSES, PIXELS = 10, 64
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # given to both: no estimate from a sample
+VARIANTS = ["dataloader", "stream", "memory", "auto"]
 TARGETS = {"stream": 1.0, "memory": 3.0, "auto": 3.0}  # x the DataLoader loop's samples/s
 
 
@@ -148,11 +149,12 @@ def run_mpt(root: Path, epochs: int, size: int, batch: int, workers: int, seed: 
 
 def measure(root: Path, args) -> dict[str, list[float]]:
     """Samples/s of epochs 2.. of each variant, every repetition, interleaved."""
-    variants = ["dataloader", "stream", "memory", "auto"]
+    variants = args.variants
     per: dict[str, list[float]] = {v: [] for v in variants}
     common = (root, args.epochs, args.size, args.batch, args.workers)
     for rep in range(args.reps):
-        order = variants[rep % 4 :] + variants[: rep % 4]  # rotated: no variant always first
+        turn = rep % len(variants)
+        order = variants[turn:] + variants[:turn]  # rotated: no variant always first
         for v in order:
             if v == "dataloader":
                 times = in_fresh_thread(run_dataloader, *common, seed=rep)
@@ -171,6 +173,8 @@ def report(per: dict[str, list[float]]) -> None:
         print(f"  {v:<11}{med[v]:>9.0f}  ({min(rates):.0f} - {max(rates):.0f})")
     print("  targets:")
     for v, target in TARGETS.items():
+        if v not in per or "dataloader" not in per:
+            continue
         ratio = med[v] / med["dataloader"]
         mark = "met " if ratio >= target else "MISS"
         print(f"    {mark}  mpt {v} >= {target:.1f} x the DataLoader loop's samples/s{ratio:>8.2f}")
@@ -184,6 +188,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="data.image_size (both sides)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="num_workers (both sides)")
+    ap.add_argument(
+        "--variants", nargs="+", default=VARIANTS, choices=VARIANTS, help="which to run"
+    )
     ap.add_argument("--quick", action="store_true", help="2,000 images, 2 repetitions")
     ap.add_argument("--keep", metavar="DIR", help="make the folder here and keep it")
     ap.add_argument("--folder", metavar="DIR", help="use this folder (made by --keep)")
