@@ -460,8 +460,13 @@ class ImageFiles:
 
         try:
             with _bombs_refused(), Image.open(self.files[i]) as im:
-                im = im.convert("RGB").resize((self.size, self.size))
-                return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+                # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size (libjpeg's DCT
+                # scaling) while that stays >= image_size: less to decode and to resize.
+                im.draft("RGB", (self.size, self.size))
+                im = im.convert("RGB")
+                if im.size != (self.size, self.size):
+                    im = im.resize((self.size, self.size))
+                return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...

@@ -235,6 +235,28 @@ def test_image_folder_trains(train, tmp_path):
     assert done.last_epoch.val_acc >= 0.9
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_close_to_a_full_decode(tmp_path):
+    # Smooth pictures much larger than image_size, in colour and in grey, not square: the
+    # decoder's own downscaling (JPEG draft mode) must give what decoding everything and
+    # resizing gives, to within a few levels.
+    rng = np.random.default_rng(0)
+    for cls, mode in (("colour", "RGB"), ("grey", "L")):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            coarse = rng.integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+            picture = Image.fromarray(coarse).resize((360, 240), Image.BICUBIC).convert(mode)
+            picture.save(tmp_path / "imgs" / cls / f"{i}.jpg", quality=95)
+    cfg = DataSection(
+        dataset="image_folder", path=str(tmp_path / "imgs"), image_size=16, val_fraction=0.0
+    )
+    decoded = load_data(cfg, seed=0).train.x
+    files = sorted((tmp_path / "imgs").glob("*/*.jpg"))
+    full = [np.array(Image.open(f).convert("RGB").resize((16, 16))) for f in files]
+    expected = torch.from_numpy(np.stack(full)).permute(0, 3, 1, 2)
+    assert decoded.shape == (6, 3, 16, 16) and decoded.dtype == torch.uint8
+    assert (decoded.float() - expected.float()).abs().mean() < 3
+
+
 # ---- torchvision datasets, from files in torchvision's own raw format ----
 
 
