@@ -69,6 +69,26 @@ def set_process_switches(device: torch.device, deterministic: bool, seed: int) -
     seed_everything(seed)
 
 
+_LENT: list[int] = []  # the thread count a streamed run lowered, to give back
+
+
+def share_cores_with_workers(device: torch.device, workers: int) -> None:
+    """On the CPU, a run whose data DataLoader workers stream leaves them their cores: its
+    own ops take the rest (at least one), as each op's threads would otherwise wait at
+    every barrier for a core a worker holds (bench/stream.py: 1.75x the samples/s of 2
+    threads on 2 cores with 2 workers). The next run gets the count back first, so one
+    run's choice does not linger; OMP_NUM_THREADS, set by the user or a sweep, stands."""
+    if _LENT:
+        torch.set_num_threads(_LENT.pop())
+    if "OMP_NUM_THREADS" in os.environ or device.type != "cpu" or workers <= 0:
+        return
+    before = torch.get_num_threads()
+    threads = max(1, min(before, len(os.sched_getaffinity(0)) - workers))
+    if threads != before:
+        _LENT.append(before)
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -22,6 +22,7 @@ from engine.data import (
     SplitDataset,
     epoch_generator,
 )
+from engine.device import share_cores_with_workers
 from engine.distributed import World
 from engine.memory import cache_fits, device_memory_free
 
@@ -52,6 +53,7 @@ class DataPlacement:
         train, val = splits[0], (splits[1] if len(splits) > 1 else None)
         self.data = dataclasses.replace(data, train=train, val=val)  # the placed splits
         self._loaders: dict[str, torch.utils.data.DataLoader] = {}
+        share_cores_with_workers(device, num_workers if self.mode == "stream" else 0)
         if self.mode == "stream":
             self._loaders = {
                 name: torch.utils.data.DataLoader(

@@ -3,8 +3,10 @@ image folders, and torchvision's MNIST/FashionMNIST read from files written in t
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 
 import numpy as np
 import pytest
@@ -382,6 +384,37 @@ def test_every_cache_mode_trains_to_the_same_weights(train):
         weights[cache] = done.weights()
     for cache in ("memory", "stream"):
         assert all(torch.equal(weights["device"][k], weights[cache][k]) for k in weights[cache])
+
+
+def _threads_of_a_new_thread() -> int:
+    """torch's intra-op threads as a thread started now gets them (a run's training thread
+    is one; OpenMP keeps a count per thread, and torch's global one seeds new threads)."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_streamed_cpu_run_leaves_its_workers_their_cores_and_the_next_run_gets_them_back(
+    train, tmp_path, monkeypatch
+):
+    make_images(tmp_path / "imgs", per_class=4)
+    data = {"dataset": "image_folder", "path": str(tmp_path / "imgs"), "image_size": 8}
+    monkeypatch.delenv("OMP_NUM_THREADS")  # (conftest's; a user's or a sweep's would stand)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train({"data": {**data, "cache": "stream", "num_workers": 1}, "run": {"max_steps": 2}})
+        lowered = max(1, min(2, len(os.sched_getaffinity(0)) - 1))
+        assert _threads_of_a_new_thread() == lowered
+        train({"data": {**data, "cache": "memory"}, "run": {"max_steps": 2}})
+        assert _threads_of_a_new_thread() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        train({"data": {**data, "cache": "stream", "num_workers": 1}, "run": {"max_steps": 2}})
+        assert _threads_of_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_streamed_image_folder_with_worker_processes_equals_decoded(train, tmp_path):
