@@ -42,7 +42,7 @@ from tui.viewmodel import RunView, build_view
 # At most this many events folded at a time, so that a flood (log_every = 1 on a fast
 # model) never holds the UI thread for long; the rest waits for the next message.
 DRAIN_BATCH = 5000
-WATCH_INTERVAL = 0.1  # seconds: the app hears of new events (and redraws) at most 10x/s
+WATCH_INTERVAL = 0.25  # seconds: the app hears of new events (and redraws) at most 4x/s
 FOLLOW_INTERVAL = 0.5  # seconds between two reads of a followed run's events.jsonl
 TERMINAL = (ev.RunFinished, ev.RunFailed)
 

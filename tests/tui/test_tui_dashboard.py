@@ -193,9 +193,9 @@ async def test_the_home_screen_marks_the_run_live_here_and_d_returns_to_it(workd
         await press(pilot, "escape")  # back to the lists while it trains
         await wait_for(pilot, lambda: isinstance(app.screen, HomeScreen))
         home = app.screen
-        home.action_refresh()
+        home.action_refresh()  # (the list is read in a worker: it fills a moment later)
         runs = home.query_one("#runs", DataTable)
-        assert runs.get_row_at(0)[1] == "running here"
+        await wait_for(pilot, lambda: runs.row_count and runs.get_row_at(0)[1] == "running here")
         await press(pilot, "d")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen))
         assert app.screen.source is dash.source is app.session

@@ -3,7 +3,7 @@
 It shows a `RunSource` (tui/session.py): a run this app trains, or one read from its
 events.jsonl and followed while another process writes it (`mpt run`; the keys reach it
 through its control channel). The keys call the source's controls whichever it is. It
-redraws the text when the app's `run_updated` signal names its source (at most 10x/s) and
+redraws the text when the app's `run_updated` signal names its source (at most 4x/s) and
 the curves less often (plotext is slow, and shares the GIL with the trainer).
 """
 
@@ -41,9 +41,12 @@ TRACEBACK_LINES = 6
 MIN_WIDTH = 20  # columns the progress bars are laid out for, at the least
 # The curves cost far more to draw than the text: redraw them at most every
 # PLOT_MIN_INTERVAL seconds, and less often when drawing them takes longer, so that
-# they use at most PLOT_CPU_SHARE of the time the trainer shares the GIL with.
-PLOT_MIN_INTERVAL = 0.5
-PLOT_CPU_SHARE = 0.05
+# they use at most PLOT_CPU_SHARE of the time the trainer shares the GIL with. On a
+# machine whose cores the trainer's threads all use, every percent of a core the console
+# takes costs the run about twice that (each op's threads wait for the one descheduled):
+# bench/console_cost.py.
+PLOT_MIN_INTERVAL = 1.0
+PLOT_CPU_SHARE = 0.02
 
 STATE_STYLES = {
     "running": "bold green",
