@@ -25,6 +25,9 @@ STEP_FIELDS = ("loss", "lr", "samples_per_s")
 HOST_FIELDS = ("gpu_util", "gpu_temp", "gpu_power", "cpu_percent")
 HOST_MIB = ("gpu_mem_allocated", "gpu_mem_reserved", "gpu_mem_peak", "rss", "mem_available")
 _MIB = 1024 * 1024
+# Short epochs hand their figures over in one batch every few seconds: a tracker's write
+# takes CPU the trainer's threads would otherwise have (bench/sinks.py).
+FLUSH_EVERY_S = 5.0
 
 
 def flat_profile(profile: Any) -> dict[str, Any]:
@@ -119,7 +122,8 @@ class TrackerSink:
     """What a tracker sink does, whatever the tracker: it holds the replayed history until
     the live `run_started` (then `_start`), folds each event into metrics at its step
     (`_add`) and `mpt.*` facts (`_add_facts`), with the host/GPU figures once an epoch, and
-    hands them to a writer thread of its own at each epoch's end and the run's (`flush`),
+    hands them to a writer thread of its own at an epoch's end at most every FLUSH_EVERY_S
+    seconds, and at the run's (`flush`),
     so the tracker's seconds stay out of the training loop. The writer's first failure is
     raised by the next `write`: EventLog drops the sink with one warning."""
 
@@ -132,6 +136,7 @@ class TrackerSink:
         self._jobs: queue.Queue = queue.Queue()
         self._writer: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._flushed = time.monotonic()  # the last hand-over to the writer
 
     def write(self, event: ev.Event) -> None:
         if self._failure is not None:
@@ -144,7 +149,10 @@ class TrackerSink:
                 self._history.append(event)
             return
         self._log(event)
-        if isinstance(event, ev.EpochEnd | ev.RunFinished | ev.RunFailed):
+        ended = isinstance(event, ev.RunFinished | ev.RunFailed)
+        now = time.monotonic()
+        if ended or (isinstance(event, ev.EpochEnd) and now - self._flushed >= FLUSH_EVERY_S):
+            self._flushed = now
             self.flush()
 
     def _start(self, started: ev.RunStarted) -> None:
