@@ -105,12 +105,23 @@ def time_run(mpt: str, out: Path) -> tuple[float, float, float]:
 ONE_OPTIMIZER = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)])"
 
 
+def time_until_done(code: str) -> float:
+    """Seconds from spawning `python -c code` until the code has run (not its exit: a
+    process that imported torch._dynamo takes a while to tear down)."""
+    start = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}; import time; print(time.time())"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(done.stdout.split()[-1]) - start
+
+
 def run_figures(reps: int) -> None:
     mpt = _exe("mpt")
     bare, floor, runs = [], [], []
     for _ in range(reps):  # interleaved, so drift hits each alike
-        bare.append(time_command([sys.executable, "-c", "import torch"]))
-        floor.append(time_command([sys.executable, "-c", ONE_OPTIMIZER]))
+        bare.append(time_until_done("import torch"))
+        floor.append(time_until_done(ONE_OPTIMIZER))
         runs.append(time_run(mpt, Path("/tmp")))
     torch_s, floor_s = statistics.median(bare), statistics.median(floor)
     first, training, whole = (statistics.median(r[i] for r in runs) for i in range(3))
