@@ -484,7 +484,8 @@ def section_resume(b: Bench) -> None:
               "", "skip")  # fmt: skip
         return
     resume_case(b, "deterministic", True, cublas)
-    # What a user who sets only run.deterministic gets: torch refuses cuBLAS calls then.
+    # What a user who sets only run.deterministic gets: mpt sets CUBLAS_WORKSPACE_CONFIG=:4096:8
+    # itself then (engine/device.py), so this run should train, not be refused by torch.
     out = b.workdir / "resume-no-cublas"
     r = mpt_cli([str(resume_profile(b, out, True))], out, {"CUBLAS_WORKSPACE_CONFIG": None})
     figure = "trains" if r.returncode == 0 else failure(r)

@@ -458,7 +458,8 @@ def test_the_log_of_an_attached_detached_run_shows_its_console_log(tmp_path):
             async with app.run_test(size=(120, 40)) as pilot:
                 await wait_for(pilot, lambda: type(app.screen).__name__ == "DashboardScreen")
                 await pilot.press("l")
-                await wait_for(pilot, lambda: bool(app.screen.query_one("#console").lines))
+                # (its lines are laid out a moment before their text is drawn)
+                await wait_for(pilot, lambda: any(texts(app, "#console")))
                 return texts(app, "#console")
 
         import asyncio
