@@ -62,9 +62,9 @@ class RunHistory:
         return value < best if lower_is_better(self.headline) else value > best
 
     # ---- as JSON (summary.json): every value checked when read back ----
-    def to_json(self, epochs: bool = True) -> dict[str, Any]:
-        """The fold as plain JSON values (events as their events.jsonl objects); without
-        `epochs`, epoch_ends is left empty."""
+    def to_json(self) -> dict[str, Any]:
+        """The fold as plain JSON values (events as their events.jsonl objects), but for
+        epoch_ends, left empty: their writer keeps them as the lines it wrote."""
         return {
             "started": _event_json(self.started),
             "last": _event_json(self.last),
@@ -72,7 +72,7 @@ class RunHistory:
             "last_val_acc": self.last_val_acc,
             "best_headline": self.best_headline,
             "last_headline": self.last_headline,
-            "epoch_ends": [_event_json(e) for e in self.epoch_ends.values()] if epochs else [],
+            "epoch_ends": [],
             "checkpoints": list(self.checkpoints),
             "paused": self.paused,
         }

@@ -181,7 +181,7 @@ class SummaryRecorder:
         }
 
     def _summary_bytes(self) -> bytes:
-        doc = {**self._position(), "history": self.history.to_json(epochs=False)}
+        doc = {**self._position(), "history": self.history.to_json()}
         doc["history"]["epoch_ends"] = list(self._ends.values())
         return json.dumps(doc, allow_nan=False).encode("utf-8")
 
