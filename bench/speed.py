@@ -437,23 +437,30 @@ def ema_update_seconds(arch: str, device: torch.device, steps: int = 2000) -> fl
     return (time.perf_counter() - start) / steps
 
 
-def run_mpt_steps(arch, epochs, device, precision, seed, sections):
-    """(seconds an optimizer step, seconds an epoch, headline) of mpt on workload W: the
-    step's from the step events' throughput (log windows hold training only), after the
-    first epoch; the epoch's between epoch ends (validation included)."""
-    from engine.profile import profile_from_dict
+def run_to_end(profile, what: str = "mpt run") -> list:
+    """Every event of a run of `profile` (nothing written), once it has completed."""
     from engine.run import Run
 
-    profile = profile_from_dict(
-        {**workload_profile(arch, epochs, device, precision, seed), **sections}
-    )
     run = Run.start(profile, write=False)
     run.join()
     events = []
     while not run.events.empty():
         events.append(run.events.get())
     if run.reason != "completed":
-        raise SystemExit(f"mpt run did not complete: {run.error}")
+        raise SystemExit(f"{what} did not complete: {run.error}")
+    return events
+
+
+def run_mpt_steps(arch, epochs, device, precision, seed, sections):
+    """(seconds an optimizer step, seconds an epoch, headline) of mpt on workload W: the
+    step's from the step events' throughput (log windows hold training only), after the
+    first epoch; the epoch's between epoch ends (validation included)."""
+    from engine.profile import profile_from_dict
+
+    profile = profile_from_dict(
+        {**workload_profile(arch, epochs, device, precision, seed), **sections}
+    )
+    events = run_to_end(profile)
     ends = [e for e in events if e.kind == "epoch_end"]
     steps = [64 / e.samples_per_s for e in events if e.kind == "step" and e.epoch > 1]
     epochs_s = [b.time - a.time for a, b in zip(ends, ends[1:], strict=False)]

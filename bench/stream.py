@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import in_fresh_thread  # noqa: E402
+from speed import in_fresh_thread, run_to_end  # noqa: E402
 
 CLASSES, PIXELS = 10, 64
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # given to both: no estimate from a sample
@@ -115,7 +115,6 @@ def run_mpt(root: Path, epochs: int, size: int, batch: int, workers: int, seed: 
     """mpt through Run.start on the folder with data.cache `cache`; seconds per epoch
     (each epoch_end's own `seconds`: the epoch's steps, there being no validation)."""
     from engine.profile import profile_from_dict
-    from engine.run import Run
 
     profile = profile_from_dict(
         {
@@ -137,13 +136,7 @@ def run_mpt(root: Path, epochs: int, size: int, batch: int, workers: int, seed: 
             "checkpoint": {"every_epochs": 0, "save_best": False},
         }
     )
-    run = Run.start(profile, write=False)
-    run.join()
-    events = []
-    while not run.events.empty():
-        events.append(run.events.get())
-    if run.reason != "completed":
-        raise SystemExit(f"mpt (data.cache {cache}) did not complete: {run.error}")
+    events = run_to_end(profile, f"mpt (data.cache {cache})")
     return [e.seconds for e in events if e.kind == "epoch_end"]
 
 
