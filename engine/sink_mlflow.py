@@ -68,8 +68,9 @@ def _client(uri: str):
 
 
 class MlflowSink(tracking.TrackerSink):
-    """Feeds one MLflow run; metrics are batched and written at each epoch's end (a SQLite
-    store takes ~0.3 ms of CPU a point: host and GPU figures go in once an epoch)."""
+    """Feeds one MLflow run; metrics are batched and written at an epoch's end, at most
+    every 5 s (a SQLite store takes ~0.3 ms of CPU a point: host and GPU figures go in
+    once an epoch)."""
 
     def __init__(self, profile: Any):
         super().__init__()
@@ -170,7 +171,7 @@ class MlflowSink(tracking.TrackerSink):
         return []
 
     def flush(self) -> None:
-        """Hand the batched metrics and tags to the writer (at each epoch's end and the run's)."""
+        """Hand the batched metrics and tags to the writer (TrackerSink.write says when)."""
         if self.run_id is None or not (self._metrics or self._tags):
             return
         from mlflow.entities import RunTag

@@ -66,8 +66,8 @@ def _new_id() -> str:
 
 
 class WandbSink(tracking.TrackerSink):
-    """Feeds one W&B run; history rows are batched and written at each epoch's end. The
-    writer thread also imports wandb and starts its service (~2 s), and each log call
+    """Feeds one W&B run; history rows are batched and written at an epoch's end, at most
+    every 5 s. The writer thread also imports wandb and starts its service (~2 s), and each log call
     (~1 ms) runs there, out of the training loop."""
 
     def __init__(self, profile: Any):
@@ -137,7 +137,7 @@ class WandbSink(tracking.TrackerSink):
         self._summary.update(facts)
 
     def flush(self) -> None:
-        """Hand the rows and summary to the writer (at each epoch's end and the run's)."""
+        """Hand the rows and summary to the writer (TrackerSink.write says when)."""
         if self._writer is None or not (self._rows or self._summary):
             return
         self._jobs.put((sorted(self._rows.items()), self._summary))
