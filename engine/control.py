@@ -82,6 +82,11 @@ class StepBoundary:
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
+    def clock(self) -> float:
+        """time.monotonic() less the time spent paused: what epochs and log windows are
+        timed on, so a pause shows in no epoch's seconds or samples/s."""
+        return time.monotonic() - self.paused_seconds
+
     def check(self, save: Callable[[str], object]) -> StopReason | None:
         """Save on request (`save("requested")`), hold while paused; why to stop, or None.
         A stop or an interrupt is the caller's to save."""

@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -42,16 +43,19 @@ class Progress:
         scaled: bool,
         gpu: GpuStats,
         task: Task,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """`clock`: what log windows are timed on (the loop's: time paused not counted)."""
         self.p, self.log, self.state, self.dist, self.task = profile, log, state, dist, task
+        self.clock = clock
         self.optimizer, self.schedule, self.scaled, self.gpu = optimizer, schedule, scaled, gpu
         # the run directory (events.jsonl's folder): None when this process writes nothing
         self.host = HostSampler(log.path.parent if log.path else None)
-        self.window_start = time.monotonic()
+        self.window_start = clock()
 
     @property
     def window_start(self) -> float:
-        """When the log window began (time.monotonic); setting it starts a new window."""
+        """When the log window began (on `clock`); setting it starts a new window."""
         return self._window_start
 
     @window_start.setter
@@ -83,7 +87,7 @@ class Progress:
             check_skip_streak(s.skip_streak, s.step)
         elif not math.isfinite(loss_sum) and self.p.train.nonfinite == "fail":
             raise nonfinite_loss(loss_sum, s.step)
-        seconds = max(time.monotonic() - self.window_start, 1e-9)
+        seconds = max(self.clock() - self.window_start, 1e-9)
         self.log.emit(
             ev.Step(
                 step=s.step,
@@ -101,7 +105,7 @@ class Progress:
         self.warn_low_disk(self.host.disk_warning())
         s.window_loss.zero_()
         s.window_samples = 0
-        self.window_start = time.monotonic()
+        self.window_start = self.clock()
 
     def end_epoch(
         self, seconds: float, val_loss: float | None, val_metrics: dict[str, float | None]

@@ -146,8 +146,8 @@ class Trainer:
         self.checkpoints = CheckpointWriter(folder, ck.keep_last, ck.on_error, self.log, path, at)
         scaled, gpu = self.scaler is not None, GpuStats(self.device)
         args = (self.log, self.state, self.dist, self.optimizer, self.schedule, scaled, gpu)
-        self.progress = Progress(p, *args, self.task)
         self.boundary = StepBoundary(self.control, self.dist, self.log, self.state, p.run.max_time)
+        self.progress = Progress(p, *args, self.task, self.boundary.clock)
 
     # ---- the loop ----
     def fit(self) -> StopReason:
@@ -168,7 +168,7 @@ class Trainer:
         with profiler:
             while stop is None and s.epochs_done < p.run.epochs and s.step < self.total_steps:
                 s.epoch = s.epochs_done + 1
-                epoch_start = time.monotonic()
+                epoch_start = self.boundary.clock()  # (pauses not counted)
                 self.model.train()
                 steps, fetch = self.placement.train_epoch(
                     p.run.seed, s.epoch, self.global_batch, accum, world, start=s.group
@@ -179,7 +179,7 @@ class Trainer:
                     s.augment = None
                 elif s.augment is None:  # (else: resuming inside this epoch, its stream as saved)
                     s.augment = epoch_generator(p.run.seed, s.epoch, self.device)
-                self.progress.window_start = time.monotonic()
+                self.progress.window_start = self.boundary.clock()
                 while stop is None and s.group < len(steps) and s.step < self.total_steps:
                     group = steps[s.group]
                     step_samples = sum(len(b) for b in group)  # of the whole world
@@ -230,7 +230,7 @@ class Trainer:
                     break  # stopped inside the epoch: the checkpoint continues it on resume
                 s.augment = None  # the epoch's stream ends with it (not in later checkpoints)
                 val_loss, val_metrics = self.ema.validate(self.evaluate, self.task.headline)
-                self.progress.end_epoch(time.monotonic() - epoch_start, val_loss, val_metrics)
+                self.progress.end_epoch(self.boundary.clock() - epoch_start, val_loss, val_metrics)
                 stopping = self.progress.watch_early_stop(self.ema.module)
                 self._checkpoints_at_epoch_end()
                 stop = StopReason.EARLY_STOPPED if stopping else self._between_steps()

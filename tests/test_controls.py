@@ -112,6 +112,20 @@ def test_resume_emits_resumed_and_training_goes_on_from_the_paused_step(live):
     assert not live.run.paused
 
 
+def test_time_paused_counts_in_no_epoch_seconds_nor_samples_per_s(live):
+    live.run.pause()
+    paused = live.until("paused")
+    time.sleep(2.0)
+    live.run.resume()
+    live.until("resumed")
+    after = live.until("step")  # log_every 1: its window held the pause
+    end = live.until("epoch_end", lambda e: e.epoch == paused.epoch)
+
+    window = 64 / after.samples_per_s  # (a step of 64 samples: durable_helpers)
+    assert window < 1.0, f"the step after the pause took {window:.2f} s by its samples/s"
+    assert end.seconds < 1.5, f"the paused epoch took {end.seconds:.2f} s by its epoch_end"
+
+
 def test_checkpoint_while_training_writes_one_at_a_step_boundary(live):
     live.run.checkpoint()
     saved = live.until("checkpoint_saved")
