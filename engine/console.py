@@ -19,12 +19,16 @@ from engine.formatting import metric, number, percent, seconds
 
 def format_epoch(e: ev.EpochEnd) -> str:
     """`epoch 3/15  loss 0.0910 val 0.1406  acc 98.54% val 95.54%  lr 1.00e-03  0.31s`:
-    each figure's train value, then its validation one, so the quickstart's line fits
-    in 80 columns (with up to 999 epochs)."""
-    return (
-        f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}  {'  '.join(_pairs(e))}  "
-        f"lr {e.lr:.2e}  {seconds(e.seconds)}"
-    )
+    each figure's train value, then its validation one; the groups one space apart where
+    two would pass 80 columns (e.g. `epoch 1000/1000 ... acc 100.00% val 100.00%`)."""
+    groups = [
+        f"epoch {e.epoch:>{len(str(e.epochs))}}/{e.epochs}",
+        *_pairs(e),
+        f"lr {e.lr:.2e}",
+        seconds(e.seconds),
+    ]
+    line = "  ".join(groups)
+    return line if len(line) <= 80 else " ".join(groups)
 
 
 def _pairs(e: ev.EpochEnd) -> list[str]:

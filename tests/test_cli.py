@@ -152,6 +152,12 @@ def test_the_quickstart_epoch_line_fits_80_columns_and_short_epochs_keep_digits(
     e.epoch, e.epochs, e.seconds = 100, 300, 0.031
     assert len(format_epoch(e)) <= 80
     assert format_epoch(e).endswith("  31ms")
+    # the longest a classification line gets: 4-digit epochs, both accuracies at 100%
+    e.epoch = e.epochs = 1000
+    e.metrics = {"train_acc": 1.0, "val_acc": 1.0}
+    assert format_epoch(e) == (
+        "epoch 1000/1000 loss 0.5000 val 0.6000 acc 100.00% val 100.00% lr 1.00e-02 31ms"
+    )
 
 
 def test_console_sends_errors_and_warnings_to_stderr():
